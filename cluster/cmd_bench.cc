@@ -1,0 +1,144 @@
+// kvshard bench: decode speed against the memory-bandwidth ceiling measured in the same run.
+//
+// A decode step must read every weight of every rank once plus the KV cache of the context, so
+// its floor is decode_bytes_per_token / mem_read_gbs. The ceiling is a streaming read on the same
+// number of threads (every rank reading at once), measured here, not quoted.
+#include <spdlog/spdlog.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "cluster/commands.h"
+#include "cluster/runtime.h"
+#include "coordinator/engine.h"
+#include "kernels/cpu/stream_read.h"
+#include "shard/shard_worker.h"
+
+namespace kvshard {
+namespace {
+
+struct BenchFlags {
+  ShardFlags shard;
+  int64_t context = 512;
+  int64_t gen = 32;
+  bool json = false;
+  bool compare_no_cache = false;
+  int64_t no_cache_steps = 4;
+  int64_t read_buffer_mib = 1024;
+};
+
+struct Totals {
+  double weights_bytes = 0;        // every rank's weights in memory
+  double decode_weight_bytes = 0;  // what a decode step reads of them
+  double kv_bytes_per_token = 0;   // every rank's KV bytes for one token (replicas included)
+  double read_gbs = 0;             // all ranks reading at once
+};
+
+// Runs on every rank at once, before rank 0 starts driving steps.
+StatusOr<Totals> MeasureTotals(Runtime& rt, int64_t buffer_bytes) {
+  KVS_RETURN_IF_ERROR(rt.comm->Barrier());
+  double v[4] = {static_cast<double>(rt.model->weights().bytes()),
+                 static_cast<double>(rt.model->weights().decode_read_bytes(rt.config.dim)),
+                 static_cast<double>(rt.model->kv_shape().bytes_per_token()),
+                 measure_read_bandwidth_gbs(buffer_bytes, rt.threads, 3)};
+  KVS_RETURN_IF_ERROR(rt.comm->AllReduceSumDouble(v, 4));
+  return Totals{v[0], v[1], v[2], v[3]};
+}
+
+std::vector<int32_t> RandomPrompt(int64_t n, int64_t vocab) {
+  std::mt19937 rng(1234);
+  std::uniform_int_distribution<int32_t> pick(3, static_cast<int32_t>(vocab - 1));
+  std::vector<int32_t> p(n);
+  for (auto& t : p) t = pick(rng);
+  return p;
+}
+
+Status RunRoot(const BenchFlags& f, Runtime& rt, Engine& engine, const Totals& totals) {
+  GenerationRequest req;
+  req.prompt = RandomPrompt(f.context, rt.config.vocab_size);
+  req.max_tokens = f.gen;
+  KVS_ASSIGN_OR_RETURN(GenerationResult cached, engine.Generate(req, nullptr));
+  if (cached.decode_steps == 0) return InvalidArgument("--gen must be at least 2 to time decode");
+  const double step_s = cached.decode_seconds / cached.decode_steps;
+  // KV read per step grows with the sequence; the mean context over the timed steps.
+  const double mean_ctx = f.context + (cached.decode_steps + 1) / 2.0;
+  const double decode_bytes = totals.decode_weight_bytes + mean_ctx * totals.kv_bytes_per_token;
+  nlohmann::json out = {
+      {"model", f.shard.model_dir},
+      {"device", "cpu"},
+      {"tp", rt.comm->size()},
+      {"threads", rt.threads * rt.comm->size()},
+      {"threads_per_rank", rt.threads},
+      {"context", f.context},
+      {"gen", f.gen},
+      {"kv_dtype", f.shard.kv_dtype},
+      {"prefill_tokens_per_s", f.context / cached.prefill_seconds},
+      {"decode_tokens_per_s", 1.0 / step_s},
+      {"decode_ms_per_token", step_s * 1e3},
+      {"weights_bytes", totals.weights_bytes},
+      {"kv_bytes_per_token", totals.kv_bytes_per_token},
+      {"kv_replicas", rt.model->layout().kv_replicas},
+      {"decode_bytes_per_token", decode_bytes},
+      {"mem_read_gbs", totals.read_gbs},
+      {"achieved_gbs", decode_bytes / step_s / 1e9},
+      {"bandwidth_fraction", decode_bytes / step_s / (totals.read_gbs * 1e9)},
+  };
+  if (f.compare_no_cache) {
+    GenerationRequest nc = req;
+    nc.use_kv_cache = false;
+    nc.max_tokens = std::max<int64_t>(2, f.no_cache_steps + 1);
+    KVS_ASSIGN_OR_RETURN(GenerationResult recompute, engine.Generate(nc, nullptr));
+    const double nc_step = recompute.decode_seconds / recompute.decode_steps;
+    out["no_cache_decode_tokens_per_s"] = 1.0 / nc_step;
+    out["kv_cache_speedup"] = nc_step / step_s;
+  }
+  if (engine.blocks().free_blocks() != engine.blocks().total_blocks()) {
+    return Internal("KV blocks leaked during the benchmark");
+  }
+  if (f.json) {
+    std::printf("%s\n", out.dump().c_str());
+  } else {
+    std::printf("%s\n", out.dump(2).c_str());
+  }
+  return Status::Ok();
+}
+
+int RunBench(const BenchFlags& f) {
+  MpiSession mpi;
+  if (!mpi.ok()) return ReportFailure(Internal("MPI_Init failed"), 0);
+  int world_rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
+  auto rt = StartRuntime(f.shard, f.context + f.gen);
+  if (!rt.ok()) return ReportFailure(rt.status(), world_rank);
+  auto totals = MeasureTotals(*rt, f.read_buffer_mib << 20);
+  if (!totals.ok()) return ReportFailure(totals.status(), world_rank);
+  if (!rt->is_root()) {
+    const Status st = RunShardWorker(*rt->model);
+    return st.ok() ? 0 : 1;
+  }
+  Engine engine(rt->model.get());
+  const Status st = RunRoot(f, *rt, engine, *totals);
+  const Status down = engine.Shutdown();
+  if (!st.ok()) return ReportFailure(st, 0);
+  return down.ok() ? 0 : ReportFailure(down, 0);
+}
+
+}  // namespace
+
+void RegisterBench(CLI::App& app, int* exit_code) {
+  auto f = std::make_shared<BenchFlags>();
+  CLI::App* cmd = app.add_subcommand("bench", "Measure decode against the memory ceiling");
+  AddShardFlags(cmd, &f->shard);
+  cmd->add_option("--context", f->context, "Prompt tokens before decoding")->check(CLI::Range(1, 1 << 24));
+  cmd->add_option("--gen", f->gen, "Tokens to generate (timed: all but the first)")->check(CLI::Range(2, 1 << 20));
+  cmd->add_flag("--json", f->json, "One JSON object on one line");
+  cmd->add_flag("--compare-no-cache", f->compare_no_cache,
+                "Also time recompute-everything decode at the same context");
+  cmd->add_option("--no-cache-steps", f->no_cache_steps, "Recompute steps to time");
+  cmd->add_option("--read-buffer-mib", f->read_buffer_mib, "Size of the bandwidth probe buffer");
+  cmd->callback([f, exit_code] { *exit_code = RunBench(*f); });
+}
+
+}  // namespace kvshard

@@ -1,0 +1,30 @@
+// The `kvshard` sub-commands. Each returns the process exit code.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace CLI {
+class App;
+}
+
+namespace kvshard {
+
+// Options shared by every command that starts the shards (generate, bench).
+struct ShardFlags {
+  std::string model_dir;
+  int threads = 0;             // per rank; 0 = this host's cores / ranks on this host
+  int64_t kv_blocks = 0;       // 0 = enough for one sequence of the model's whole context
+  int64_t block_size = 16;
+  std::string kv_dtype = "f32";
+  int64_t max_tokens_per_step = 512;
+};
+
+void AddShardFlags(CLI::App* cmd, ShardFlags* flags);
+
+void RegisterGenerate(CLI::App& app, int* exit_code);
+void RegisterBench(CLI::App& app, int* exit_code);
+void RegisterMakeModel(CLI::App& app, int* exit_code);
+void RegisterConvertLlama2c(CLI::App& app, int* exit_code);
+
+}  // namespace kvshard

@@ -1,0 +1,43 @@
+// Start-up shared by the commands that run the model: MPI, the tensor-parallel group, every
+// rank's shard, and agreement on success (a failing rank is named on rank 0, and every rank
+// exits non-zero rather than one rank waiting for the others forever).
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "cluster/commands.h"
+#include "common/status.h"
+#include "shard/model_config.h"
+#include "shard/shard_model.h"
+#include "transport/mpi_communicator.h"
+
+namespace kvshard {
+
+// Initialises MPI (once per process) and finalises it at exit.
+class MpiSession {
+ public:
+  MpiSession();
+  ~MpiSession();
+  bool ok() const { return ok_; }
+
+ private:
+  bool ok_ = false;
+};
+
+struct Runtime {
+  std::unique_ptr<MpiCommunicator> comm;
+  ModelConfig config;
+  std::unique_ptr<ShardModel> model;
+  int threads = 1;
+  bool is_root() const { return comm->rank() == 0; }
+};
+
+// Loads every rank's shard. `min_kv_tokens` is the context the KV pool must hold when
+// flags.kv_blocks is 0 (the model's whole context when 0 too).
+StatusOr<Runtime> StartRuntime(const ShardFlags& flags, int64_t min_kv_tokens = 0);
+
+// Prints `status` as the job's error (rank 0, or any rank when it is rank-local) and returns 1.
+int ReportFailure(const Status& status, int rank);
+
+}  // namespace kvshard

@@ -1,0 +1,78 @@
+// Text <-> token ids for Llama-family vocabularies. Two file formats are read: llama2.c's
+// tokenizer.bin (scores + byte strings, encoded here with SentencePiece-style BPE) and
+// SentencePiece's tokenizer.model (encoded by libsentencepiece). Both give the same ids for the
+// same vocabulary (tests/unit/tokenizer_test.cc checks this on the Llama 2 vocabulary).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/status.h"
+
+namespace kvshard {
+
+// Implementations are immutable after loading, so one instance may be shared by threads.
+class Tokenizer {
+ public:
+  virtual ~Tokenizer() = default;
+
+  // Encodes `text` as SentencePiece BPE does (dummy-prefix space when the vocabulary has one,
+  // byte fallback for characters it lacks); prepends bos_id() when add_bos. Any bytes are
+  // accepted, including invalid UTF-8 and NULs.
+  virtual std::vector<int32_t> Encode(std::string_view text, bool add_bos) const = 0;
+
+  // Bytes of `token` as printed right after `prev` (llama2.c semantics): a leading space is
+  // stripped when prev == bos_id(); byte tokens <0xXX> give the raw byte; BOS, EOS, <unk> and
+  // other control tokens, and ids outside [0, vocab_size()), give "".
+  virtual std::string DecodeToken(int32_t prev, int32_t token) const = 0;
+
+  // Concatenates DecodeToken(prev, t) over `tokens`, with prev starting at bos_id(): a sequence
+  // with or without a leading BOS decodes to the same text, and for ordinary text
+  // Decode(Encode(text, add_bos)) == text either way (the dummy-prefix space is stripped).
+  std::string Decode(const std::vector<int32_t>& tokens) const;
+
+  virtual int32_t vocab_size() const = 0;
+  virtual int32_t bos_id() const = 0;  // 1 for llama vocabularies
+  virtual int32_t eos_id() const = 0;  // 2 for llama vocabularies
+};
+
+// The byte of a byte-fallback piece "<0xXX>" (hex digits in either case), nullopt for any other
+// piece.
+std::optional<uint8_t> ParseBytePiece(std::string_view piece);
+
+// Reads llama2.c's tokenizer.bin: int32 max_token_length, then per token float32 score, int32
+// byte length, bytes (little-endian). The file has no count; it must hold exactly `vocab_size`
+// entries (from the model config). Ids 0/1/2 are <unk>/BOS/EOS; pieces "<0xXX>" are byte tokens.
+// Errors: NotFound (no file), DataLoss (truncated, negative or absurd lengths, non-finite
+// scores), InvalidArgument (entry count differs from vocab_size, vocab_size < 3); all name the
+// file.
+StatusOr<std::unique_ptr<Tokenizer>> LoadLlama2cTokenizer(const std::string& path,
+                                                          int32_t vocab_size);
+
+// Loads a SentencePiece tokenizer.model with libsentencepiece. Errors: NotFound, DataLoss (not a
+// valid model).
+StatusOr<std::unique_ptr<Tokenizer>> LoadSentencePieceTokenizer(const std::string& path);
+
+// Loads `dir`/tokenizer.model if present, else `dir`/tokenizer.bin, and checks that its vocabulary
+// has `vocab_size` tokens (InvalidArgument naming both numbers if not). NotFound naming `dir`
+// when neither file exists.
+StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerFromModelDir(const std::string& dir,
+                                                               int32_t vocab_size);
+
+// Writes a llama2.c-format tokenizer.bin (max_token_length = longest piece). InvalidArgument when
+// the two vectors differ in size or are empty, a piece exceeds 1 MiB or a score is not finite.
+Status WriteLlama2cTokenizer(const std::string& path, const std::vector<std::string>& pieces,
+                             const std::vector<float>& scores);
+
+// A vocabulary for random-weight models: ids 0, 1, 2 = "<unk>", "\n<s>\n", "\n</s>\n" (as in
+// llama2.c's tokenizer.bin), 3..258 = "<0x00>".."<0xFF>", then distinct pieces " w259", " w260",
+// ... with low scores. No merge can ever produce them, so any text encodes to its bytes (+3).
+// InvalidArgument if vocab_size < 259; the outputs are replaced on success.
+Status SyntheticVocabulary(int32_t vocab_size, std::vector<std::string>* pieces,
+                           std::vector<float>* scores);
+
+}  // namespace kvshard

@@ -1,0 +1,21 @@
+// out[t, n] = sum_k x[t, k] * w[n, k]: a linear layer with Hugging Face's [out, in] weight layout.
+// Decode (t = 1) is a matrix-vector product bound by reading w once; prefill reuses each tile of w
+// across all tokens. Threads split the output features (OpenMP).
+#pragma once
+
+#include <cstdint>
+
+namespace kvshard {
+
+// out: f32 [tokens, out_features]; x: f32 [tokens, in_features]; w: f32 [out_features, in_features]
+void matmul(float* out, const float* x, const float* w, int64_t tokens, int64_t in_features,
+            int64_t out_features);
+
+// out += the same product (used to accumulate a residual without a temporary).
+void matmul_accumulate(float* out, const float* x, const float* w, int64_t tokens,
+                       int64_t in_features, int64_t out_features);
+
+// Dot product of two f32 vectors with several accumulators and wide loads.
+float dot_f32(const float* a, const float* b, int64_t n);
+
+}  // namespace kvshard

@@ -1,0 +1,132 @@
+#include "kernels/cpu/paged_attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "kernels/cpu/half.h"
+#include "kernels/cpu/matmul.h"
+
+namespace kvshard {
+namespace {
+
+constexpr int64_t kMaxHeadDim = 512;
+constexpr int64_t kMaxGroup = 128;
+
+// Row of a KV pool as f32: f32 pools are used in place, 16-bit pools are widened into scratch.
+template <typename KV>
+inline const float* row_f32(const KV* row, int64_t n, float* scratch) {
+  if constexpr (std::is_same_v<KV, float>) {
+    return row;
+  } else {
+    for (int64_t i = 0; i < n; ++i) scratch[i] = to_f32(row[i]);
+    return scratch;
+  }
+}
+
+}  // namespace
+
+template <typename KV>
+void kv_append(KV* k_cache, KV* v_cache, const float* k, const float* v, const int64_t* slots,
+               int64_t tokens, int64_t kv_heads, int64_t head_dim) {
+  const int64_t row = kv_heads * head_dim;
+  for (int64_t t = 0; t < tokens; ++t) {
+    KV* kd = k_cache + slots[t] * row;
+    KV* vd = v_cache + slots[t] * row;
+    for (int64_t i = 0; i < row; ++i) {
+      kd[i] = from_f32<KV>(k[t * row + i]);
+      vd[i] = from_f32<KV>(v[t * row + i]);
+    }
+  }
+}
+
+template <typename KV>
+void paged_attention(float* out, const float* q, const KV* k_cache, const KV* v_cache,
+                     const PagedKvView& view, const int32_t* token_seq, const int32_t* positions,
+                     int64_t tokens, int64_t q_heads, int64_t kv_heads, int64_t head_dim,
+                     float scale) {
+  const int64_t group = q_heads / kv_heads;
+  const int64_t kv_row = kv_heads * head_dim;
+  const int64_t bs = view.block_size;
+  // One task per (token, KV head): the group's query heads share every K/V row they read.
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t task = 0; task < tokens * kv_heads; ++task) {
+    const int64_t t = task / kv_heads;
+    const int64_t kvh = task % kv_heads;
+    const int32_t* table = view.block_indices + view.block_indptr[token_seq[t]];
+    const int64_t len = static_cast<int64_t>(positions[t]) + 1;
+    const float* qg = q + (t * q_heads + kvh * group) * head_dim;  // [group, head_dim]
+    float acc[kMaxGroup * kMaxHeadDim];
+    float m[kMaxGroup], l[kMaxGroup];
+    float kbuf[kMaxHeadDim], vbuf[kMaxHeadDim];
+    float s[kMaxGroup];
+    std::fill(acc, acc + group * head_dim, 0.0f);
+    std::fill(m, m + group, -std::numeric_limits<float>::infinity());
+    std::fill(l, l + group, 0.0f);
+    for (int64_t p = 0; p < len; ++p) {
+      const int64_t slot = static_cast<int64_t>(table[p / bs]) * bs + p % bs;
+      const float* kr = row_f32(k_cache + slot * kv_row + kvh * head_dim, head_dim, kbuf);
+      const float* vr = row_f32(v_cache + slot * kv_row + kvh * head_dim, head_dim, vbuf);
+      for (int64_t g = 0; g < group; ++g) {
+        s[g] = dot_f32(qg + g * head_dim, kr, head_dim) * scale;
+      }
+      // Online softmax: rescale what was accumulated when the running max grows.
+      for (int64_t g = 0; g < group; ++g) {
+        float* a = acc + g * head_dim;
+        if (s[g] > m[g]) {
+          const float correction = std::exp(m[g] - s[g]);
+          l[g] *= correction;
+          for (int64_t i = 0; i < head_dim; ++i) a[i] *= correction;
+          m[g] = s[g];
+        }
+        const float w = std::exp(s[g] - m[g]);
+        l[g] += w;
+        for (int64_t i = 0; i < head_dim; ++i) a[i] += w * vr[i];
+      }
+    }
+    float* o = out + (t * q_heads + kvh * group) * head_dim;
+    for (int64_t g = 0; g < group; ++g) {
+      const float inv = 1.0f / l[g];
+      for (int64_t i = 0; i < head_dim; ++i) o[g * head_dim + i] = acc[g * head_dim + i] * inv;
+    }
+  }
+}
+
+void contiguous_attention(float* out, const float* q, const float* k, const float* v, int64_t len,
+                          int64_t q_heads, int64_t kv_heads, int64_t head_dim, float scale) {
+  const int64_t group = q_heads / kv_heads;
+  std::vector<double> scores(len);
+  for (int64_t h = 0; h < q_heads; ++h) {
+    const int64_t kvh = h / group;
+    double mx = -std::numeric_limits<double>::infinity();
+    for (int64_t p = 0; p < len; ++p) {
+      double d = 0;
+      for (int64_t i = 0; i < head_dim; ++i) {
+        d += static_cast<double>(q[h * head_dim + i]) * k[(p * kv_heads + kvh) * head_dim + i];
+      }
+      scores[p] = d * scale;
+      mx = std::max(mx, scores[p]);
+    }
+    double sum = 0;
+    for (int64_t p = 0; p < len; ++p) sum += (scores[p] = std::exp(scores[p] - mx));
+    for (int64_t i = 0; i < head_dim; ++i) {
+      double o = 0;
+      for (int64_t p = 0; p < len; ++p) o += scores[p] * v[(p * kv_heads + kvh) * head_dim + i];
+      out[h * head_dim + i] = static_cast<float>(o / sum);
+    }
+  }
+}
+
+#define KVSHARD_INSTANTIATE_ATTENTION(KV)                                                       \
+  template void kv_append<KV>(KV*, KV*, const float*, const float*, const int64_t*, int64_t,   \
+                              int64_t, int64_t);                                                \
+  template void paged_attention<KV>(float*, const float*, const KV*, const KV*,                 \
+                                    const PagedKvView&, const int32_t*, const int32_t*, int64_t, \
+                                    int64_t, int64_t, int64_t, float);
+KVSHARD_INSTANTIATE_ATTENTION(float)
+KVSHARD_INSTANTIATE_ATTENTION(f16_t)
+KVSHARD_INSTANTIATE_ATTENTION(bf16_t)
+#undef KVSHARD_INSTANTIATE_ATTENTION
+
+}  // namespace kvshard

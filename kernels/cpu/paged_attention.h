@@ -1,0 +1,41 @@
+// Attention over a paged KV cache (the CPU reference and production path).
+//
+// The cache of one layer on one rank is a pool of blocks: K and V each
+//   KV [num_blocks, block_size, kv_heads, head_dim]
+// A sequence's positions 0..n-1 live in the blocks listed by its block table; position p is slot
+// p % block_size of block table[p / block_size]. The batch's tables are one FlashInfer-style view
+// (indptr + indices) built once per step and used by every layer.
+#pragma once
+
+#include <cstdint>
+
+namespace kvshard {
+
+struct PagedKvView {
+  const int32_t* block_indptr;   // [seqs + 1]: sequence s owns indices[indptr[s], indptr[s+1])
+  const int32_t* block_indices;  // [nnz_blocks]
+  int64_t block_size;
+};
+
+// Writes each token's K and V into its slot. slots: [tokens], slot = block * block_size + offset.
+// k, v: f32 [tokens, kv_heads, head_dim]; k_cache, v_cache: KV [num_blocks * block_size, ...].
+template <typename KV>
+void kv_append(KV* k_cache, KV* v_cache, const float* k, const float* v, const int64_t* slots,
+               int64_t tokens, int64_t kv_heads, int64_t head_dim);
+
+// Causal attention of each query token over positions 0..positions[t] of its sequence.
+// out, q: f32 [tokens, q_heads, head_dim]; token_seq: [tokens] sequence index of each token;
+// positions: [tokens]. q_heads must be a multiple of kv_heads (grouped-query attention: the
+// q_heads / kv_heads query heads of a group read their KV head's blocks once, together).
+template <typename KV>
+void paged_attention(float* out, const float* q, const KV* k_cache, const KV* v_cache,
+                     const PagedKvView& view, const int32_t* token_seq, const int32_t* positions,
+                     int64_t tokens, int64_t q_heads, int64_t kv_heads, int64_t head_dim,
+                     float scale);
+
+// The contiguous reference the paged kernel is tested against: k, v: f32 [len, kv_heads,
+// head_dim] for one sequence, q: f32 [q_heads, head_dim] at position len - 1.
+void contiguous_attention(float* out, const float* q, const float* k, const float* v, int64_t len,
+                          int64_t q_heads, int64_t kv_heads, int64_t head_dim, float scale);
+
+}  // namespace kvshard

@@ -1,0 +1,343 @@
+#include "shard/model_config.h"
+
+#include <cmath>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "shard/mapped_file.h"
+
+namespace kvshard {
+namespace {
+
+using json = nlohmann::json;
+
+constexpr int64_t kMaxDim = int64_t{1} << 20;
+constexpr int64_t kMaxLayers = 1024;
+constexpr int64_t kMaxHeads = 1024;
+constexpr int64_t kMaxHeadDim = int64_t{1} << 14;
+constexpr int64_t kMaxVocab = int64_t{1} << 22;
+constexpr int64_t kMaxSeqLen = int64_t{1} << 24;
+constexpr int64_t kDefaultMaxSeqLen = 2048;
+
+std::string Snippet(const json& j) {
+  std::string s = j.dump(-1, ' ', false, json::error_handler_t::replace);
+  if (s.size() > 48) s = s.substr(0, 45) + "...";
+  return s;
+}
+
+// The value at `key`, or nullptr when it is absent or null (both mean "use the default").
+const json* Field(const json& obj, const char* key) {
+  const auto it = obj.find(key);
+  if (it == obj.end() || it->is_null()) return nullptr;
+  return &*it;
+}
+
+Status ToInt(const json& v, const std::string& name, int64_t* out) {
+  if (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t{std::numeric_limits<int64_t>::max()}) {
+    return InvalidArgument("config.json: {} ({}) is too large", name, Snippet(v));
+  }
+  if (!v.is_number_integer()) {
+    return InvalidArgument("config.json: {} must be an integer, got {}", name, Snippet(v));
+  }
+  *out = v.get<int64_t>();
+  return Status::Ok();
+}
+
+// Reads an integer field; absent or null leaves *out as it is unless `required`.
+Status GetInt(const json& obj, const char* key, bool required, int64_t* out,
+              const std::string& prefix = "") {
+  const json* v = Field(obj, key);
+  if (v == nullptr) {
+    if (required) return InvalidArgument("config.json: {}{} is missing", prefix, key);
+    return Status::Ok();
+  }
+  return ToInt(*v, prefix + key, out);
+}
+
+// Reads a number field as float; it must be finite as a float.
+Status GetFloat(const json& obj, const char* key, bool required, float* out,
+                const std::string& prefix = "") {
+  const json* v = Field(obj, key);
+  if (v == nullptr) {
+    if (required) return InvalidArgument("config.json: {}{} is missing", prefix, key);
+    return Status::Ok();
+  }
+  if (!v->is_number()) {
+    return InvalidArgument("config.json: {}{} must be a number, got {}", prefix, key, Snippet(*v));
+  }
+  const float f = static_cast<float>(v->get<double>());
+  if (!std::isfinite(f)) {
+    return InvalidArgument("config.json: {}{} ({}) is not a finite float", prefix, key,
+                           Snippet(*v));
+  }
+  *out = f;
+  return Status::Ok();
+}
+
+Status GetBool(const json& obj, const char* key, bool* out) {
+  const json* v = Field(obj, key);
+  if (v == nullptr) return Status::Ok();
+  if (!v->is_boolean()) {
+    return InvalidArgument("config.json: {} must be true or false, got {}", key, Snippet(*v));
+  }
+  *out = v->get<bool>();
+  return Status::Ok();
+}
+
+Status CheckRange(const char* key, int64_t value, int64_t lo, int64_t hi) {
+  if (value < lo || value > hi) {
+    return InvalidArgument("config.json: {} ({}) must be in [{}, {}]", key, value, lo, hi);
+  }
+  return Status::Ok();
+}
+
+Status CheckPositive(const std::string& key, float value) {
+  if (!(value > 0)) return InvalidArgument("config.json: {} ({}) must be > 0", key, value);
+  return Status::Ok();
+}
+
+Status CheckTokenId(const char* key, int64_t id, int64_t vocab) {
+  if (id < 0 || id >= vocab) {
+    return InvalidArgument("config.json: {} ({}) is outside the vocabulary [0, {})", key, id,
+                           vocab);
+  }
+  return Status::Ok();
+}
+
+Status ParseRopeScaling(const json& rs, RopeScaling* out) {
+  if (!rs.is_object()) {
+    return InvalidArgument("config.json: rope_scaling must be an object, got {}", Snippet(rs));
+  }
+  const json* type = Field(rs, "rope_type");
+  if (type == nullptr) type = Field(rs, "type");
+  if (type == nullptr) return InvalidArgument("config.json: rope_scaling has no rope_type");
+  if (!type->is_string()) {
+    return InvalidArgument("config.json: rope_scaling.rope_type must be a string, got {}",
+                           Snippet(*type));
+  }
+  const auto& name = type->get_ref<const std::string&>();
+  RopeScaling scaling;
+  const std::string prefix = "rope_scaling.";
+  if (name == "default") {
+    *out = scaling;
+    return Status::Ok();
+  }
+  if (name == "linear") {
+    scaling.type = RopeScalingType::kLinear;
+    KVS_RETURN_IF_ERROR(GetFloat(rs, "factor", true, &scaling.factor, prefix));
+    KVS_RETURN_IF_ERROR(CheckPositive(prefix + "factor", scaling.factor));
+    *out = scaling;
+    return Status::Ok();
+  }
+  if (name != "llama3") {
+    return InvalidArgument(
+        "config.json: rope_scaling type \"{}\" is not supported (expected default, linear or "
+        "llama3)",
+        name);
+  }
+  scaling.type = RopeScalingType::kLlama3;
+  KVS_RETURN_IF_ERROR(GetFloat(rs, "factor", true, &scaling.factor, prefix));
+  KVS_RETURN_IF_ERROR(GetFloat(rs, "low_freq_factor", true, &scaling.low_freq_factor, prefix));
+  KVS_RETURN_IF_ERROR(GetFloat(rs, "high_freq_factor", true, &scaling.high_freq_factor, prefix));
+  KVS_RETURN_IF_ERROR(GetInt(rs, "original_max_position_embeddings", true,
+                             &scaling.original_max_position_embeddings, prefix));
+  KVS_RETURN_IF_ERROR(CheckPositive(prefix + "factor", scaling.factor));
+  KVS_RETURN_IF_ERROR(CheckPositive(prefix + "low_freq_factor", scaling.low_freq_factor));
+  if (!(scaling.high_freq_factor > scaling.low_freq_factor)) {
+    return InvalidArgument(
+        "config.json: rope_scaling.high_freq_factor ({}) must exceed low_freq_factor ({})",
+        scaling.high_freq_factor, scaling.low_freq_factor);
+  }
+  KVS_RETURN_IF_ERROR(CheckRange("rope_scaling.original_max_position_embeddings",
+                                 scaling.original_max_position_embeddings, 1, kMaxSeqLen));
+  *out = scaling;
+  return Status::Ok();
+}
+
+StatusOr<ModelConfig> ParseUnguarded(std::string_view text) {
+  const json j = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return InvalidArgument("config.json: not valid JSON");
+  if (!j.is_object()) {
+    return InvalidArgument("config.json: must be a JSON object, got a {}", j.type_name());
+  }
+  ModelConfig c;
+  KVS_RETURN_IF_ERROR(GetInt(j, "hidden_size", true, &c.dim));
+  KVS_RETURN_IF_ERROR(CheckRange("hidden_size", c.dim, 1, kMaxDim));
+  KVS_RETURN_IF_ERROR(GetInt(j, "intermediate_size", true, &c.hidden_dim));
+  KVS_RETURN_IF_ERROR(CheckRange("intermediate_size", c.hidden_dim, 1, kMaxDim));
+  KVS_RETURN_IF_ERROR(GetInt(j, "num_hidden_layers", true, &c.n_layers));
+  KVS_RETURN_IF_ERROR(CheckRange("num_hidden_layers", c.n_layers, 1, kMaxLayers));
+  KVS_RETURN_IF_ERROR(GetInt(j, "num_attention_heads", true, &c.n_heads));
+  KVS_RETURN_IF_ERROR(CheckRange("num_attention_heads", c.n_heads, 1, kMaxHeads));
+  c.n_kv_heads = c.n_heads;
+  KVS_RETURN_IF_ERROR(GetInt(j, "num_key_value_heads", false, &c.n_kv_heads));
+  KVS_RETURN_IF_ERROR(CheckRange("num_key_value_heads", c.n_kv_heads, 1, kMaxHeads));
+  if (c.n_heads % c.n_kv_heads != 0) {
+    return InvalidArgument(
+        "config.json: num_key_value_heads ({}) must divide num_attention_heads ({})", c.n_kv_heads,
+        c.n_heads);
+  }
+  if (Field(j, "head_dim") != nullptr) {
+    KVS_RETURN_IF_ERROR(GetInt(j, "head_dim", true, &c.head_dim));
+    KVS_RETURN_IF_ERROR(CheckRange("head_dim", c.head_dim, 1, kMaxHeadDim));
+  } else {
+    if (c.dim % c.n_heads != 0) {
+      return InvalidArgument(
+          "config.json: num_attention_heads ({}) must divide hidden_size ({}) when head_dim is "
+          "absent",
+          c.n_heads, c.dim);
+    }
+    c.head_dim = c.dim / c.n_heads;
+  }
+  if (c.head_dim % 2 != 0) {
+    return InvalidArgument("config.json: head_dim ({}) must be even for rotary embeddings",
+                           c.head_dim);
+  }
+  KVS_RETURN_IF_ERROR(GetInt(j, "vocab_size", true, &c.vocab_size));
+  KVS_RETURN_IF_ERROR(CheckRange("vocab_size", c.vocab_size, 1, kMaxVocab));
+  c.max_seq_len = kDefaultMaxSeqLen;
+  KVS_RETURN_IF_ERROR(GetInt(j, "max_position_embeddings", false, &c.max_seq_len));
+  KVS_RETURN_IF_ERROR(CheckRange("max_position_embeddings", c.max_seq_len, 1, kMaxSeqLen));
+
+  KVS_RETURN_IF_ERROR(GetFloat(j, "rms_norm_eps", false, &c.rms_norm_eps));
+  KVS_RETURN_IF_ERROR(CheckPositive("rms_norm_eps", c.rms_norm_eps));
+  // Newer transformers nest rope_theta and the scaling under "rope_parameters".
+  const json* rope_params = Field(j, "rope_parameters");
+  if (rope_params != nullptr && !rope_params->is_object()) {
+    return InvalidArgument("config.json: rope_parameters must be an object, got {}",
+                           Snippet(*rope_params));
+  }
+  KVS_RETURN_IF_ERROR(GetFloat(j, "rope_theta", false, &c.rope_theta));
+  if (rope_params != nullptr) {
+    KVS_RETURN_IF_ERROR(
+        GetFloat(*rope_params, "rope_theta", false, &c.rope_theta, "rope_parameters."));
+  }
+  KVS_RETURN_IF_ERROR(CheckPositive("rope_theta", c.rope_theta));
+  const json* rope_scaling = Field(j, "rope_scaling");
+  if (rope_scaling == nullptr) rope_scaling = rope_params;
+  if (rope_scaling != nullptr) {
+    KVS_RETURN_IF_ERROR(ParseRopeScaling(*rope_scaling, &c.rope_scaling));
+  }
+
+  KVS_RETURN_IF_ERROR(GetBool(j, "tie_word_embeddings", &c.tie_word_embeddings));
+  int64_t bos = c.bos_token_id;
+  KVS_RETURN_IF_ERROR(GetInt(j, "bos_token_id", false, &bos));
+  KVS_RETURN_IF_ERROR(CheckTokenId("bos_token_id", bos, c.vocab_size));
+  c.bos_token_id = static_cast<int32_t>(bos);
+  if (const json* v = Field(j, "eos_token_id")) {
+    // A list may be empty: then only the length limit ends generation.
+    const json ids = v->is_array() ? *v : json::array({*v});
+    c.eos_token_ids.clear();
+    for (const json& id : ids) {
+      int64_t eos = 0;
+      KVS_RETURN_IF_ERROR(ToInt(id, "eos_token_id", &eos));
+      KVS_RETURN_IF_ERROR(CheckTokenId("eos_token_id", eos, c.vocab_size));
+      c.eos_token_ids.push_back(static_cast<int32_t>(eos));
+    }
+  } else {
+    for (const int32_t eos : c.eos_token_ids) {
+      KVS_RETURN_IF_ERROR(CheckTokenId("eos_token_id (default)", eos, c.vocab_size));
+    }
+  }
+
+  const json* dtype = Field(j, "torch_dtype");
+  if (dtype == nullptr) dtype = Field(j, "dtype");
+  if (dtype != nullptr) {
+    if (!dtype->is_string()) {
+      return InvalidArgument("config.json: torch_dtype must be a string, got {}", Snippet(*dtype));
+    }
+    auto parsed = ParseDType(dtype->get_ref<const std::string&>());
+    if (!parsed.ok()) return parsed.status().WithContext("config.json: torch_dtype");
+    c.dtype = *parsed;
+  }
+
+  // kvshard implements the Llama block only; refuse what it would silently compute wrong.
+  if (const json* act = Field(j, "hidden_act"); act != nullptr && *act != "silu") {
+    return InvalidArgument("config.json: hidden_act {} is not supported (only \"silu\")",
+                           Snippet(*act));
+  }
+  for (const char* key : {"attention_bias", "mlp_bias"}) {
+    bool bias = false;
+    KVS_RETURN_IF_ERROR(GetBool(j, key, &bias));
+    if (bias) return InvalidArgument("config.json: {} = true is not supported", key);
+  }
+  return c;
+}
+
+const char* TorchDTypeName(DType dtype) {
+  switch (dtype) {
+    case DType::kF32: return "float32";
+    case DType::kF16: return "float16";
+    case DType::kBF16: return "bfloat16";
+  }
+  return "float32";
+}
+
+// A double that prints as the float's shortest decimal form (1e-05, not 9.999999747378752e-06)
+// and still converts back to exactly the same float.
+double ShortestDouble(float f) { return std::stod(fmt::format("{}", f)); }
+
+}  // namespace
+
+StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
+  try {
+    return ParseUnguarded(json_text);
+  } catch (const std::exception& e) {
+    return InvalidArgument("config.json: {}", e.what());
+  }
+}
+
+StatusOr<ModelConfig> LoadModelConfig(const std::string& model_dir) {
+  const std::string path = model_dir + "/config.json";
+  KVS_ASSIGN_OR_RETURN(MappedFile file, MappedFile::Open(path));
+  const std::string_view text(reinterpret_cast<const char*>(file.data()), file.size());
+  auto config = ParseModelConfig(text);
+  if (!config.ok()) return config.status().WithContext(model_dir);
+  return config;
+}
+
+std::string ModelConfigToJson(const ModelConfig& c) {
+  json j = {
+      {"architectures", json::array({"LlamaForCausalLM"})},
+      {"model_type", "llama"},
+      {"hidden_act", "silu"},
+      {"hidden_size", c.dim},
+      {"intermediate_size", c.hidden_dim},
+      {"num_hidden_layers", c.n_layers},
+      {"num_attention_heads", c.n_heads},
+      {"num_key_value_heads", c.n_kv_heads},
+      {"head_dim", c.head_dim},
+      {"vocab_size", c.vocab_size},
+      {"max_position_embeddings", c.max_seq_len},
+      {"rms_norm_eps", ShortestDouble(c.rms_norm_eps)},
+      {"rope_theta", ShortestDouble(c.rope_theta)},
+      {"tie_word_embeddings", c.tie_word_embeddings},
+      {"bos_token_id", c.bos_token_id},
+      {"torch_dtype", TorchDTypeName(c.dtype)},
+  };
+  if (c.eos_token_ids.size() == 1) {
+    j["eos_token_id"] = c.eos_token_ids[0];
+  } else {
+    j["eos_token_id"] = c.eos_token_ids;
+  }
+  const RopeScaling& rs = c.rope_scaling;
+  switch (rs.type) {
+    case RopeScalingType::kNone: j["rope_scaling"] = nullptr; break;
+    case RopeScalingType::kLinear:
+      j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", ShortestDouble(rs.factor)}};
+      break;
+    case RopeScalingType::kLlama3:
+      j["rope_scaling"] = {
+          {"rope_type", "llama3"},
+          {"factor", ShortestDouble(rs.factor)},
+          {"low_freq_factor", ShortestDouble(rs.low_freq_factor)},
+          {"high_freq_factor", ShortestDouble(rs.high_freq_factor)},
+          {"original_max_position_embeddings", rs.original_max_position_embeddings},
+      };
+      break;
+  }
+  return j.dump(2);
+}
+
+}  // namespace kvshard

@@ -1,0 +1,53 @@
+// The model hyper-parameters of a Hugging Face Llama checkpoint (`config.json`).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/status.h"
+#include "shard/dtype.h"
+
+namespace kvshard {
+
+enum class RopeScalingType { kNone, kLinear, kLlama3 };
+
+struct RopeScaling {
+  RopeScalingType type = RopeScalingType::kNone;
+  float factor = 1, low_freq_factor = 1, high_freq_factor = 4;
+  int64_t original_max_position_embeddings = 8192;
+};
+
+struct ModelConfig {
+  int64_t dim = 0;         // hidden_size
+  int64_t hidden_dim = 0;  // intermediate_size
+  int64_t n_layers = 0;    // num_hidden_layers
+  int64_t n_heads = 0;     // num_attention_heads
+  int64_t n_kv_heads = 0;  // num_key_value_heads, defaults to n_heads
+  int64_t head_dim = 0;    // head_dim, defaults to dim / n_heads
+  int64_t vocab_size = 0;
+  int64_t max_seq_len = 0;  // max_position_embeddings (2048 when absent, as in transformers)
+  float rms_norm_eps = 1e-5f;
+  float rope_theta = 10000.f;
+  RopeScaling rope_scaling;
+  bool tie_word_embeddings = false;
+  int32_t bos_token_id = 1;
+  std::vector<int32_t> eos_token_ids{2};  // eos_token_id: an int or a list in the JSON
+  DType dtype = DType::kF32;              // torch_dtype (or the newer "dtype")
+};
+
+// Parses and validates config.json text: sizes positive and below sane limits, heads divisible by
+// kv heads, head_dim even, eps and theta finite and positive, a known rope_scaling type, token ids
+// within the vocabulary, hidden_act "silu" and no attention/MLP biases. Absent optional fields
+// keep the defaults above. Errors name the field and value ("config.json: num_key_value_heads (3)
+// must divide num_attention_heads (8)").
+StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text);
+
+// Reads and parses <model_dir>/config.json.
+StatusOr<ModelConfig> LoadModelConfig(const std::string& model_dir);
+
+// HF field names, model_type "llama", architectures ["LlamaForCausalLM"]; parses back equal.
+std::string ModelConfigToJson(const ModelConfig& config);
+
+}  // namespace kvshard

@@ -1,0 +1,13 @@
+// RoPE inverse frequencies with the model's rope_scaling (none, linear, Llama 3).
+#pragma once
+
+#include <vector>
+
+#include "shard/model_config.h"
+
+namespace kvshard {
+
+// f32 [head_dim / 2]: theta^(-2i/head_dim), rescaled as config.rope_scaling says.
+std::vector<float> RopeInverseFrequencies(const ModelConfig& config);
+
+}  // namespace kvshard

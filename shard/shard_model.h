@@ -1,0 +1,75 @@
+// What one rank owns and does: its weight slice, its KV pool and the layer forward of a step
+// plan. It knows its local head counts, never request state.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+#include "shard/kv_pool.h"
+#include "shard/model_config.h"
+#include "shard/tp_layout.h"
+#include "shard/weights.h"
+#include "transport/communicator.h"
+#include "transport/step_plan.h"
+
+namespace kvshard {
+
+struct ShardOptions {
+  int64_t num_blocks = 0;             // KV blocks per layer on every rank
+  int64_t block_size = 16;            // tokens per KV block
+  DType kv_dtype = DType::kF32;       // KV cache storage
+  int64_t max_tokens_per_step = 512;  // workspace size: the most tokens one step may carry
+};
+
+class ShardModel {
+ public:
+  // Loads this rank's slice of the model in `model_dir` and allocates its KV pool and workspace.
+  // `comm` joins the ranks of the tensor-parallel group and must outlive the model.
+  static StatusOr<std::unique_ptr<ShardModel>> Load(const std::string& model_dir,
+                                                    const ModelConfig& config,
+                                                    const ShardOptions& options,
+                                                    Communicator* comm);
+
+  // Runs one step. Every rank of the group calls it with the same plan. On rank 0, `logits`
+  // receives f32 [plan.logits_rows.size(), vocab_size]; on other ranks it is left alone.
+  Status Forward(const StepPlan& plan, std::vector<float>* logits);
+
+  const ModelConfig& config() const { return config_; }
+  const TpLayout& layout() const { return layout_; }
+  const ShardOptions& options() const { return options_; }
+  const ShardWeights& weights() const { return weights_; }
+  const KvPoolShape& kv_shape() const { return kv_->shape(); }
+  Communicator& comm() { return *comm_; }
+
+ private:
+  ShardModel() = default;
+  Status Layer(int64_t layer, const StepPlan& plan, int64_t T);
+  Status Logits(const StepPlan& plan, std::vector<float>* logits);
+
+  ModelConfig config_;
+  TpLayout layout_;
+  ShardOptions options_;
+  ShardWeights weights_;
+  std::unique_ptr<KvPool> kv_;
+  Communicator* comm_ = nullptr;
+  std::vector<float> inv_freq_;  // f32 [head_dim / 2]
+
+  // Workspace, sized once for max_tokens_per_step (no allocation in the step).
+  std::vector<float> x_;             // f32 [T, dim] residual stream
+  std::vector<float> xn_;            // f32 [T, dim] normalised
+  std::vector<float> q_;             // f32 [T, q_heads, head_dim]
+  std::vector<float> k_;             // f32 [T, kv_heads, head_dim]
+  std::vector<float> v_;             // f32 [T, kv_heads, head_dim]
+  std::vector<float> att_;           // f32 [T, q_heads, head_dim]
+  std::vector<float> gate_;          // f32 [T, ffn]
+  std::vector<float> up_;            // f32 [T, ffn]
+  std::vector<float> partial_;       // f32 [T, dim] this rank's share before the all-reduce
+  std::vector<float> local_logits_;  // f32 [T, vocab_slice]
+  std::vector<float> gathered_;      // f32 [T * vocab] rank-major, on rank 0
+  std::vector<int64_t> slots_;       // [T] KV slot of each token
+  std::vector<int32_t> token_seq_;   // [T] sequence of each token
+};
+
+}  // namespace kvshard

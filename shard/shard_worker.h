@@ -1,0 +1,12 @@
+// The loop every rank but 0 runs: receive a step plan, run it, repeat until told to stop.
+#pragma once
+
+#include "common/status.h"
+#include "shard/shard_model.h"
+
+namespace kvshard {
+
+// Returns ok after a shutdown plan; an error if a plan could not be received or run.
+Status RunShardWorker(ShardModel& model);
+
+}  // namespace kvshard

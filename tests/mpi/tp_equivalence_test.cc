@@ -1,0 +1,111 @@
+// Invariant 1 of DESIGN.md: the same logits and greedy tokens at every tensor-parallel size, with
+// and without the KV cache. Runs under `mpirun -np 4`; the world is split into groups of 1, 2 and
+// 4 ranks, each group runs the same request, and world rank 0 (root of every group) compares.
+#include <gtest/gtest.h>
+#include <mpi.h>
+
+#include <cmath>
+#include <string>
+
+#include "coordinator/engine.h"
+#include "shard/shard_worker.h"
+#include "transport/mpi_communicator.h"
+
+namespace kvshard {
+namespace {
+
+struct Trace {
+  std::vector<int32_t> tokens;
+  std::vector<std::vector<float>> logits;
+};
+
+std::string ModelDir(const std::string& name) {
+  const char* dir = std::getenv("KVSHARD_TEST_MODELS");
+  return std::string(dir ? dir : "test_models") + "/" + name;
+}
+
+// Runs the request on a group of `tp` ranks; the group's root returns the trace.
+Trace RunOnGroup(const std::string& model_dir, int tp, bool use_cache, DType kv_dtype) {
+  int world_rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
+  MPI_Comm group;
+  MPI_Comm_split(MPI_COMM_WORLD, world_rank / tp, world_rank, &group);
+  auto comm = MpiCommunicator::Create(group);
+  MPI_Comm_free(&group);
+  EXPECT_TRUE(comm.ok()) << comm.status().ToString();
+  auto config = LoadModelConfig(model_dir);
+  EXPECT_TRUE(config.ok()) << config.status().ToString();
+  ShardOptions opt;
+  opt.num_blocks = 8;  // 128 tokens: the sequence crosses several block boundaries
+  opt.block_size = 16;
+  opt.kv_dtype = kv_dtype;
+  opt.max_tokens_per_step = 24;  // the 40-token prompt runs as chunked prefill
+  auto model = ShardModel::Load(model_dir, *config, opt, comm->get());
+  EXPECT_TRUE(model.ok()) << model.status().ToString();
+  Trace trace;
+  if ((*comm)->rank() != 0) {
+    const Status st = RunShardWorker(**model);
+    EXPECT_TRUE(st.ok()) << st.ToString();
+    return trace;
+  }
+  Engine engine(model->get());
+  GenerationRequest req;
+  for (int i = 0; i < 40; ++i) req.prompt.push_back((i * 37 + 11) % config->vocab_size);
+  req.max_tokens = 30;
+  req.use_kv_cache = use_cache;
+  auto result = engine.Generate(req, nullptr, &trace.logits);
+  EXPECT_TRUE(result.ok()) << result.status().ToString();
+  if (result.ok()) trace.tokens = result->tokens;
+  EXPECT_EQ(engine.blocks().free_blocks(), engine.blocks().total_blocks()) << "KV blocks leaked";
+  EXPECT_TRUE(engine.Shutdown().ok());
+  return trace;
+}
+
+// max |a - b| / max |a| over every logit of every step.
+double RelativeDiff(const Trace& a, const Trace& b) {
+  double diff = 0, scale = 0;
+  EXPECT_EQ(a.logits.size(), b.logits.size());
+  for (size_t s = 0; s < std::min(a.logits.size(), b.logits.size()); ++s) {
+    EXPECT_EQ(a.logits[s].size(), b.logits[s].size());
+    for (size_t i = 0; i < a.logits[s].size(); ++i) {
+      diff = std::max(diff, static_cast<double>(std::fabs(a.logits[s][i] - b.logits[s][i])));
+      scale = std::max(scale, static_cast<double>(std::fabs(a.logits[s][i])));
+    }
+  }
+  return scale > 0 ? diff / scale : diff;
+}
+
+class TpEquivalence : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(TpEquivalence, SameLogitsAtEveryLayoutWithAndWithoutCache) {
+  int world_rank = 0, world = 1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &world);
+  ASSERT_EQ(world, 4) << "run under mpirun -np 4";
+  const std::string dir = ModelDir(GetParam());
+  const Trace ref = RunOnGroup(dir, 1, true, DType::kF32);
+  const Trace recompute = RunOnGroup(dir, 1, false, DType::kF32);
+  const Trace tp2 = RunOnGroup(dir, 2, true, DType::kF32);
+  const Trace tp4 = RunOnGroup(dir, 4, true, DType::kF32);
+  const Trace tp4_recompute = RunOnGroup(dir, 4, false, DType::kF32);
+  const Trace tp2_bf16 = RunOnGroup(dir, 2, true, DType::kBF16);
+  if (world_rank != 0) return;
+  ASSERT_EQ(ref.tokens.size(), 30u);
+  ASSERT_EQ(ref.logits.size(), 30u);
+  EXPECT_LT(RelativeDiff(ref, recompute), 1e-4) << "cached decode != recompute";
+  EXPECT_LT(RelativeDiff(ref, tp2), 1e-4) << "TP=2 != TP=1";
+  EXPECT_LT(RelativeDiff(ref, tp4), 1e-4) << "TP=4 != TP=1";
+  EXPECT_LT(RelativeDiff(ref, tp4_recompute), 1e-4) << "TP=4 recompute != TP=1";
+  EXPECT_EQ(ref.tokens, recompute.tokens);
+  EXPECT_EQ(ref.tokens, tp2.tokens);
+  EXPECT_EQ(ref.tokens, tp4.tokens);
+  // A bf16 cache rounds K and V to 8 bits of mantissa: close, not equal.
+  EXPECT_LT(RelativeDiff(ref, tp2_bf16), 5e-2) << "bf16 KV cache far from f32";
+  EXPECT_GT(RelativeDiff(ref, tp2_bf16), 0.0) << "bf16 KV cache was not used";
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, TpEquivalence,
+                         ::testing::Values("mha", "gqa", "mqa", "mha_bf16_sharded"));
+
+}  // namespace
+}  // namespace kvshard

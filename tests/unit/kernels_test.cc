@@ -1,0 +1,107 @@
+// The small CPU kernels against straightforward double-precision loops.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "kernels/cpu/activation.h"
+#include "kernels/cpu/matmul.h"
+#include "kernels/cpu/rmsnorm.h"
+#include "kernels/cpu/rope.h"
+#include "kernels/cpu/stream_read.h"
+
+namespace kvshard {
+namespace {
+
+std::vector<float> Random(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal;
+  std::vector<float> v(n);
+  for (float& x : v) x = normal(rng);
+  return v;
+}
+
+TEST(Matmul, MatchesNaiveForOddShapes) {
+  for (auto [T, in, out] : {std::tuple{1, 64, 96}, {3, 17, 5}, {70, 33, 7}, {1, 1000, 3}}) {
+    const auto x = Random(T * in, 1), w = Random(out * in, 2);
+    std::vector<float> y(T * out), acc(T * out, 1.0f);
+    matmul(y.data(), x.data(), w.data(), T, in, out);
+    matmul_accumulate(acc.data(), x.data(), w.data(), T, in, out);
+    for (int t = 0; t < T; ++t) {
+      for (int n = 0; n < out; ++n) {
+        double ref = 0;
+        for (int k = 0; k < in; ++k) ref += static_cast<double>(x[t * in + k]) * w[n * in + k];
+        EXPECT_NEAR(y[t * out + n], ref, 1e-4 * std::sqrt(in)) << T << "x" << in << "x" << out;
+        EXPECT_NEAR(acc[t * out + n], ref + 1.0, 1e-4 * std::sqrt(in));
+      }
+    }
+  }
+}
+
+TEST(RmsNorm, MatchesDefinition) {
+  const int dim = 37;
+  const auto x = Random(2 * dim, 3), w = Random(dim, 4);
+  std::vector<float> y(2 * dim);
+  rmsnorm(y.data(), x.data(), w.data(), 2, dim, 1e-5f);
+  for (int t = 0; t < 2; ++t) {
+    double ss = 0;
+    for (int i = 0; i < dim; ++i) ss += x[t * dim + i] * x[t * dim + i];
+    const double s = 1.0 / std::sqrt(ss / dim + 1e-5);
+    for (int i = 0; i < dim; ++i) EXPECT_NEAR(y[t * dim + i], x[t * dim + i] * s * w[i], 1e-5);
+  }
+}
+
+TEST(Rope, PairingsAgreeUnderThePermutationAndPreserveNorm) {
+  const int64_t heads = 3, hd = 8, half = hd / 2;
+  std::vector<float> inv(half);
+  for (int64_t i = 0; i < half; ++i) inv[i] = std::pow(10000.0f, -2.0f * i / hd);
+  const auto x = Random(heads * hd, 5);
+  // The same vector in interleaved order: element (2i + p) <-> (p * half + i).
+  std::vector<float> xi(x.size());
+  for (int64_t h = 0; h < heads; ++h) {
+    for (int64_t i = 0; i < half; ++i) {
+      for (int p = 0; p < 2; ++p) xi[h * hd + 2 * i + p] = x[h * hd + p * half + i];
+    }
+  }
+  const int32_t pos = 1234;
+  std::vector<float> a = x, b = xi;
+  rope(a.data(), &pos, inv.data(), 1, heads, hd, RopePairing::kHalf);
+  rope(b.data(), &pos, inv.data(), 1, heads, hd, RopePairing::kInterleaved);
+  double na = 0, nx = 0;
+  for (int64_t h = 0; h < heads; ++h) {
+    for (int64_t i = 0; i < half; ++i) {
+      for (int p = 0; p < 2; ++p) {
+        EXPECT_NEAR(a[h * hd + p * half + i], b[h * hd + 2 * i + p], 1e-5);
+      }
+    }
+  }
+  for (size_t i = 0; i < x.size(); ++i) {
+    na += a[i] * a[i];
+    nx += x[i] * x[i];
+  }
+  EXPECT_NEAR(na, nx, 1e-3);
+  // Position 0 is the identity.
+  const int32_t zero = 0;
+  std::vector<float> c = x;
+  rope(c.data(), &zero, inv.data(), 1, heads, hd, RopePairing::kHalf);
+  EXPECT_EQ(c, x);
+}
+
+TEST(SiluMul, MatchesDefinition) {
+  const auto g = Random(50, 6), u = Random(50, 7);
+  std::vector<float> y(50);
+  silu_mul(y.data(), g.data(), u.data(), 50);
+  for (int i = 0; i < 50; ++i) EXPECT_NEAR(y[i], g[i] / (1 + std::exp(-g[i])) * u[i], 1e-5);
+}
+
+TEST(StreamRead, SumsEveryElementOnAnyThreadCount) {
+  std::vector<float> buf(1 << 16);
+  for (size_t i = 0; i < buf.size(); ++i) buf[i] = static_cast<float>(i % 7);
+  const int64_t n = static_cast<int64_t>(buf.size()) - 5;  // not a multiple of the vector width
+  double want = 0;
+  for (int64_t i = 0; i < n; ++i) want += buf[i];
+  for (int threads : {1, 2, 3}) EXPECT_DOUBLE_EQ(stream_read_sum(buf.data(), n, threads), want);
+}
+
+}  // namespace
+}  // namespace kvshard

@@ -1,0 +1,40 @@
+// Bytes between the ranks of one tensor-parallel group. The MPI implementation works on host
+// buffers; a device implementation (NCCL) comes with the GPU backend.
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+
+namespace kvshard {
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // "rank R on HOST", for messages that must say where something went wrong.
+  virtual std::string Where(int rank) const = 0;
+
+  // In-place element-wise sum over all ranks. data: f32 [n].
+  virtual Status AllReduceSum(float* data, size_t n) = 0;
+  // In-place sum of a few doubles (bookkeeping: bytes, bandwidths), not for the hot path.
+  virtual Status AllReduceSumDouble(double* data, size_t n) = 0;
+  // Largest value over all ranks, everywhere.
+  virtual Status AllReduceMax(int* value) = 0;
+  virtual Status Broadcast(void* data, size_t bytes, int root) = 0;
+  // Concatenates every rank's `send` (counts[r] floats from rank r) into `recv` on root.
+  virtual Status GatherV(const float* send, int count, float* recv, const std::vector<int>& counts,
+                         int root) = 0;
+  // Each rank's string, on root (empty elsewhere). Used to report which rank failed and why.
+  virtual StatusOr<std::vector<std::string>> GatherStrings(const std::string& mine, int root) = 0;
+  virtual Status Barrier() = 0;
+};
+
+// Combines every rank's status: all ranks return the same result, ok only when every rank was ok,
+// otherwise an error that names each failing rank and its host with its message.
+Status AgreeOnStatus(Communicator& comm, const Status& mine);
+
+}  // namespace kvshard
