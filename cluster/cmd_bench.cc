@@ -131,8 +131,10 @@ void RegisterBench(CLI::App& app, int* exit_code) {
   auto f = std::make_shared<BenchFlags>();
   CLI::App* cmd = app.add_subcommand("bench", "Measure decode against the memory ceiling");
   AddShardFlags(cmd, &f->shard);
-  cmd->add_option("--context", f->context, "Prompt tokens before decoding")->check(CLI::Range(1, 1 << 24));
-  cmd->add_option("--gen", f->gen, "Tokens to generate (timed: all but the first)")->check(CLI::Range(2, 1 << 20));
+  cmd->add_option("--context", f->context, "Prompt tokens before decoding")
+      ->check(CLI::Range(1, 1 << 24));
+  cmd->add_option("--gen", f->gen, "Tokens to generate (timed: all but the first)")
+      ->check(CLI::Range(2, 1 << 20));
   cmd->add_flag("--json", f->json, "One JSON object on one line");
   cmd->add_flag("--compare-no-cache", f->compare_no_cache,
                 "Also time recompute-everything decode at the same context");

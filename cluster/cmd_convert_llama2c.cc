@@ -126,9 +126,11 @@ Status Convert(const ConvertFlags& f) {
   for (int64_t i = 0; i < L; ++i) {
     const std::string p = fmt::format("model.layers.{}.", i);
     t.push_back({p + "input_layernorm.weight", {dim}, LayerSlice(rms_att, i, dim)});
-    t.push_back({p + "self_attn.q_proj.weight", {dim, dim},
+    t.push_back({p + "self_attn.q_proj.weight",
+                 {dim, dim},
                  PermuteForRotateHalf(LayerSlice(wq, i, dim * dim), c.n_heads, hd, dim)});
-    t.push_back({p + "self_attn.k_proj.weight", {kv_dim, dim},
+    t.push_back({p + "self_attn.k_proj.weight",
+                 {kv_dim, dim},
                  PermuteForRotateHalf(LayerSlice(wk, i, kv_dim * dim), c.n_kv_heads, hd, dim)});
     t.push_back({p + "self_attn.v_proj.weight", {kv_dim, dim}, LayerSlice(wv, i, kv_dim * dim)});
     t.push_back({p + "self_attn.o_proj.weight", {dim, dim}, LayerSlice(wo, i, dim * dim)});
@@ -143,8 +145,8 @@ Status Convert(const ConvertFlags& f) {
   // The tokenizer must load and match the vocabulary before anything is written.
   KVS_RETURN_IF_ERROR(
       LoadLlama2cTokenizer(f.tokenizer, static_cast<int32_t>(c.vocab_size)).status());
-  KVS_RETURN_IF_ERROR(WriteModelDir(f.out, c, t, f.shards,
-                                    {{"format", "pt"}, {"source", "llama2.c checkpoint"}}));
+  KVS_RETURN_IF_ERROR(
+      WriteModelDir(f.out, c, t, f.shards, {{"format", "pt"}, {"source", "llama2.c checkpoint"}}));
   std::error_code ec;
   std::filesystem::copy_file(f.tokenizer, f.out + "/tokenizer.bin",
                              std::filesystem::copy_options::overwrite_existing, ec);

@@ -41,7 +41,8 @@ StatusOr<GenerationRequest> MakeRequest(const GenerateFlags& f, const Tokenizer&
 }
 
 Status RunRoot(const GenerateFlags& f, Runtime& rt, Engine& engine) {
-  KVS_ASSIGN_OR_RETURN(auto tok, LoadTokenizerFromModelDir(f.shard.model_dir, rt.config.vocab_size));
+  KVS_ASSIGN_OR_RETURN(auto tok,
+                       LoadTokenizerFromModelDir(f.shard.model_dir, rt.config.vocab_size));
   KVS_ASSIGN_OR_RETURN(GenerationRequest request, MakeRequest(f, *tok));
   request.stop_ids = rt.config.eos_token_ids;
   KVS_RETURN_IF_ERROR(engine.Validate(request));
@@ -65,11 +66,12 @@ Status RunRoot(const GenerateFlags& f, Runtime& rt, Engine& engine) {
   std::fflush(stdout);
   const double per_token =
       result.decode_steps > 0 ? result.decode_seconds / result.decode_steps : 0.0;
-  spdlog::info("{} prompt + {} generated tokens ({}), prefill {:.1f} ms, decode {:.2f} ms/token; "
-               "KV blocks free after: {}/{}",
-               request.prompt.size(), result.tokens.size(), result.finish_reason,
-               result.prefill_seconds * 1e3, per_token * 1e3, engine.blocks().free_blocks(),
-               engine.blocks().total_blocks());
+  spdlog::info(
+      "{} prompt + {} generated tokens ({}), prefill {:.1f} ms, decode {:.2f} ms/token; "
+      "KV blocks free after: {}/{}",
+      request.prompt.size(), result.tokens.size(), result.finish_reason,
+      result.prefill_seconds * 1e3, per_token * 1e3, engine.blocks().free_blocks(),
+      engine.blocks().total_blocks());
   if (engine.blocks().free_blocks() != engine.blocks().total_blocks()) {
     return Internal("KV blocks leaked: {} of {} free after the request",
                     engine.blocks().free_blocks(), engine.blocks().total_blocks());

@@ -71,8 +71,7 @@ Status MakeModel(const MakeModelFlags& f) {
                                     {{"format", "pt"}, {"kvshard", "make-model random weights"}}));
   if (!f.tokenizer.empty()) {
     std::error_code ec;
-    const std::string name =
-        f.tokenizer.ends_with(".model") ? "tokenizer.model" : "tokenizer.bin";
+    const std::string name = f.tokenizer.ends_with(".model") ? "tokenizer.model" : "tokenizer.bin";
     std::filesystem::copy_file(f.tokenizer, f.out + "/" + name,
                                std::filesystem::copy_options::overwrite_existing, ec);
     if (ec) return Internal("cannot copy {}: {}", f.tokenizer, ec.message());

@@ -13,8 +13,8 @@ namespace kvshard {
 // Options shared by every command that starts the shards (generate, bench).
 struct ShardFlags {
   std::string model_dir;
-  int threads = 0;             // per rank; 0 = this host's cores / ranks on this host
-  int64_t kv_blocks = 0;       // 0 = enough for one sequence of the model's whole context
+  int threads = 0;        // per rank; 0 = this host's cores / ranks on this host
+  int64_t kv_blocks = 0;  // 0 = enough for one sequence of the model's whole context
   int64_t block_size = 16;
   std::string kv_dtype = "f32";
   int64_t max_tokens_per_step = 512;

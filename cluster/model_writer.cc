@@ -1,9 +1,8 @@
 #include "cluster/model_writer.h"
 
-#include <nlohmann/json.hpp>
-
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "shard/dtype.h"
 #include "shard/safetensors.h"
@@ -68,7 +67,8 @@ Status WriteModelDir(const std::string& dir, const ModelConfig& config,
     std::filesystem::remove(dir + "/model.safetensors.index.json", ec);
     return WriteSafetensors(dir + "/model.safetensors", all, metadata);
   }
-  nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", nlohmann::json::object()}};
+  nlohmann::json index = {{"metadata", {{"total_size", total}}},
+                          {"weight_map", nlohmann::json::object()}};
   const int64_t per_shard = (total + shards - 1) / shards;
   size_t next = 0;
   for (int s = 0; s < shards && next < tensors.size(); ++s) {

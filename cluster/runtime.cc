@@ -15,8 +15,7 @@ void AddShardFlags(CLI::App* cmd, ShardFlags* f) {
   cmd->add_option("--threads", f->threads, "Threads per rank (0 = cores on this host / ranks)");
   cmd->add_option("--kv-blocks", f->kv_blocks,
                   "KV blocks per rank (0 = one sequence of the whole context)");
-  cmd->add_option("--block-size", f->block_size, "Tokens per KV block")
-      ->check(CLI::Range(1, 4096));
+  cmd->add_option("--block-size", f->block_size, "Tokens per KV block")->check(CLI::Range(1, 4096));
   cmd->add_option("--kv-dtype", f->kv_dtype, "KV cache dtype: f32, f16 or bf16");
   cmd->add_option("--max-tokens-per-step", f->max_tokens_per_step,
                   "Largest prefill chunk (tokens per step)")

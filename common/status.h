@@ -2,12 +2,12 @@
 // StatusOr<T> carries a value or the Status that explains why there is none.
 #pragma once
 
+#include <fmt/format.h>
+
 #include <cassert>
 #include <optional>
 #include <string>
 #include <utility>
-
-#include <fmt/format.h>
 
 namespace kvshard {
 
@@ -80,7 +80,7 @@ Status Internal(fmt::format_string<Args...> f, Args&&... args) {
 template <typename T>
 class [[nodiscard]] StatusOr {
  public:
-  StatusOr(T value) : value_(std::move(value)) {}  // NOLINT: implicit by design
+  StatusOr(T value) : value_(std::move(value)) {}         // NOLINT: implicit by design
   StatusOr(Status status) : status_(std::move(status)) {  // NOLINT: implicit by design
     assert(!status_.ok() && "StatusOr needs a value or a non-ok Status");
   }
@@ -105,9 +105,9 @@ class [[nodiscard]] StatusOr {
 #define KVS_CONCAT(a, b) KVS_CONCAT_INNER(a, b)
 
 // Returns the Status from the enclosing function when `expr` is not ok.
-#define KVS_RETURN_IF_ERROR(expr)          \
-  do {                                     \
-    ::kvshard::Status kvs_status_ = (expr); \
+#define KVS_RETURN_IF_ERROR(expr)              \
+  do {                                         \
+    ::kvshard::Status kvs_status_ = (expr);    \
     if (!kvs_status_.ok()) return kvs_status_; \
   } while (0)
 

@@ -18,7 +18,7 @@ struct GenerationRequest {
   std::vector<int32_t> prompt;  // token ids, BOS included when wanted
   int64_t max_tokens = 16;      // tokens to generate at most
   SamplingParams sampling;
-  bool use_kv_cache = true;     // false: recompute the whole sequence every step
+  bool use_kv_cache = true;       // false: recompute the whole sequence every step
   std::vector<int32_t> stop_ids;  // generation ends (the id not emitted) at any of these
 };
 

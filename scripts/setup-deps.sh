@@ -5,7 +5,7 @@ PKGS=(
   build-essential cmake pkg-config git python3
   libopenmpi-dev openmpi-bin
   nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev libsentencepiece-dev
-  libgtest-dev libgmock-dev
+  libgtest-dev libgmock-dev clang-format
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -43,8 +43,8 @@ StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::Create(MPI_Comm comm
   char mine[64] = {};
   std::strncpy(mine, HostName().c_str(), sizeof(mine) - 1);
   std::vector<char> all(size * sizeof(mine));
-  KVS_RETURN_IF_ERROR(
-      KVS_MPI(MPI_Allgather(mine, sizeof(mine), MPI_CHAR, all.data(), sizeof(mine), MPI_CHAR, dup)));
+  KVS_RETURN_IF_ERROR(KVS_MPI(
+      MPI_Allgather(mine, sizeof(mine), MPI_CHAR, all.data(), sizeof(mine), MPI_CHAR, dup)));
   std::vector<std::string> hosts;
   for (int r = 0; r < size; ++r) hosts.emplace_back(all.data() + r * sizeof(mine));
   return std::unique_ptr<MpiCommunicator>(new MpiCommunicator(dup, std::move(hosts)));
@@ -74,7 +74,8 @@ Status MpiCommunicator::AllReduceSum(float* data, size_t n) {
 
 Status MpiCommunicator::AllReduceSumDouble(double* data, size_t n) {
   if (n > static_cast<size_t>(INT_MAX)) return InvalidArgument("all-reduce of {} doubles", n);
-  return KVS_MPI(MPI_Allreduce(MPI_IN_PLACE, data, static_cast<int>(n), MPI_DOUBLE, MPI_SUM, comm_));
+  return KVS_MPI(
+      MPI_Allreduce(MPI_IN_PLACE, data, static_cast<int>(n), MPI_DOUBLE, MPI_SUM, comm_));
 }
 
 Status MpiCommunicator::AllReduceMax(int* value) {
@@ -90,8 +91,8 @@ Status MpiCommunicator::GatherV(const float* send, int count, float* recv,
                                 const std::vector<int>& counts, int root) {
   std::vector<int> displs(counts.size(), 0);
   for (size_t r = 1; r < counts.size(); ++r) displs[r] = displs[r - 1] + counts[r - 1];
-  return KVS_MPI(MPI_Gatherv(send, count, MPI_FLOAT, recv, counts.data(), displs.data(),
-                             MPI_FLOAT, root, comm_));
+  return KVS_MPI(MPI_Gatherv(send, count, MPI_FLOAT, recv, counts.data(), displs.data(), MPI_FLOAT,
+                             root, comm_));
 }
 
 StatusOr<std::vector<std::string>> MpiCommunicator::GatherStrings(const std::string& mine,

@@ -23,8 +23,7 @@ Status ValidateStepPlan(const StepPlan& plan, int64_t vocab_size, int64_t num_bl
   if (plan.qo_indptr.size() < 2 || plan.block_indptr.size() != plan.qo_indptr.size()) {
     return InvalidArgument("step plan has inconsistent sequence counts");
   }
-  if (plan.qo_indptr.front() != 0 || plan.qo_indptr.back() != T ||
-      plan.block_indptr.front() != 0 ||
+  if (plan.qo_indptr.front() != 0 || plan.qo_indptr.back() != T || plan.block_indptr.front() != 0 ||
       plan.block_indptr.back() != static_cast<int32_t>(plan.block_indices.size())) {
     return InvalidArgument("step plan index pointers do not span its tokens and blocks");
   }
@@ -34,7 +33,8 @@ Status ValidateStepPlan(const StepPlan& plan, int64_t vocab_size, int64_t num_bl
     }
   }
   for (int32_t b : plan.block_indices) {
-    if (b < 0 || b >= num_blocks) return InvalidArgument("KV block {} outside [0, {})", b, num_blocks);
+    if (b < 0 || b >= num_blocks)
+      return InvalidArgument("KV block {} outside [0, {})", b, num_blocks);
   }
   for (int64_t s = 0; s + 1 < static_cast<int64_t>(plan.qo_indptr.size()); ++s) {
     const int32_t q0 = plan.qo_indptr[s], q1 = plan.qo_indptr[s + 1];
@@ -71,8 +71,8 @@ Status BroadcastStepPlan(Communicator& comm, StepPlan* plan, int root) {
       T > kMaxPlanEntries || S1 > kMaxPlanEntries || nnz > kMaxPlanEntries || L > kMaxPlanEntries) {
     return Internal("received a corrupt step plan header");
   }
-  std::vector<std::vector<int32_t>*> fields = {&plan->tokens,       &plan->positions,
-                                               &plan->qo_indptr,    &plan->block_indptr,
+  std::vector<std::vector<int32_t>*> fields = {&plan->tokens,        &plan->positions,
+                                               &plan->qo_indptr,     &plan->block_indptr,
                                                &plan->block_indices, &plan->logits_rows};
   const std::array<int32_t, 6> sizes = {T, T, S1, S1, nnz, L};
   std::vector<int32_t> payload;

@@ -10,8 +10,8 @@ namespace kvshard {
 namespace {
 
 // Four rows of w against one x row at once: x is loaded once per four weight rows.
-inline void dot4(const float* x, const float* w0, const float* w1, const float* w2,
-                 const float* w3, int64_t n, float* r) {
+inline void dot4(const float* x, const float* w0, const float* w1, const float* w2, const float* w3,
+                 int64_t n, float* r) {
   int64_t k = 0;
 #if defined(__AVX512F__)
   __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();

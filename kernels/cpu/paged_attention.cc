@@ -118,10 +118,10 @@ void contiguous_attention(float* out, const float* q, const float* k, const floa
   }
 }
 
-#define KVSHARD_INSTANTIATE_ATTENTION(KV)                                                       \
-  template void kv_append<KV>(KV*, KV*, const float*, const float*, const int64_t*, int64_t,   \
-                              int64_t, int64_t);                                                \
-  template void paged_attention<KV>(float*, const float*, const KV*, const KV*,                 \
+#define KVSHARD_INSTANTIATE_ATTENTION(KV)                                                        \
+  template void kv_append<KV>(KV*, KV*, const float*, const float*, const int64_t*, int64_t,     \
+                              int64_t, int64_t);                                                 \
+  template void paged_attention<KV>(float*, const float*, const KV*, const KV*,                  \
                                     const PagedKvView&, const int32_t*, const int32_t*, int64_t, \
                                     int64_t, int64_t, int64_t, float);
 KVSHARD_INSTANTIATE_ATTENTION(float)

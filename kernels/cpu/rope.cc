@@ -4,8 +4,8 @@
 
 namespace kvshard {
 
-void rope(float* x, const int32_t* positions, const float* inv_freq, int64_t tokens,
-          int64_t heads, int64_t head_dim, RopePairing pairing) {
+void rope(float* x, const int32_t* positions, const float* inv_freq, int64_t tokens, int64_t heads,
+          int64_t head_dim, RopePairing pairing) {
   const int64_t half = head_dim / 2;
   for (int64_t t = 0; t < tokens; ++t) {
     for (int64_t i = 0; i < half; ++i) {

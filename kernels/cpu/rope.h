@@ -13,7 +13,7 @@ enum class RopePairing {
 
 // x: f32 [tokens, heads, head_dim]; positions: [tokens]; inv_freq: f32 [head_dim / 2]
 // (already scaled by the model's rope_scaling).
-void rope(float* x, const int32_t* positions, const float* inv_freq, int64_t tokens,
-          int64_t heads, int64_t head_dim, RopePairing pairing);
+void rope(float* x, const int32_t* positions, const float* inv_freq, int64_t tokens, int64_t heads,
+          int64_t head_dim, RopePairing pairing);
 
 }  // namespace kvshard

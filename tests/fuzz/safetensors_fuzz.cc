@@ -171,15 +171,17 @@ class Fuzzer {
         entry = OneIn(2) ? RandomJson(2) : json::object({{RandomString(), RandomJson(1)}});
         continue;
       }
-      switch (Below(9)) {
+      switch (Below(11)) {
         case 0: entry["dtype"] = kDtypeNames[Below(std::size(kDtypeNames))]; break;
         case 1: entry["shape"] = RandomJson(2); break;
         case 2: entry["data_offsets"] = RandomJson(2); break;
         case 3: entry.erase(RandomKey()); break;
-        case 4: {  // make it overlap or repeat another tensor's span
+        case 4: {  // copy another tensor's span, or all of it: overlaps unless empty
           auto other = header.begin();
           std::advance(other, Below(header.size()));
-          if (other->is_object() && other->contains("data_offsets")) {
+          if (other->is_object() && OneIn(2)) {
+            entry = *other;
+          } else if (other->is_object() && other->contains("data_offsets")) {
             entry["data_offsets"] = (*other)["data_offsets"];
           }
           break;
@@ -189,18 +191,40 @@ class Fuzzer {
             entry["shape"][Below(entry["shape"].size())] = InterestingJson();
           }
           break;
-        case 6:
-          if (entry.contains("data_offsets") && entry["data_offsets"].is_array() &&
-              entry["data_offsets"].size() == 2) {
-            entry["data_offsets"][Below(2)] =
-                entry["data_offsets"][Below(2)].is_number_unsigned()
-                    ? json(entry["data_offsets"][Below(2)].get<uint64_t>() + Below(9) - 4)
-                    : json(0);
+        case 6: {  // nudge one offset, or slide the whole span onto a neighbour
+          json& offsets = entry["data_offsets"];
+          if (!offsets.is_array() || offsets.size() != 2 || !offsets[0].is_number_unsigned() ||
+              !offsets[1].is_number_unsigned()) {
+            break;
+          }
+          const uint64_t delta = Below(17) - 8;
+          if (OneIn(2)) {
+            offsets[0] = offsets[0].get<uint64_t>() + delta;
+            offsets[1] = offsets[1].get<uint64_t>() + delta;
+          } else {
+            const size_t i = Below(2);
+            offsets[i] = offsets[i].get<uint64_t>() + delta;
           }
           break;
-        case 7: {
-          auto& shape = entry["shape"];
-          if (shape.is_array() && shape.size() < 12) shape.push_back(Below(3));
+        }
+        case 7: {  // high rank
+          json shape = json::array();
+          for (uint64_t i = 7 + Below(4); i > 0; --i) shape.push_back(1);
+          entry["shape"] = shape;
+          break;
+        }
+        case 8: {  // huge dims whose product overflows, maybe next to a zero
+          static const uint64_t kHuge[] = {0,
+                                           1,
+                                           2,
+                                           uint64_t{1} << 31,
+                                           uint64_t{1} << 32,
+                                           uint64_t{1} << 62,
+                                           (uint64_t{1} << 63) - 1};
+          json shape = json::array();
+          for (uint64_t i = 1 + Below(4); i > 0; --i)
+            shape.push_back(kHuge[Below(std::size(kHuge))]);
+          entry["shape"] = shape;
           break;
         }
         default: entry[RandomKey()] = RandomJson(2); break;

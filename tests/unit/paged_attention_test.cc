@@ -1,5 +1,7 @@
 // The paged kernel against a contiguous double-precision reference, across block boundaries,
 // grouped-query ratios and every cache dtype.
+#include "kernels/cpu/paged_attention.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -8,7 +10,6 @@
 #include <random>
 
 #include "kernels/cpu/half.h"
-#include "kernels/cpu/paged_attention.h"
 
 namespace kvshard {
 namespace {
@@ -93,8 +94,9 @@ TEST(PagedAttention, CausalWithinOneStep) {
   kv_append<float>(kc.data(), vc.data(), k.data(), v.data(), slots.data(), 3, heads, hd);
   const std::vector<int32_t> seqs = {0, 0, 0}, pos = {0, 1, 2};
   std::vector<float> out(3 * heads * hd);
-  paged_attention<float>(out.data(), q.data(), kc.data(), vc.data(), {indptr.data(), ids.data(), bs},
-                         seqs.data(), pos.data(), 3, heads, heads, hd, 0.5f);
+  paged_attention<float>(out.data(), q.data(), kc.data(), vc.data(),
+                         {indptr.data(), ids.data(), bs}, seqs.data(), pos.data(), 3, heads, heads,
+                         hd, 0.5f);
   for (int64_t t = 0; t < 3; ++t) {
     std::vector<float> want(heads * hd);
     contiguous_attention(want.data(), q.data() + t * heads * hd, k.data(), v.data(), t + 1, heads,

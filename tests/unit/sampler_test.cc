@@ -71,10 +71,8 @@ TEST(Sampler, ValidationNamesTheField) {
   EXPECT_NE(ValidateSamplingParams({-1.0f, 0, 1.0f, 0}).message().find("temperature"),
             std::string::npos);
   EXPECT_NE(ValidateSamplingParams({1.0f, 0, 0.0f, 0}).message().find("top_p"), std::string::npos);
-  EXPECT_NE(ValidateSamplingParams({1.0f, 0, 1.01f, 0}).message().find("top_p"),
-            std::string::npos);
-  EXPECT_NE(ValidateSamplingParams({1.0f, -2, 1.0f, 0}).message().find("top_k"),
-            std::string::npos);
+  EXPECT_NE(ValidateSamplingParams({1.0f, 0, 1.01f, 0}).message().find("top_p"), std::string::npos);
+  EXPECT_NE(ValidateSamplingParams({1.0f, -2, 1.0f, 0}).message().find("top_k"), std::string::npos);
   EXPECT_TRUE(ValidateSamplingParams({0.7f, 40, 0.9f, 0}).ok());
 }
 
