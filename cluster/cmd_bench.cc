@@ -13,6 +13,7 @@
 #include "cluster/commands.h"
 #include "cluster/runtime.h"
 #include "coordinator/engine.h"
+#include "kernels/cpu/simd.h"
 #include "kernels/cpu/stream_read.h"
 #include "shard/shard_worker.h"
 
@@ -68,6 +69,7 @@ Status RunRoot(const BenchFlags& f, Runtime& rt, Engine& engine, const Totals& t
   nlohmann::json out = {
       {"model", f.shard.model_dir},
       {"device", "cpu"},
+      {"isa", simd::Isa()},
       {"tp", rt.comm->size()},
       {"threads", rt.threads * rt.comm->size()},
       {"threads_per_rank", rt.threads},

@@ -2,9 +2,7 @@
 
 #include <algorithm>
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
+#include "kernels/cpu/simd.h"
 
 namespace kvshard {
 namespace {
@@ -12,22 +10,18 @@ namespace {
 // Four rows of w against one x row at once: x is loaded once per four weight rows.
 inline void dot4(const float* x, const float* w0, const float* w1, const float* w2, const float* w3,
                  int64_t n, float* r) {
+  using namespace simd;
+  constexpr int W = kWidth;
+  vec a0 = zero(), a1 = zero(), a2 = zero(), a3 = zero();
   int64_t k = 0;
-#if defined(__AVX512F__)
-  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-  __m512 a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
-  for (; k + 16 <= n; k += 16) {
-    const __m512 xv = _mm512_loadu_ps(x + k);
-    a0 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w0 + k), a0);
-    a1 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w1 + k), a1);
-    a2 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w2 + k), a2);
-    a3 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w3 + k), a3);
+  for (; k + W <= n; k += W) {
+    const vec xv = load(x + k);
+    a0 = fma(xv, load(w0 + k), a0);
+    a1 = fma(xv, load(w1 + k), a1);
+    a2 = fma(xv, load(w2 + k), a2);
+    a3 = fma(xv, load(w3 + k), a3);
   }
-  float s0 = _mm512_reduce_add_ps(a0), s1 = _mm512_reduce_add_ps(a1);
-  float s2 = _mm512_reduce_add_ps(a2), s3 = _mm512_reduce_add_ps(a3);
-#else
-  float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-#endif
+  float s0 = sum(a0), s1 = sum(a1), s2 = sum(a2), s3 = sum(a3);
   for (; k < n; ++k) {
     s0 += x[k] * w0[k];
     s1 += x[k] * w1[k];
@@ -84,17 +78,15 @@ void matmul_accumulate(float* out, const float* x, const float* w, int64_t token
 }
 
 float dot_f32(const float* a, const float* b, int64_t n) {
+  using namespace simd;
+  constexpr int W = kWidth;
+  vec acc0 = zero(), acc1 = zero();
   int64_t k = 0;
-#if defined(__AVX512F__)
-  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-  for (; k + 32 <= n; k += 32) {
-    acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + k), _mm512_loadu_ps(b + k), acc0);
-    acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + k + 16), _mm512_loadu_ps(b + k + 16), acc1);
+  for (; k + 2 * W <= n; k += 2 * W) {
+    acc0 = fma(load(a + k), load(b + k), acc0);
+    acc1 = fma(load(a + k + W), load(b + k + W), acc1);
   }
-  float s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
-#else
-  float s = 0;
-#endif
+  float s = sum(add(acc0, acc1));
   for (; k < n; ++k) s += a[k] * b[k];
   return s;
 }

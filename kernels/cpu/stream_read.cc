@@ -6,9 +6,7 @@
 #include <chrono>
 #include <memory>
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
+#include "kernels/cpu/simd.h"
 
 namespace kvshard {
 
@@ -21,27 +19,23 @@ double stream_read_sum(const float* buf, int64_t n, int threads) {
     const int64_t chunk = (n / nt) & ~int64_t{63};
     const int64_t begin = id * chunk;
     const int64_t end = id == nt - 1 ? n : begin + chunk;
+    // Eight independent accumulators keep enough loads in flight to saturate memory.
+    using namespace simd;
+    constexpr int W = kWidth;
+    vec a0 = zero(), a1 = zero(), a2 = zero(), a3 = zero();
+    vec a4 = zero(), a5 = zero(), a6 = zero(), a7 = zero();
     int64_t i = begin;
-#if defined(__AVX512F__)
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-    __m512 a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
-    for (; i + 64 <= end; i += 64) {
-      a0 = _mm512_add_ps(a0, _mm512_load_ps(buf + i));
-      a1 = _mm512_add_ps(a1, _mm512_load_ps(buf + i + 16));
-      a2 = _mm512_add_ps(a2, _mm512_load_ps(buf + i + 32));
-      a3 = _mm512_add_ps(a3, _mm512_load_ps(buf + i + 48));
+    for (; i + 8 * W <= end; i += 8 * W) {
+      a0 = add(a0, load(buf + i));
+      a1 = add(a1, load(buf + i + W));
+      a2 = add(a2, load(buf + i + 2 * W));
+      a3 = add(a3, load(buf + i + 3 * W));
+      a4 = add(a4, load(buf + i + 4 * W));
+      a5 = add(a5, load(buf + i + 5 * W));
+      a6 = add(a6, load(buf + i + 6 * W));
+      a7 = add(a7, load(buf + i + 7 * W));
     }
-    double part = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-#else
-    float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-    for (; i + 4 <= end; i += 4) {
-      s0 += buf[i];
-      s1 += buf[i + 1];
-      s2 += buf[i + 2];
-      s3 += buf[i + 3];
-    }
-    double part = s0 + s1 + s2 + s3;
-#endif
+    double part = sum(add(add(add(a0, a1), add(a2, a3)), add(add(a4, a5), add(a6, a7))));
     for (; i < end; ++i) part += buf[i];
     total += part;
   }
