@@ -71,6 +71,7 @@ StatusOr<std::unique_ptr<ShardModel>> ShardModel::Load(const std::string& model_
     if (comm->rank() == 0) m->gathered_.resize(T * config.vocab_size);
     m->slots_.resize(T);
     m->token_seq_.resize(T);
+    m->gather_counts_.resize(l.tp);
   } catch (const std::bad_alloc&) {
     return ResourceExhausted("not enough memory for a workspace of {} tokens per step", T);
   }
@@ -159,10 +160,11 @@ Status ShardModel::Logits(const StepPlan& plan, std::vector<float>* logits) {
     std::memcpy(logits->data(), local_logits_.data(), L * V * sizeof(float));
     return Status::Ok();
   }
-  std::vector<int> counts(layout_.vocab_counts);
-  for (int& c : counts) c *= static_cast<int>(L);
+  for (int r = 0; r < layout_.tp; ++r) {
+    gather_counts_[r] = layout_.vocab_counts[r] * static_cast<int>(L);
+  }
   KVS_RETURN_IF_ERROR(comm_->GatherV(local_logits_.data(), static_cast<int>(L * layout_.vocab),
-                                     root ? gathered_.data() : nullptr, counts, 0));
+                                     root ? gathered_.data() : nullptr, gather_counts_, 0));
   if (root) {
     // Rank-major [rank][row][slice] to row-major [row][vocab].
     int64_t off = 0, col0 = 0;

@@ -70,6 +70,7 @@ class ShardModel {
   std::vector<float> gathered_;      // f32 [T * vocab] rank-major, on rank 0
   std::vector<int64_t> slots_;       // [T] KV slot of each token
   std::vector<int32_t> token_seq_;   // [T] sequence of each token
+  std::vector<int> gather_counts_;   // [tp] floats each rank sends in the logits gather
 };
 
 }  // namespace kvshard
