@@ -26,5 +26,7 @@ void RegisterGenerate(CLI::App& app, int* exit_code);
 void RegisterBench(CLI::App& app, int* exit_code);
 void RegisterMakeModel(CLI::App& app, int* exit_code);
 void RegisterConvertLlama2c(CLI::App& app, int* exit_code);
+void RegisterServe(CLI::App& app, int* exit_code);
+void RegisterClient(CLI::App& app, int* exit_code);
 
 }  // namespace kvshard

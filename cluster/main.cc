@@ -21,6 +21,8 @@ int main(int argc, char** argv) {
   kvshard::RegisterBench(app, &exit_code);
   kvshard::RegisterMakeModel(app, &exit_code);
   kvshard::RegisterConvertLlama2c(app, &exit_code);
+  kvshard::RegisterServe(app, &exit_code);
+  kvshard::RegisterClient(app, &exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -6,6 +6,8 @@ PKGS=(
   libopenmpi-dev openmpi-bin
   nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev libsentencepiece-dev
   libgtest-dev libgmock-dev clang-format
+  libthrift-dev libboost-dev thrift-compiler python3-thrift libcpp-httplib-dev
+  iproute2 procps
 )
 missing=()
 for p in "${PKGS[@]}"; do

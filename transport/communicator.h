@@ -25,6 +25,11 @@ class Communicator {
   // Largest value over all ranks, everywhere.
   virtual Status AllReduceMax(int* value) = 0;
   virtual Status Broadcast(void* data, size_t bytes, int root) = 0;
+  // Broadcast for a message that may be long in coming (a server's shards waiting for the next
+  // step while idle): waits without keeping a core busy. Every rank must call the same one.
+  virtual Status BroadcastIdle(void* data, size_t bytes, int root) {
+    return Broadcast(data, bytes, root);
+  }
   // Concatenates every rank's `send` (counts[r] floats from rank r) into `recv` on root.
   virtual Status GatherV(const float* send, int count, float* recv, const std::vector<int>& counts,
                          int root) = 0;

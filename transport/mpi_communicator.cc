@@ -2,8 +2,11 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <climits>
 #include <cstring>
+#include <thread>
 
 namespace kvshard {
 namespace {
@@ -85,6 +88,26 @@ Status MpiCommunicator::AllReduceMax(int* value) {
 Status MpiCommunicator::Broadcast(void* data, size_t bytes, int root) {
   if (bytes > static_cast<size_t>(INT_MAX)) return InvalidArgument("broadcast of {} bytes", bytes);
   return KVS_MPI(MPI_Bcast(data, static_cast<int>(bytes), MPI_BYTE, root, comm_));
+}
+
+Status MpiCommunicator::BroadcastIdle(void* data, size_t bytes, int root) {
+  if (bytes > static_cast<size_t>(INT_MAX)) return InvalidArgument("broadcast of {} bytes", bytes);
+  MPI_Request request;
+  KVS_RETURN_IF_ERROR(
+      KVS_MPI(MPI_Ibcast(data, static_cast<int>(bytes), MPI_BYTE, root, comm_, &request)));
+  // Spin briefly (a busy server's next step comes within microseconds), then back off to sleeps
+  // of up to 1 ms so an idle shard leaves its core to others.
+  const auto start = std::chrono::steady_clock::now();
+  auto pause = std::chrono::microseconds(20);
+  for (;;) {
+    int done = 0;
+    KVS_RETURN_IF_ERROR(KVS_MPI(MPI_Test(&request, &done, MPI_STATUS_IGNORE)));
+    if (done) return Status::Ok();
+    if (std::chrono::steady_clock::now() - start > std::chrono::microseconds(200)) {
+      std::this_thread::sleep_for(pause);
+      pause = std::min(pause * 2, std::chrono::microseconds(1000));
+    }
+  }
 }
 
 Status MpiCommunicator::GatherV(const float* send, int count, float* recv,

@@ -30,6 +30,7 @@ class MpiCommunicator : public Communicator {
   Status AllReduceSumDouble(double* data, size_t n) override;
   Status AllReduceMax(int* value) override;
   Status Broadcast(void* data, size_t bytes, int root) override;
+  Status BroadcastIdle(void* data, size_t bytes, int root) override;
   Status GatherV(const float* send, int count, float* recv, const std::vector<int>& counts,
                  int root) override;
   StatusOr<std::vector<std::string>> GatherStrings(const std::string& mine, int root) override;

@@ -65,7 +65,7 @@ Status BroadcastStepPlan(Communicator& comm, StepPlan* plan, int root) {
               static_cast<int32_t>(plan->logits_rows.size()),
               0};
   }
-  KVS_RETURN_IF_ERROR(comm.Broadcast(header.data(), sizeof(header), root));
+  KVS_RETURN_IF_ERROR(comm.BroadcastIdle(header.data(), sizeof(header), root));
   const int32_t T = header[1], S1 = header[2], nnz = header[3], L = header[4];
   if (header[0] < 0 || header[0] > 1 || T < 0 || S1 < 0 || nnz < 0 || L < 0 ||
       T > kMaxPlanEntries || S1 > kMaxPlanEntries || nnz > kMaxPlanEntries || L > kMaxPlanEntries) {

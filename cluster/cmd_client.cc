@@ -1,0 +1,300 @@
+// kvshard client: talks to a running `kvshard serve` over Thrift (framed, binary).
+//   generate  streams prompt + completion to stdout, exactly as `kvshard generate` prints them
+//   ask       a question about a document file (the document is the shared, cacheable prefix)
+//   status | health | cancel
+#include <thrift/protocol/TBinaryProtocol.h>
+#include <thrift/transport/TBufferTransports.h>
+#include <thrift/transport/TSocket.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "Kvshard.h"
+#include "cluster/commands.h"
+
+namespace kvshard {
+namespace {
+
+using apache::thrift::protocol::TBinaryProtocol;
+using apache::thrift::transport::TFramedTransport;
+using apache::thrift::transport::TSocket;
+
+struct ClientFlags {
+  std::string host = "127.0.0.1";
+  int port = 9090;
+  int timeout_ms = 60000;
+};
+
+struct RequestFlags {
+  std::string prompt;
+  std::vector<int32_t> prompt_ids;
+  int32_t max_tokens = 256;
+  double temperature = 0.0;
+  int32_t top_k = 0;
+  double top_p = 1.0;
+  int64_t seed = 0;
+  std::vector<std::string> stop;
+  std::string cache_salt;
+  bool json = false;
+  // ask
+  std::string document;
+  std::string question;
+};
+
+class Connection {
+ public:
+  explicit Connection(const ClientFlags& f) {
+    socket_ = std::make_shared<TSocket>(f.host, f.port);
+    socket_->setConnTimeout(5000);
+    socket_->setRecvTimeout(f.timeout_ms);
+    socket_->setSendTimeout(f.timeout_ms);
+    transport_ = std::make_shared<TFramedTransport>(socket_);
+    client_ = std::make_unique<rpc::KvshardClient>(std::make_shared<TBinaryProtocol>(transport_));
+    transport_->open();
+  }
+  ~Connection() {
+    try {
+      transport_->close();
+    } catch (...) {
+    }
+  }
+  rpc::KvshardClient& operator*() { return *client_; }
+  rpc::KvshardClient* operator->() { return client_.get(); }
+
+ private:
+  std::shared_ptr<TSocket> socket_;
+  std::shared_ptr<TFramedTransport> transport_;
+  std::unique_ptr<rpc::KvshardClient> client_;
+};
+
+void Write(const std::string& s) {
+  std::fwrite(s.data(), 1, s.size(), stdout);
+  std::fflush(stdout);
+}
+
+rpc::GenerateRequest MakeRequest(const RequestFlags& f) {
+  rpc::GenerateRequest r;
+  if (!f.prompt_ids.empty()) {
+    r.__set_prompt_ids(f.prompt_ids);
+  } else {
+    r.__set_prompt(f.prompt);
+  }
+  r.max_tokens = f.max_tokens;
+  r.sampling.temperature = f.temperature;
+  r.sampling.top_k = f.top_k;
+  r.sampling.top_p = f.top_p;
+  r.sampling.seed = f.seed;
+  r.__isset.sampling = true;
+  r.stop = f.stop;
+  if (!f.cache_salt.empty()) r.__set_cache_salt(f.cache_salt);
+  return r;
+}
+
+// Submits and streams: prompt text (when show_prompt), then the completion as it arrives;
+// prefill progress of a long prompt goes to stderr. Returns the final result.
+rpc::GenerateResponse Stream(Connection& c, const rpc::GenerateRequest& request, bool show_prompt) {
+  const int64_t id = c->submit(request);
+  int64_t cursor = 0;
+  bool progress_shown = false;
+  const bool tty = isatty(STDERR_FILENO);
+  for (;;) {
+    rpc::PollResponse p;
+    c->poll(p, id, cursor, 1000);
+    if (cursor == 0 && show_prompt && !p.prompt_text.empty()) Write(p.prompt_text);
+    if (p.state == "prefill" && p.prompt_tokens >= 1024) {
+      std::fprintf(stderr, "%sprefill %d/%d tokens%s", tty ? "\r" : "", p.prefilled_tokens,
+                   p.prompt_tokens, tty ? "" : "\n");
+      progress_shown = true;
+    }
+    if (!p.token_ids.empty() && progress_shown) {
+      if (tty) std::fputc('\n', stderr);
+      progress_shown = false;
+    }
+    Write(p.text);
+    cursor = p.next_cursor;
+    if (p.finished) return p.result;
+    show_prompt = false;
+  }
+}
+
+void Summary(const rpc::GenerateResponse& r) {
+  std::fprintf(stderr,
+               "request %lld: %d prompt tokens (%d cached) + %d generated (%s); queue %.1f ms, "
+               "time to first token %.1f ms, %.2f ms/token\n",
+               static_cast<long long>(r.request_id), r.prompt_tokens, r.cached_tokens,
+               r.generated_tokens, r.finish_reason.c_str(), r.timings.queue_ms, r.timings.ttft_ms,
+               r.timings.per_token_ms);
+}
+
+std::string JsonResult(const rpc::GenerateResponse& r) {
+  nlohmann::json j = {{"request_id", r.request_id},
+                      {"text", r.text},
+                      {"finish_reason", r.finish_reason},
+                      {"prompt_tokens", r.prompt_tokens},
+                      {"cached_tokens", r.cached_tokens},
+                      {"generated_tokens", r.generated_tokens},
+                      {"queue_ms", r.timings.queue_ms},
+                      {"ttft_ms", r.timings.ttft_ms},
+                      {"per_token_ms", r.timings.per_token_ms},
+                      {"total_ms", r.timings.total_ms},
+                      {"preemptions", r.preemptions}};
+  return j.dump() + "\n";
+}
+
+int Finished(const rpc::GenerateResponse& r) {
+  if (r.finish_reason == "error") {
+    std::fprintf(stderr, "error: %s\n", r.error.c_str());
+    return 1;
+  }
+  return 0;
+}
+
+int RunGenerate(Connection& c, const RequestFlags& f) {
+  const rpc::GenerateRequest request = MakeRequest(f);
+  if (f.json) {
+    rpc::GenerateResponse r;
+    c->generate(r, request);
+    Write(JsonResult(r));
+    return Finished(r);
+  }
+  const rpc::GenerateResponse r = Stream(c, request, /*show_prompt=*/true);
+  Write("\n");
+  Summary(r);
+  return Finished(r);
+}
+
+int RunAsk(Connection& c, RequestFlags f) {
+  std::ifstream in(f.document, std::ios::binary);
+  if (!in) {
+    std::fprintf(stderr, "error: cannot read --document %s\n", f.document.c_str());
+    return 1;
+  }
+  std::stringstream text;
+  text << in.rdbuf();
+  f.prompt = text.str() + "\n\nQuestion: " + f.question + "\nAnswer:";
+  f.prompt_ids.clear();
+  const rpc::GenerateRequest request = MakeRequest(f);
+  if (f.json) {
+    rpc::GenerateResponse r;
+    c->generate(r, request);
+    Write(JsonResult(r));
+    return Finished(r);
+  }
+  const rpc::GenerateResponse r = Stream(c, request, /*show_prompt=*/false);
+  Write("\n");
+  Summary(r);
+  return Finished(r);
+}
+
+int RunStatus(Connection& c) {
+  rpc::ClusterStatus s;
+  c->status(s);
+  nlohmann::json ranks = nlohmann::json::array();
+  for (const auto& r : s.ranks) {
+    ranks.push_back({{"rank", r.rank},
+                     {"host", r.host},
+                     {"device", r.device},
+                     {"q_heads", r.q_heads},
+                     {"kv_heads", r.kv_heads},
+                     {"kv_bytes", r.kv_bytes},
+                     {"kv_blocks_total", r.kv_blocks_total},
+                     {"kv_blocks_used", r.kv_blocks_used},
+                     {"kv_blocks_free", r.kv_blocks_free}});
+  }
+  nlohmann::json j = {{"model", s.model},
+                      {"world_size", s.world_size},
+                      {"layout", s.layout},
+                      {"max_context", s.max_context},
+                      {"kv_capacity_tokens", s.kv_capacity_tokens},
+                      {"block_size", s.block_size},
+                      {"ranks", ranks},
+                      {"queue_depth", s.queue_depth},
+                      {"running", s.running},
+                      {"tokens_per_second", s.tokens_per_second},
+                      {"prefix_cache_hits", s.prefix_cache_hits},
+                      {"prefix_cache_queries", s.prefix_cache_queries},
+                      {"kv_blocks_cached", s.kv_blocks_cached},
+                      {"requests_finished", s.requests_finished},
+                      {"preemptions", s.preemptions}};
+  Write(j.dump(2) + "\n");
+  return 0;
+}
+
+int RunHealth(Connection& c) {
+  rpc::Health h;
+  c->health(h);
+  Write(h.serving ? "serving\n" : "not serving: " + h.reason + "\n");
+  return h.serving ? 0 : 1;
+}
+
+int Guarded(const ClientFlags& cf, const std::function<int(Connection&)>& body) {
+  try {
+    Connection c(cf);
+    return body(c);
+  } catch (const rpc::KvshardError& e) {
+    std::fprintf(stderr, "error: %s: %s\n", rpc::to_string(e.code).c_str(), e.message.c_str());
+    return e.code == rpc::ErrorCode::OVERLOADED ? 3 : 2;
+  } catch (const apache::thrift::TException& e) {
+    std::fprintf(stderr, "error: server at %s:%d: %s\n", cf.host.c_str(), cf.port, e.what());
+    return 1;
+  }
+}
+
+void AddRequestFlags(CLI::App* cmd, RequestFlags* f) {
+  cmd->add_option("--max-tokens", f->max_tokens, "Tokens to generate at most");
+  cmd->add_option("--temperature", f->temperature, "0 = greedy");
+  cmd->add_option("--top-k", f->top_k, "Sample among the k most likely (0 = all)");
+  cmd->add_option("--top-p", f->top_p, "Nucleus sampling mass in (0, 1]");
+  cmd->add_option("--seed", f->seed, "Sampling seed");
+  cmd->add_option("--stop", f->stop, "Stop before this string (repeatable)");
+  cmd->add_option("--cache-salt", f->cache_salt, "Prefix-cache isolation key (tenant)");
+  cmd->add_flag("--json", f->json, "Print one JSON line with the result and its timings");
+}
+
+}  // namespace
+
+void RegisterClient(CLI::App& app, int* exit_code) {
+  auto cf = std::make_shared<ClientFlags>();
+  auto rf = std::make_shared<RequestFlags>();
+  auto cancel_id = std::make_shared<int64_t>(0);
+  CLI::App* client = app.add_subcommand("client", "Talk to a running kvshard server");
+  client->add_option("--host", cf->host, "Server address");
+  client->add_option("--port", cf->port, "Server port");
+  client->add_option("--timeout-ms", cf->timeout_ms, "Socket timeout per call");
+  client->require_subcommand(1);
+
+  CLI::App* gen = client->add_subcommand("generate", "Stream a completion (prompt + completion)");
+  gen->add_option("--prompt", rf->prompt, "Prompt text (BOS is prepended)");
+  gen->add_option("--prompt-ids", rf->prompt_ids, "Prompt as comma-separated token ids")
+      ->delimiter(',');
+  AddRequestFlags(gen, rf.get());
+  gen->callback(
+      [=] { *exit_code = Guarded(*cf, [&](Connection& c) { return RunGenerate(c, *rf); }); });
+
+  CLI::App* ask = client->add_subcommand("ask", "Ask a question about a document");
+  ask->add_option("--document", rf->document, "Text file")->required();
+  ask->add_option("--question", rf->question, "The question")->required();
+  AddRequestFlags(ask, rf.get());
+  ask->callback([=] { *exit_code = Guarded(*cf, [&](Connection& c) { return RunAsk(c, *rf); }); });
+
+  client->add_subcommand("status", "Ranks, hosts, KV blocks, queue, tokens/s (JSON)")
+      ->callback([=] { *exit_code = Guarded(*cf, RunStatus); });
+  client->add_subcommand("health", "serving, or not serving and why (exit 1)")->callback([=] {
+    *exit_code = Guarded(*cf, RunHealth);
+  });
+  CLI::App* cancel = client->add_subcommand("cancel", "Cancel a request by id");
+  cancel->add_option("--id", *cancel_id, "Request id")->required();
+  cancel->callback([=] {
+    *exit_code = Guarded(*cf, [&](Connection& c) {
+      const bool done = c->cancel(*cancel_id);
+      Write(done ? "cancelled\n" : "already finished\n");
+      return 0;
+    });
+  });
+}
+
+}  // namespace kvshard

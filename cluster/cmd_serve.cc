@@ -1,0 +1,178 @@
+// kvshard serve: under mpirun, rank 0 runs the Thrift server and the engine loop, every other
+// rank runs its shard. SIGTERM/SIGINT on rank 0 stops cleanly: no new requests, in-flight ones get
+// the grace period, then every rank leaves and exits 0.
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <atomic>
+#include <chrono>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "cluster/commands.h"
+#include "cluster/runtime.h"
+#include "coordinator/rpc/metrics_http.h"
+#include "coordinator/rpc/server.h"
+#include "coordinator/rpc/service.h"
+#include "coordinator/serving_engine.h"
+#include "coordinator/tokenizer.h"
+#include "shard/shard_worker.h"
+
+namespace kvshard {
+namespace {
+
+struct ServeFlags {
+  ShardFlags shard;
+  RpcServerOptions rpc;
+  ServingOptions serving;
+  int metrics_port = 0;
+  std::string pid_file;
+};
+
+// Without --kv-blocks, the pool holds this many sequences of the model's whole context.
+constexpr int64_t kDefaultServeSequences = 8;
+
+std::atomic<ServingEngine*> g_engine{nullptr};
+
+void OnStopSignal(int) {
+  if (ServingEngine* e = g_engine.load()) e->RequestStop();
+}
+
+// Every rank's host, heads and KV bytes, on rank 0 (for status() and /metrics).
+StatusOr<ClusterInfo> GatherClusterInfo(Runtime& rt, const ServeFlags& f) {
+  const TpLayout& l = rt.model->layout();
+  nlohmann::json mine = {{"host", rt.comm->Where(rt.comm->rank())},
+                         {"kv_bytes", rt.model->kv_shape().total_bytes()},
+                         {"q_heads", l.q_heads},
+                         {"kv_heads", l.kv_heads}};
+  char host[256] = {};
+  gethostname(host, sizeof(host) - 1);
+  mine["host"] = host;
+  KVS_ASSIGN_OR_RETURN(std::vector<std::string> all, rt.comm->GatherStrings(mine.dump(), 0));
+  ClusterInfo info;
+  info.model = f.shard.model_dir;
+  info.layout = fmt::format("tp={}", l.tp);
+  info.block_size = static_cast<int32_t>(rt.model->options().block_size);
+  info.max_context = static_cast<int32_t>(rt.config.max_seq_len);
+  for (size_t r = 0; r < all.size(); ++r) {
+    const nlohmann::json j = nlohmann::json::parse(all[r], nullptr, false);
+    if (j.is_discarded()) return Internal("rank {} sent unreadable start-up information", r);
+    RankInfo ri;
+    ri.rank = static_cast<int>(r);
+    ri.host = j.value("host", "");
+    ri.kv_bytes = j.value("kv_bytes", int64_t{0});
+    ri.q_heads = j.value("q_heads", 0);
+    ri.kv_heads = j.value("kv_heads", 0);
+    info.ranks.push_back(ri);
+  }
+  return info;
+}
+
+Status ServeRoot(const ServeFlags& f, Runtime& rt, ClusterInfo info) {
+  KVS_ASSIGN_OR_RETURN(auto tokenizer,
+                       LoadTokenizerFromModelDir(f.shard.model_dir, rt.config.vocab_size));
+  ServingOptions serving = f.serving;
+  if (const char* delay = std::getenv("KVSHARD_DEBUG_STEP_DELAY_MS")) {
+    serving.debug_step_delay_ms = std::atoi(delay);
+    spdlog::warn("KVSHARD_DEBUG_STEP_DELAY_MS: every step sleeps {} ms (tests only)",
+                 serving.debug_step_delay_ms);
+  }
+  ServingEngine engine(rt.model.get(), tokenizer.get(), serving);
+  auto factory = std::make_shared<HandlerFactory>(&engine, tokenizer.get(), info);
+  KVS_ASSIGN_OR_RETURN(auto rpc, RpcServer::Start(factory, f.rpc));
+  std::unique_ptr<MetricsServer> metrics;
+  if (f.metrics_port > 0) {
+    KVS_ASSIGN_OR_RETURN(metrics, MetricsServer::Start(&engine, info, f.rpc.host, f.metrics_port));
+  }
+  if (!f.pid_file.empty()) {
+    std::ofstream(f.pid_file) << getpid() << "\n";
+  }
+  g_engine.store(&engine);
+  struct sigaction sa {};
+  sa.sa_handler = OnStopSignal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
+  spdlog::info("ready: {} ranks, KV capacity {} tokens per request, queue bound {}",
+               info.ranks.size(), engine.kv_capacity_tokens(), f.serving.max_queue);
+  const Status st = engine.Run();
+  g_engine.store(nullptr);
+  // Let clients collect the ends of their requests before the connections close.
+  const auto linger_end = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  while (!engine.AllDelivered() && std::chrono::steady_clock::now() < linger_end) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  rpc->Stop();
+  if (metrics) metrics->Stop();
+  const EngineSnapshot s = engine.Snapshot();
+  spdlog::info("stopped: {} requests finished, KV blocks free {}/{}", s.requests_finished,
+               s.kv_blocks_free, s.kv_blocks_total);
+  return st;
+}
+
+int RunServe(const ServeFlags& f) {
+  MpiSession mpi;
+  if (!mpi.ok()) return ReportFailure(Internal("MPI_Init failed"), 0);
+  int world_rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
+  // The KV pool: by default room for several sequences of the whole context.
+  int64_t kv_tokens = 0;
+  if (f.shard.kv_blocks == 0) {
+    auto config = LoadModelConfig(f.shard.model_dir);
+    if (config.ok()) kv_tokens = kDefaultServeSequences * config->max_seq_len;
+  }
+  auto rt = StartRuntime(f.shard, kv_tokens);
+  if (!rt.ok()) return ReportFailure(rt.status(), world_rank);
+  auto info = GatherClusterInfo(*rt, f);
+  if (!info.ok()) return ReportFailure(info.status(), world_rank);
+  if (!rt->is_root()) {
+    // Shards stop when rank 0 says so; a signal from mpirun alone must not cut a drain short.
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
+    const Status st = RunShardWorker(*rt->model);
+    if (!st.ok()) spdlog::error("{}: {}", rt->comm->Where(rt->comm->rank()), st.ToString());
+    return st.ok() ? 0 : 1;
+  }
+  const Status st = ServeRoot(f, *rt, *info);
+  StepPlan stop;
+  stop.kind = StepPlan::Kind::kShutdown;
+  const Status down = BroadcastStepPlan(*rt->comm, &stop, 0);
+  if (!st.ok()) return ReportFailure(st, 0);
+  if (!down.ok()) return ReportFailure(down, 0);
+  return 0;
+}
+
+}  // namespace
+
+void RegisterServe(CLI::App& app, int* exit_code) {
+  auto flags = std::make_shared<ServeFlags>();
+  flags->shard.kv_blocks = 0;
+  CLI::App* cmd =
+      app.add_subcommand("serve", "Serve the model over Thrift (run under mpirun; rank 0 listens)");
+  AddShardFlags(cmd, &flags->shard);
+  cmd->add_option("--host", flags->rpc.host, "Address to bind (default 127.0.0.1)");
+  cmd->add_option("--port", flags->rpc.port, "Thrift port")->check(CLI::Range(1, 65535));
+  cmd->add_option("--max-connections", flags->rpc.max_connections, "Concurrent connections")
+      ->check(CLI::Range(1, 100000));
+  cmd->add_option("--idle-timeout-ms", flags->rpc.idle_timeout_ms,
+                  "Drop a connection silent this long (mid-frame or between calls)")
+      ->check(CLI::Range(100, 3600000));
+  cmd->add_option("--max-queue", flags->serving.max_queue,
+                  "Requests waiting to run; beyond it submit/generate answer OVERLOADED")
+      ->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--max-seqs", flags->serving.max_seqs, "Sequences batched in one step")
+      ->check(CLI::Range(1, 4096));
+  cmd->add_option("--shutdown-grace-s", flags->serving.shutdown_grace_s,
+                  "On SIGTERM/SIGINT: seconds in-flight requests get before they are cancelled")
+      ->check(CLI::Range(0.0, 3600.0));
+  cmd->add_option("--metrics-port", flags->metrics_port,
+                  "Prometheus /metrics on this port (0 = off)")
+      ->check(CLI::Range(0, 65535));
+  cmd->add_option("--pid-file", flags->pid_file, "Rank 0 writes its pid here once serving");
+  cmd->callback([flags, exit_code] { *exit_code = RunServe(*flags); });
+}
+
+}  // namespace kvshard

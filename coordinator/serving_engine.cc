@@ -1,0 +1,443 @@
+#include "coordinator/serving_engine.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cmath>
+#include <thread>
+
+#include "coordinator/text_stream.h"
+
+namespace kvshard {
+namespace {
+
+constexpr size_t kMaxStopStrings = 16;
+constexpr size_t kMaxStopBytes = 256;
+constexpr size_t kMaxStopIds = 64;
+constexpr size_t kMaxSaltBytes = 256;
+
+double Ms(Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); }
+
+}  // namespace
+
+const char* RequestStateName(RequestState state) {
+  switch (state) {
+    case RequestState::kQueued: return "queued";
+    case RequestState::kPrefill: return "prefill";
+    case RequestState::kDecode: return "decode";
+    case RequestState::kFinished: return "finished";
+  }
+  return "unknown";
+}
+
+ServingEngine::ServingEngine(ShardModel* model, const Tokenizer* tokenizer, ServingOptions options)
+    : model_(model),
+      tokenizer_(tokenizer),
+      options_(options),
+      kv_capacity_tokens_(model->options().num_blocks * model->options().block_size),
+      eos_ids_(model->config().eos_token_ids),
+      blocks_(model->options().num_blocks, model->options().block_size),
+      scheduler_(&blocks_, {model->options().max_tokens_per_step, options.max_seqs}) {
+  RefreshSnapshot();
+}
+
+Status ServingEngine::Validate(const RequestSpec& r) const {
+  const ModelConfig& c = model_->config();
+  const int64_t P = static_cast<int64_t>(r.prompt.size());
+  if (P == 0) return InvalidArgument("prompt: is empty; give at least one token");
+  for (int64_t i = 0; i < P; ++i) {
+    if (r.prompt[i] < 0 || r.prompt[i] >= c.vocab_size) {
+      return InvalidArgument(
+          "prompt_ids: token id {} at index {} is outside the vocabulary [0, {})", r.prompt[i], i,
+          c.vocab_size);
+    }
+  }
+  if (P > c.max_seq_len) {
+    return InvalidArgument("prompt: {} tokens exceed the model's context of {} tokens", P,
+                           c.max_seq_len);
+  }
+  if (r.max_tokens <= 0) {
+    return InvalidArgument("max_tokens: must be positive, got {}", r.max_tokens);
+  }
+  if (P + r.max_tokens > c.max_seq_len) {
+    return InvalidArgument(
+        "max_tokens: prompt ({} tokens) + max_tokens ({}) exceed the model's context of {} "
+        "tokens; at most {} new tokens fit",
+        P, r.max_tokens, c.max_seq_len, c.max_seq_len - P);
+  }
+  const SamplingParams& s = r.sampling;
+  if (!std::isfinite(s.temperature) || s.temperature < 0) {
+    return InvalidArgument("sampling.temperature: must be a finite number >= 0, got {}",
+                           s.temperature);
+  }
+  if (!(s.top_p > 0.0f && s.top_p <= 1.0f)) {
+    return InvalidArgument("sampling.top_p: must be in (0, 1], got {}", s.top_p);
+  }
+  if (s.top_k < 0) return InvalidArgument("sampling.top_k: must be >= 0, got {}", s.top_k);
+  if (r.stop_ids.size() > kMaxStopIds) {
+    return InvalidArgument("stop_ids: {} ids; at most {}", r.stop_ids.size(), kMaxStopIds);
+  }
+  for (int32_t id : r.stop_ids) {
+    if (id < 0 || id >= c.vocab_size) {
+      return InvalidArgument("stop_ids: {} is outside the vocabulary [0, {})", id, c.vocab_size);
+    }
+  }
+  if (r.stop_strings.size() > kMaxStopStrings) {
+    return InvalidArgument("stop: {} strings; at most {}", r.stop_strings.size(), kMaxStopStrings);
+  }
+  for (const std::string& stop : r.stop_strings) {
+    if (stop.size() > kMaxStopBytes) {
+      return InvalidArgument("stop: a stop string of {} bytes; at most {}", stop.size(),
+                             kMaxStopBytes);
+    }
+    if (!IsValidUtf8(stop)) return InvalidArgument("stop: not valid UTF-8");
+  }
+  if (r.cache_salt.size() > kMaxSaltBytes) {
+    return InvalidArgument("cache_salt: {} bytes; at most {}", r.cache_salt.size(), kMaxSaltBytes);
+  }
+  if (P + r.max_tokens > kv_capacity_tokens_) {
+    return OutOfRange(
+        "prompt ({} tokens) + max_tokens ({}) need {} KV blocks, but the cluster's KV cache "
+        "holds {} blocks = {} tokens for one request",
+        P, r.max_tokens, blocks_.BlocksFor(P + r.max_tokens), blocks_.total_blocks(),
+        kv_capacity_tokens_);
+  }
+  return Status::Ok();
+}
+
+StatusOr<std::shared_ptr<RequestStream>> ServingEngine::Submit(RequestSpec spec) {
+  KVS_RETURN_IF_ERROR(Validate(spec));
+  for (int32_t eos : eos_ids_) {
+    if (std::find(spec.stop_ids.begin(), spec.stop_ids.end(), eos) == spec.stop_ids.end()) {
+      spec.stop_ids.push_back(eos);
+    }
+  }
+  auto stream = std::make_shared<RequestStream>();
+  stream->accepted = Clock::now();
+  stream->prompt_tokens = static_cast<int64_t>(spec.prompt.size());
+  // The prompt as `kvshard generate` prints it.
+  std::string prompt_text;
+  int32_t prev = -1;
+  for (int32_t id : spec.prompt) {
+    prompt_text += tokenizer_->DecodeToken(prev, id);
+    prev = id;
+  }
+  stream->prompt_text = SanitizeUtf8(prompt_text);
+  auto seq = std::make_unique<Sequence>(stream, std::move(spec), tokenizer_);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!accepting_) {
+      return Unavailable("not serving: {}", snapshot_.not_serving_reason.empty()
+                                                ? "the server is shutting down"
+                                                : snapshot_.not_serving_reason);
+    }
+    if (queued_ >= options_.max_queue) {
+      return ResourceExhausted("overloaded: {} requests are queued (the limit); retry later",
+                               queued_);
+    }
+    stream->id = next_id_++;
+    ++queued_;
+    ++snapshot_.requests_accepted;
+    requests_[stream->id] = stream;
+    inbox_.push_back(std::move(seq));
+  }
+  inbox_cv_.notify_one();
+  return stream;
+}
+
+std::shared_ptr<RequestStream> ServingEngine::Find(int64_t id) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = requests_.find(id);
+  return it == requests_.end() ? nullptr : it->second;
+}
+
+StatusOr<bool> ServingEngine::Cancel(int64_t id) {
+  std::shared_ptr<RequestStream> stream = Find(id);
+  if (!stream) return NotFound("request {} is unknown (never submitted, or long finished)", id);
+  {
+    std::lock_guard<std::mutex> lock(stream->mu);
+    if (stream->finished) return false;
+    if (stream->cancel_requested.exchange(true)) return false;  // someone else cancelled it
+  }
+  inbox_cv_.notify_one();
+  return true;
+}
+
+EngineSnapshot ServingEngine::Snapshot() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return snapshot_;
+}
+
+bool ServingEngine::AllDelivered() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& [id, s] : requests_) {
+    std::lock_guard<std::mutex> l(s->mu);
+    if (!s->finished || !s->delivered) return false;
+  }
+  return true;
+}
+
+void ServingEngine::TakeInbox() {
+  std::vector<std::unique_ptr<Sequence>> fresh;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    fresh.swap(inbox_);
+  }
+  for (auto& s : fresh) scheduler_.Enqueue(std::move(s));
+}
+
+void ServingEngine::ApplyCancels() {
+  std::vector<Sequence*> cancelled;
+  for (const auto& s : scheduler_.running()) {
+    if (s->stream->cancel_requested.load()) cancelled.push_back(s.get());
+  }
+  for (const auto& s : scheduler_.waiting()) {
+    if (s->stream->cancel_requested.load()) cancelled.push_back(s.get());
+  }
+  for (Sequence* s : cancelled) Finish(s, "cancelled", "");
+}
+
+void ServingEngine::Publish(Sequence* seq, RequestState state) {
+  RequestStream& st = *seq->stream;
+  {
+    std::lock_guard<std::mutex> lock(st.mu);
+    st.state = state;
+    st.prefilled_tokens = std::min(seq->computed, seq->prompt_len());
+    st.cached_tokens = seq->cached_tokens;
+    st.preemptions = seq->preemptions;
+    const int64_t have = static_cast<int64_t>(st.tokens.size());
+    for (int64_t i = have; i < seq->generated; ++i) {
+      st.tokens.push_back(seq->tokens[seq->prompt_len() + i]);
+      st.text_end.push_back(seq->text.shown().size());
+    }
+    st.text = seq->text.shown();
+  }
+  st.cv.notify_all();
+}
+
+void ServingEngine::Finish(Sequence* seq, const std::string& reason, const std::string& error) {
+  RequestStream& st = *seq->stream;
+  seq->text.Finish();
+  Publish(seq, RequestState::kFinished);
+  const Clock::time_point now = Clock::now();
+  {
+    std::lock_guard<std::mutex> lock(st.mu);
+    st.finished = true;
+    st.finish_reason = st.cancel_requested.load() && reason != "error" ? "cancelled" : reason;
+    st.error = error;
+    st.finished_at = now;
+    RequestTimings& t = st.timings;
+    t.total_ms = Ms(now - st.accepted);
+    if (seq->admitted_before) t.queue_ms = Ms(seq->first_scheduled - st.accepted);
+    if (seq->generated > 0) t.ttft_ms = Ms(seq->first_token - st.accepted);
+    if (seq->generated > 1) {
+      t.per_token_ms =
+          Ms(seq->last_token - seq->first_token) / static_cast<double>(seq->generated - 1);
+    }
+  }
+  st.cv.notify_all();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++snapshot_.requests_finished;
+    if (seq->generated > 0) {
+      snapshot_.ttft_seconds_sum += Ms(seq->first_token - st.accepted) / 1e3;
+      ++snapshot_.ttft_count;
+    }
+  }
+  scheduler_.Remove(seq);
+}
+
+void ServingEngine::FinishAll(const std::string& reason, const std::string& error) {
+  TakeInbox();
+  std::vector<Sequence*> all;
+  for (const auto& s : scheduler_.running()) all.push_back(s.get());
+  for (const auto& s : scheduler_.waiting()) all.push_back(s.get());
+  for (Sequence* s : all) Finish(s, reason, error);
+  RefreshSnapshot();
+}
+
+StatusOr<bool> ServingEngine::Step() {
+  TakeInbox();
+  ApplyCancels();
+  std::vector<Sequence*> preempted;
+  std::vector<ScheduledChunk> chunks = scheduler_.Schedule(&preempted);
+  for (Sequence* s : preempted) {
+    spdlog::debug("request {} preempted (KV cache full); it will be recomputed", s->id());
+    Publish(s, RequestState::kQueued);
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    // The bound counts requests never admitted; preempted ones were admitted already.
+    int64_t fresh = 0;
+    for (const auto& w : scheduler_.waiting()) fresh += w->admitted_before ? 0 : 1;
+    queued_ = static_cast<int64_t>(inbox_.size()) + fresh;
+    snapshot_.preemptions += static_cast<int64_t>(preempted.size());
+  }
+  if (chunks.empty()) {
+    RefreshSnapshot();
+    return false;
+  }
+  const Clock::time_point start = Clock::now();
+  plan_.kind = StepPlan::Kind::kForward;
+  plan_.tokens.clear();
+  plan_.positions.clear();
+  plan_.qo_indptr.assign(1, 0);
+  plan_.block_indptr.assign(1, 0);
+  plan_.block_indices.clear();
+  plan_.logits_rows.clear();
+  for (const ScheduledChunk& c : chunks) {
+    Sequence* s = c.seq;
+    if (s->first_scheduled == Clock::time_point{}) s->first_scheduled = start;
+    for (int64_t p = c.begin; p < c.end; ++p) {
+      plan_.tokens.push_back(s->tokens[p]);
+      plan_.positions.push_back(static_cast<int32_t>(p));
+    }
+    plan_.qo_indptr.push_back(static_cast<int32_t>(plan_.tokens.size()));
+    const std::vector<int32_t>& table = blocks_.Table(s->id());
+    plan_.block_indices.insert(plan_.block_indices.end(), table.begin(),
+                               table.begin() + blocks_.BlocksFor(c.end));
+    plan_.block_indptr.push_back(static_cast<int32_t>(plan_.block_indices.size()));
+    if (c.want_logits) plan_.logits_rows.push_back(static_cast<int32_t>(plan_.tokens.size() - 1));
+  }
+  KVS_RETURN_IF_ERROR(BroadcastStepPlan(model_->comm(), &plan_, 0));
+  KVS_RETURN_IF_ERROR(model_->Forward(plan_, &logits_));
+  if (options_.debug_step_delay_ms > 0) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(options_.debug_step_delay_ms));
+  }
+
+  const Clock::time_point now = Clock::now();
+  const int64_t V = model_->config().vocab_size;
+  int64_t row = 0, sampled = 0;
+  for (const ScheduledChunk& c : chunks) {
+    Sequence* s = c.seq;
+    s->computed = c.end;
+    blocks_.CommitFullBlocks(s->id(), s->tokens.data(), s->computed, s->spec.cache_salt);
+    if (!c.want_logits) {
+      Publish(s, RequestState::kPrefill);
+      continue;
+    }
+    const int32_t next = s->sampler.Sample(logits_.data() + row * V, V);
+    ++row;
+    const auto& stops = s->spec.stop_ids;
+    if (std::find(stops.begin(), stops.end(), next) != stops.end()) {
+      Finish(s, "stop", "");
+      continue;
+    }
+    s->tokens.push_back(next);
+    ++s->generated;
+    ++sampled;
+    if (s->generated == 1) s->first_token = now;
+    s->last_token = now;
+    const bool stop_string = s->text.Append(next);
+    if (stop_string) {
+      Finish(s, "stop", "");
+    } else if (s->generated >= s->spec.max_tokens) {
+      Finish(s, "length", "");
+    } else {
+      Publish(s, RequestState::kDecode);
+    }
+  }
+  if (sampled > 0) token_times_.emplace_back(now, sampled);
+  generated_total_ += sampled;
+  RefreshSnapshot();
+  return true;
+}
+
+void ServingEngine::RefreshSnapshot() {
+  const Clock::time_point now = Clock::now();
+  constexpr double kWindowS = 5.0;
+  while (!token_times_.empty() &&
+         std::chrono::duration<double>(now - token_times_.front().first).count() > kWindowS) {
+    token_times_.pop_front();
+  }
+  int64_t recent = 0;
+  for (const auto& [t, n] : token_times_) recent += n;
+  std::lock_guard<std::mutex> lock(mu_);
+  snapshot_.queue_depth = queued_;
+  snapshot_.running = static_cast<int64_t>(scheduler_.running().size());
+  snapshot_.kv_blocks_total = blocks_.total_blocks();
+  snapshot_.kv_blocks_free = blocks_.free_blocks();
+  snapshot_.kv_blocks_cached = blocks_.cached_blocks();
+  snapshot_.prefix_cache_hits = blocks_.cache_hits();
+  snapshot_.prefix_cache_queries = blocks_.cache_queries();
+  snapshot_.tokens_per_second = static_cast<double>(recent) / kWindowS;
+  snapshot_.generated_tokens = generated_total_;
+}
+
+void ServingEngine::ForgetOldRequests() {
+  const Clock::time_point now = Clock::now();
+  std::lock_guard<std::mutex> lock(mu_);
+  int64_t finished = 0;
+  for (const auto& [id, s] : requests_) {
+    std::lock_guard<std::mutex> l(s->mu);
+    if (s->finished) ++finished;
+  }
+  for (auto it = requests_.begin(); it != requests_.end();) {
+    bool drop = false;
+    {
+      std::lock_guard<std::mutex> l(it->second->mu);
+      drop = it->second->finished &&
+             (finished > options_.keep_finished ||
+              std::chrono::duration<double>(now - it->second->finished_at).count() >
+                  options_.keep_finished_s);
+    }
+    if (drop) {
+      --finished;
+      it = requests_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+Status ServingEngine::Run() {
+  bool draining = false;
+  Clock::time_point deadline, last_forget = Clock::now();
+  for (;;) {
+    const Clock::time_point now = Clock::now();
+    if (stop_requested_.load() && !draining) {
+      draining = true;
+      deadline = now + std::chrono::duration_cast<Clock::duration>(
+                           std::chrono::duration<double>(options_.shutdown_grace_s));
+      std::lock_guard<std::mutex> lock(mu_);
+      accepting_ = false;
+      snapshot_.serving = false;
+      snapshot_.not_serving_reason = "the server is shutting down";
+      spdlog::info("shutting down: {} requests in flight get {:.1f} s to finish",
+                   queued_ + static_cast<int64_t>(scheduler_.running().size()),
+                   options_.shutdown_grace_s);
+    }
+    if (draining) {
+      TakeInbox();
+      if (scheduler_.idle()) break;
+      if (now >= deadline) {
+        FinishAll("cancelled", "the server shut down before the request finished");
+        break;
+      }
+    }
+    StatusOr<bool> did = Step();
+    if (!did.ok()) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        accepting_ = false;
+        snapshot_.serving = false;
+        snapshot_.not_serving_reason = did.status().message();
+      }
+      FinishAll("error", "not serving: " + did.status().message());
+      return did.status();
+    }
+    if (!*did) {
+      std::unique_lock<std::mutex> lock(mu_);
+      inbox_cv_.wait_for(lock, std::chrono::milliseconds(20),
+                         [&] { return !inbox_.empty() || stop_requested_.load(); });
+    }
+    if (now - last_forget > std::chrono::seconds(1)) {
+      ForgetOldRequests();
+      last_forget = now;
+    }
+  }
+  RefreshSnapshot();
+  return Status::Ok();
+}
+
+}  // namespace kvshard

@@ -1,0 +1,48 @@
+// Incremental detokenization for streaming: token bytes arrive one token at a time, but a client
+// may only be shown text that will not change: never half of a UTF-8 character, never the start
+// of what may become a stop string. Shown text is always valid UTF-8 (invalid bytes become
+// U+FFFD), because Thrift strings are UTF-8 and strict clients refuse anything else.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "coordinator/tokenizer.h"
+
+namespace kvshard {
+
+// Valid UTF-8 for `bytes`: each invalid or truncated sequence becomes U+FFFD.
+std::string SanitizeUtf8(std::string_view bytes);
+// True when `bytes` is entirely valid UTF-8 (no overlongs, surrogates or code points > U+10FFFF).
+bool IsValidUtf8(std::string_view bytes);
+
+class TextStream {
+ public:
+  // `prev` is the token before the first appended one (the prompt's last, for spacing rules).
+  TextStream(const Tokenizer* tokenizer, int32_t prev, std::vector<std::string> stops);
+
+  // Adds one generated token. Returns true when a stop string is now complete; the text is then
+  // cut just before it and the stream is finished.
+  bool Append(int32_t token);
+  // Makes everything final (held-back bytes are shown, a trailing partial character becomes
+  // U+FFFD). Called once the request ends.
+  void Finish();
+
+  const std::string& shown() const { return shown_; }  // valid UTF-8, only ever grows
+  bool finished() const { return finished_; }
+
+ private:
+  void Show(size_t raw_end);
+
+  const Tokenizer* tokenizer_;
+  int32_t prev_;
+  std::vector<std::string> stops_;
+  std::string raw_;       // the completion's bytes so far
+  size_t raw_shown_ = 0;  // raw_[0, raw_shown_) is in shown_
+  std::string shown_;
+  bool finished_ = false;
+};
+
+}  // namespace kvshard
