@@ -232,6 +232,8 @@ int RunHealth(Connection& c) {
 }
 
 int Guarded(const ClientFlags& cf, const std::function<int(Connection&)>& body) {
+  // Thrift prints its own diagnostics to stderr; the caught exception below says it once.
+  apache::thrift::GlobalOutput.setOutputFunction([](const char*) {});
   try {
     Connection c(cf);
     return body(c);

@@ -52,6 +52,9 @@ class ReadySignal : public TServerEventHandler {
 
 StatusOr<std::unique_ptr<RpcServer>> RpcServer::Start(std::shared_ptr<HandlerFactory> factory,
                                                       const RpcServerOptions& options) {
+  // Thrift's diagnostics (a client that vanished, a refused frame) go to the debug log.
+  apache::thrift::GlobalOutput.setOutputFunction(
+      [](const char* message) { spdlog::debug("thrift: {}", message); });
   if (options.port <= 0 || options.port > 65535) {
     return InvalidArgument("--port: {} is not a TCP port", options.port);
   }
