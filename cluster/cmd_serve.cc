@@ -26,6 +26,7 @@ namespace {
 
 struct ServeFlags {
   ShardFlags shard;
+  LivenessOptions liveness;
   RpcServerOptions rpc;
   ServingOptions serving;
   int metrics_port = 0;
@@ -36,6 +37,15 @@ struct ServeFlags {
 constexpr int64_t kDefaultServeSequences = 8;
 
 std::atomic<ServingEngine*> g_engine{nullptr};
+
+// Ends the whole job after a failure that left collectives pending (a rank gone or stuck): a
+// clean MPI_Finalize would wait for them forever. MPI_Abort has mpirun kill every rank; the
+// alarm ends this process even if the abort itself cannot reach mpirun (a host cut off).
+[[noreturn]] void AbortJob(int code) {
+  alarm(5);
+  MPI_Abort(MPI_COMM_WORLD, code);
+  _exit(code);
+}
 
 void OnStopSignal(int) {
   if (ServingEngine* e = g_engine.load()) e->RequestStop();
@@ -100,6 +110,16 @@ Status ServeRoot(const ServeFlags& f, Runtime& rt, ClusterInfo info) {
                info.ranks.size(), engine.kv_capacity_tokens(), f.serving.max_queue);
   const Status st = engine.Run();
   g_engine.store(nullptr);
+  if (!st.ok()) {
+    // Let clients read why their requests failed; then the job ends (non-zero, every rank).
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+    while (!engine.AllDelivered() && std::chrono::steady_clock::now() < until) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    rpc->Stop();
+    if (metrics) metrics->Stop();
+    return st;
+  }
   // Let clients collect the ends of their requests before the connections close.
   const auto linger_end = std::chrono::steady_clock::now() + std::chrono::seconds(2);
   while (!engine.AllDelivered() && std::chrono::steady_clock::now() < linger_end) {
@@ -128,20 +148,31 @@ int RunServe(const ServeFlags& f) {
   if (!rt.ok()) return ReportFailure(rt.status(), world_rank);
   auto info = GatherClusterInfo(*rt, f);
   if (!info.ok()) return ReportFailure(info.status(), world_rank);
+  // Deadlines and heartbeats from here on. Shards give collectives twice rank 0's deadline, so
+  // that when a rank fails, rank 0 is the one that notices first and tells the clients.
+  const Status live = rt->comm->EnableLiveness(f.liveness, rt->is_root() ? 1.0 : 2.0);
+  if (!live.ok()) return ReportFailure(live, world_rank);
   if (!rt->is_root()) {
     // Shards stop when rank 0 says so; a signal from mpirun alone must not cut a drain short.
     signal(SIGTERM, SIG_IGN);
     signal(SIGINT, SIG_IGN);
     const Status st = RunShardWorker(*rt->model);
-    if (!st.ok()) spdlog::error("{}: {}", rt->comm->Where(rt->comm->rank()), st.ToString());
-    return st.ok() ? 0 : 1;
+    if (st.ok()) return 0;
+    spdlog::error("{}: {}", rt->comm->Where(rt->comm->rank()), st.ToString());
+    AbortJob(1);
   }
   const Status st = ServeRoot(f, *rt, *info);
+  if (!st.ok()) {
+    spdlog::error("not serving: {}", st.ToString());
+    AbortJob(1);
+  }
   StepPlan stop;
   stop.kind = StepPlan::Kind::kShutdown;
   const Status down = BroadcastStepPlan(*rt->comm, &stop, 0);
-  if (!st.ok()) return ReportFailure(st, 0);
-  if (!down.ok()) return ReportFailure(down, 0);
+  if (!down.ok()) {
+    spdlog::error("shutdown: {}", down.ToString());
+    AbortJob(1);
+  }
   return 0;
 }
 
@@ -172,6 +203,16 @@ void RegisterServe(CLI::App& app, int* exit_code) {
                   "Prometheus /metrics on this port (0 = off)")
       ->check(CLI::Range(0, 65535));
   cmd->add_option("--pid-file", flags->pid_file, "Rank 0 writes its pid here once serving");
+  cmd->add_option("--step-timeout-s", flags->liveness.step_timeout_s,
+                  "A collective (all-reduce, plan broadcast, gather) that takes longer fails the "
+                  "server: a rank is gone or stuck")
+      ->check(CLI::Range(0.1, 3600.0));
+  cmd->add_option("--heartbeat-interval-s", flags->liveness.heartbeat_interval_s,
+                  "Heartbeats between rank 0 and every shard")
+      ->check(CLI::Range(0.01, 60.0));
+  cmd->add_option("--heartbeat-timeout-s", flags->liveness.heartbeat_timeout_s,
+                  "Silence after which a rank is declared gone")
+      ->check(CLI::Range(0.1, 3600.0));
   cmd->callback([flags, exit_code] { *exit_code = RunServe(*flags); });
 }
 

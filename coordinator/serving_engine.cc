@@ -415,7 +415,9 @@ Status ServingEngine::Run() {
         break;
       }
     }
-    StatusOr<bool> did = Step();
+    // A shard that stopped beating fails the server now, busy or idle.
+    Status alive = model_->comm().CheckLiveness();
+    StatusOr<bool> did = alive.ok() ? Step() : StatusOr<bool>(alive);
     if (!did.ok()) {
       {
         std::lock_guard<std::mutex> lock(mu_);
@@ -423,6 +425,7 @@ Status ServingEngine::Run() {
         snapshot_.serving = false;
         snapshot_.not_serving_reason = did.status().message();
       }
+      spdlog::error("not serving: {}", did.status().message());
       FinishAll("error", "not serving: " + did.status().message());
       return did.status();
     }

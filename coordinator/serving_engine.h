@@ -73,7 +73,12 @@ class ServingEngine {
   int64_t kv_capacity_tokens() const { return kv_capacity_tokens_; }
   // Asks the loop to stop: no new requests, in-flight ones get the grace period, then are
   // cancelled. Async-signal-safe (an atomic store).
-  void RequestStop() { stop_requested_.store(true); }
+  void RequestStop() {
+    stop_requested_.store(true);
+    // A healthy step takes milliseconds; if one hangs now, a rank died (mpirun sends the same
+    // signal when it tears the job down), and the clients must hear so before the job ends.
+    model_->comm().ShortenDeadlines(1.0);
+  }
 
   // --- the engine thread ---
   // Runs until RequestStop() and the drain that follows, or until a step fails (then every

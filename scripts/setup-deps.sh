@@ -7,7 +7,7 @@ PKGS=(
   nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev libsentencepiece-dev
   libgtest-dev libgmock-dev clang-format
   libthrift-dev libboost-dev thrift-compiler python3-thrift libcpp-httplib-dev
-  iproute2 procps
+  iproute2 procps iptables libnetfilter-queue-dev
 )
 missing=()
 for p in "${PKGS[@]}"; do

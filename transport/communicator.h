@@ -36,6 +36,16 @@ class Communicator {
   // Each rank's string, on root (empty elsewhere). Used to report which rank failed and why.
   virtual StatusOr<std::vector<std::string>> GatherStrings(const std::string& mine, int root) = 0;
   virtual Status Barrier() = 0;
+
+  // Liveness, where the implementation has it (MpiCommunicator after EnableLiveness): keeps
+  // heartbeats flowing while the caller waits on something else, and says whether every peer
+  // is alive. Once a collective has failed the communicator is broken: every later call fails.
+  virtual void PumpLiveness() {}
+  virtual Status CheckLiveness() { return Status::Ok(); }
+  // Caps the deadline of every collective, also one already waiting. Async-signal-safe: called
+  // when the job is asked to stop, because mpirun also asks that when a rank has died, and then
+  // a collective with the dead rank must fail in time to tell the clients.
+  virtual void ShortenDeadlines(double seconds) {}
 };
 
 // Combines every rank's status: all ranks return the same result, ok only when every rank was ok,

@@ -70,75 +70,185 @@ std::string MpiCommunicator::Where(int rank) const {
   return fmt::format("rank {} on {}", rank, hosts_[rank]);
 }
 
-Status MpiCommunicator::AllReduceSum(float* data, size_t n) {
-  if (n > static_cast<size_t>(INT_MAX)) return InvalidArgument("all-reduce of {} floats", n);
-  return KVS_MPI(MPI_Allreduce(MPI_IN_PLACE, data, static_cast<int>(n), MPI_FLOAT, MPI_SUM, comm_));
+Status MpiCommunicator::EnableLiveness(const LivenessOptions& options, double timeout_scale) {
+  KVS_ASSIGN_OR_RETURN(heartbeat_, Heartbeat::Create(comm_, hosts_, options));
+  step_timeout_s_ = options.step_timeout_s * timeout_scale;
+  return Status::Ok();
 }
 
-Status MpiCommunicator::AllReduceSumDouble(double* data, size_t n) {
-  if (n > static_cast<size_t>(INT_MAX)) return InvalidArgument("all-reduce of {} doubles", n);
-  return KVS_MPI(
-      MPI_Allreduce(MPI_IN_PLACE, data, static_cast<int>(n), MPI_DOUBLE, MPI_SUM, comm_));
+void MpiCommunicator::PumpLiveness() {
+  if (heartbeat_) heartbeat_->Pump();
 }
 
-Status MpiCommunicator::AllReduceMax(int* value) {
-  return KVS_MPI(MPI_Allreduce(MPI_IN_PLACE, value, 1, MPI_INT, MPI_MAX, comm_));
+Status MpiCommunicator::CheckLiveness() {
+  KVS_RETURN_IF_ERROR(Broken());
+  if (!heartbeat_) return Status::Ok();
+  heartbeat_->Pump();
+  const Status st = heartbeat_->Check();
+  if (!st.ok()) broken_ = st.message();
+  return st;
 }
 
-Status MpiCommunicator::Broadcast(void* data, size_t bytes, int root) {
-  if (bytes > static_cast<size_t>(INT_MAX)) return InvalidArgument("broadcast of {} bytes", bytes);
-  return KVS_MPI(MPI_Bcast(data, static_cast<int>(bytes), MPI_BYTE, root, comm_));
+Status MpiCommunicator::Broken() const {
+  if (broken_.empty()) return Status::Ok();
+  return Unavailable("{}", broken_);
 }
 
-Status MpiCommunicator::BroadcastIdle(void* data, size_t bytes, int root) {
-  if (bytes > static_cast<size_t>(INT_MAX)) return InvalidArgument("broadcast of {} bytes", bytes);
-  MPI_Request request;
-  KVS_RETURN_IF_ERROR(
-      KVS_MPI(MPI_Ibcast(data, static_cast<int>(bytes), MPI_BYTE, root, comm_, &request)));
-  // Spin briefly (a busy server's next step comes within microseconds), then back off to sleeps
-  // of up to 1 ms so an idle shard leaves its core to others.
+Status MpiCommunicator::Wait(MPI_Request* request, const char* what, double timeout_s) {
+  if (!heartbeat_) return KVS_MPI(MPI_Wait(request, MPI_STATUS_IGNORE));
+  // Inside a step the peers' share usually arrives within a millisecond: spin that long. An
+  // idle wait (no deadline) spins briefly and then sleeps.
+  const auto spin =
+      timeout_s > 0 ? std::chrono::microseconds(2000) : std::chrono::microseconds(200);
   const auto start = std::chrono::steady_clock::now();
   auto pause = std::chrono::microseconds(20);
   for (;;) {
     int done = 0;
-    KVS_RETURN_IF_ERROR(KVS_MPI(MPI_Test(&request, &done, MPI_STATUS_IGNORE)));
+    const int rc = MPI_Test(request, &done, MPI_STATUS_IGNORE);
+    if (rc != MPI_SUCCESS) {
+      broken_ = MpiStatus(rc, what, __FILE__, __LINE__).message();
+      return Broken();
+    }
     if (done) return Status::Ok();
-    if (std::chrono::steady_clock::now() - start > std::chrono::microseconds(200)) {
+    const auto waited = std::chrono::steady_clock::now() - start;
+    if (heartbeat_) {
+      heartbeat_->Pump();
+      const double s = std::chrono::duration<double>(waited).count();
+      const double limit = std::min(timeout_s, deadline_cap_s_.load());
+      if (timeout_s > 0 && s > limit) {
+        broken_ = fmt::format("{} on rank {} ({}) did not complete within {:.1f} s: {}", what,
+                              rank_, hosts_[rank_], limit, heartbeat_->Quietest());
+        return Broken();
+      }
+      if (timeout_s <= 0) {
+        const Status alive = heartbeat_->Check();
+        if (!alive.ok()) {
+          broken_ = alive.message();
+          return Broken();
+        }
+      }
+    }
+    // Yield while spinning (the peer, or the kernel moving its packets, may need this core),
+    // then back off to sleeps of up to 1 ms, so a waiting rank leaves its core to others.
+    if (waited > spin) {
       std::this_thread::sleep_for(pause);
       pause = std::min(pause * 2, std::chrono::microseconds(1000));
+    } else {
+      std::this_thread::yield();
     }
   }
 }
 
+Status MpiCommunicator::PollWithoutSpinning(MPI_Request* request) {
+  const auto start = std::chrono::steady_clock::now();
+  auto pause = std::chrono::microseconds(20);
+  for (;;) {
+    int done = 0;
+    KVS_RETURN_IF_ERROR(KVS_MPI(MPI_Test(request, &done, MPI_STATUS_IGNORE)));
+    if (done) return Status::Ok();
+    if (std::chrono::steady_clock::now() - start > std::chrono::microseconds(200)) {
+      std::this_thread::sleep_for(pause);
+      pause = std::min(pause * 2, std::chrono::microseconds(1000));
+    } else {
+      std::this_thread::yield();
+    }
+  }
+}
+
+Status MpiCommunicator::AllReduceSum(float* data, size_t n) {
+  if (n > static_cast<size_t>(INT_MAX)) return InvalidArgument("all-reduce of {} floats", n);
+  KVS_RETURN_IF_ERROR(Broken());
+  if (!heartbeat_) {
+    return KVS_MPI(
+        MPI_Allreduce(MPI_IN_PLACE, data, static_cast<int>(n), MPI_FLOAT, MPI_SUM, comm_));
+  }
+  MPI_Request r;
+  KVS_RETURN_IF_ERROR(KVS_MPI(
+      MPI_Iallreduce(MPI_IN_PLACE, data, static_cast<int>(n), MPI_FLOAT, MPI_SUM, comm_, &r)));
+  return Wait(&r, "all-reduce", step_timeout_s_);
+}
+
+Status MpiCommunicator::AllReduceSumDouble(double* data, size_t n) {
+  if (n > static_cast<size_t>(INT_MAX)) return InvalidArgument("all-reduce of {} doubles", n);
+  KVS_RETURN_IF_ERROR(Broken());
+  MPI_Request r;
+  KVS_RETURN_IF_ERROR(KVS_MPI(
+      MPI_Iallreduce(MPI_IN_PLACE, data, static_cast<int>(n), MPI_DOUBLE, MPI_SUM, comm_, &r)));
+  return Wait(&r, "all-reduce", step_timeout_s_);
+}
+
+Status MpiCommunicator::AllReduceMax(int* value) {
+  KVS_RETURN_IF_ERROR(Broken());
+  MPI_Request r;
+  KVS_RETURN_IF_ERROR(KVS_MPI(MPI_Iallreduce(MPI_IN_PLACE, value, 1, MPI_INT, MPI_MAX, comm_, &r)));
+  return Wait(&r, "all-reduce", step_timeout_s_);
+}
+
+Status MpiCommunicator::Broadcast(void* data, size_t bytes, int root) {
+  if (bytes > static_cast<size_t>(INT_MAX)) return InvalidArgument("broadcast of {} bytes", bytes);
+  KVS_RETURN_IF_ERROR(Broken());
+  if (!heartbeat_) {
+    return KVS_MPI(MPI_Bcast(data, static_cast<int>(bytes), MPI_BYTE, root, comm_));
+  }
+  MPI_Request r;
+  KVS_RETURN_IF_ERROR(
+      KVS_MPI(MPI_Ibcast(data, static_cast<int>(bytes), MPI_BYTE, root, comm_, &r)));
+  return Wait(&r, "broadcast", step_timeout_s_);
+}
+
+Status MpiCommunicator::BroadcastIdle(void* data, size_t bytes, int root) {
+  if (bytes > static_cast<size_t>(INT_MAX)) return InvalidArgument("broadcast of {} bytes", bytes);
+  KVS_RETURN_IF_ERROR(Broken());
+  MPI_Request r;
+  KVS_RETURN_IF_ERROR(
+      KVS_MPI(MPI_Ibcast(data, static_cast<int>(bytes), MPI_BYTE, root, comm_, &r)));
+  if (!heartbeat_) return PollWithoutSpinning(&r);
+  // No deadline (a server may idle for days), but a root that stops beating ends the wait.
+  return Wait(&r, "step-plan broadcast", 0);
+}
+
 Status MpiCommunicator::GatherV(const float* send, int count, float* recv,
                                 const std::vector<int>& counts, int root) {
+  KVS_RETURN_IF_ERROR(Broken());
   std::vector<int> displs(counts.size(), 0);
   for (size_t r = 1; r < counts.size(); ++r) displs[r] = displs[r - 1] + counts[r - 1];
-  return KVS_MPI(MPI_Gatherv(send, count, MPI_FLOAT, recv, counts.data(), displs.data(), MPI_FLOAT,
-                             root, comm_));
+  MPI_Request r;
+  KVS_RETURN_IF_ERROR(KVS_MPI(MPI_Igatherv(send, count, MPI_FLOAT, recv, counts.data(),
+                                           displs.data(), MPI_FLOAT, root, comm_, &r)));
+  return Wait(&r, "logits gather", step_timeout_s_);
 }
 
 StatusOr<std::vector<std::string>> MpiCommunicator::GatherStrings(const std::string& mine,
                                                                   int root) {
+  KVS_RETURN_IF_ERROR(Broken());
   int len = static_cast<int>(std::min<size_t>(mine.size(), 1 << 20));
   std::vector<int> lens(size_);
-  KVS_RETURN_IF_ERROR(KVS_MPI(MPI_Gather(&len, 1, MPI_INT, lens.data(), 1, MPI_INT, root, comm_)));
+  MPI_Request r;
+  KVS_RETURN_IF_ERROR(
+      KVS_MPI(MPI_Igather(&len, 1, MPI_INT, lens.data(), 1, MPI_INT, root, comm_, &r)));
+  KVS_RETURN_IF_ERROR(Wait(&r, "gather", step_timeout_s_));
   std::vector<int> displs(size_, 0);
   int total = 0;
-  for (int r = 0; r < size_; ++r) {
-    displs[r] = total;
-    total += rank_ == root ? lens[r] : 0;
+  for (int i = 0; i < size_; ++i) {
+    displs[i] = total;
+    total += rank_ == root ? lens[i] : 0;
   }
   std::vector<char> all(std::max(total, 1));
-  KVS_RETURN_IF_ERROR(KVS_MPI(MPI_Gatherv(mine.data(), len, MPI_CHAR, all.data(), lens.data(),
-                                          displs.data(), MPI_CHAR, root, comm_)));
+  KVS_RETURN_IF_ERROR(KVS_MPI(MPI_Igatherv(mine.data(), len, MPI_CHAR, all.data(), lens.data(),
+                                           displs.data(), MPI_CHAR, root, comm_, &r)));
+  KVS_RETURN_IF_ERROR(Wait(&r, "gather", step_timeout_s_));
   std::vector<std::string> out;
   if (rank_ == root) {
-    for (int r = 0; r < size_; ++r) out.emplace_back(all.data() + displs[r], lens[r]);
+    for (int i = 0; i < size_; ++i) out.emplace_back(all.data() + displs[i], lens[i]);
   }
   return out;
 }
 
-Status MpiCommunicator::Barrier() { return KVS_MPI(MPI_Barrier(comm_)); }
+Status MpiCommunicator::Barrier() {
+  KVS_RETURN_IF_ERROR(Broken());
+  MPI_Request r;
+  KVS_RETURN_IF_ERROR(KVS_MPI(MPI_Ibarrier(comm_, &r)));
+  return Wait(&r, "barrier", step_timeout_s_);
+}
 
 }  // namespace kvshard

@@ -3,10 +3,12 @@
 
 #include <mpi.h>
 
+#include <atomic>
 #include <string>
 #include <vector>
 
 #include "transport/communicator.h"
+#include "transport/heartbeat.h"
 
 namespace kvshard {
 
@@ -36,12 +38,31 @@ class MpiCommunicator : public Communicator {
   StatusOr<std::vector<std::string>> GatherStrings(const std::string& mine, int root) override;
   Status Barrier() override;
 
+  // From now on every collective has a deadline (options.step_timeout_s, scaled by
+  // `timeout_scale` on this rank), and heartbeats run between rank 0 and every other rank. A
+  // collective past its deadline, or an idle wait whose root stopped beating, fails with
+  // Unavailable naming the quietest peer; the communicator is then broken. Collective.
+  Status EnableLiveness(const LivenessOptions& options, double timeout_scale = 1.0);
+  void PumpLiveness() override;
+  Status CheckLiveness() override;
+  void ShortenDeadlines(double seconds) override { deadline_cap_s_.store(seconds); }
+
  private:
   MpiCommunicator(MPI_Comm comm, std::vector<std::string> hosts);
+  // Waits for a non-blocking collective: spins briefly, then polls with short sleeps, pumping
+  // heartbeats; fails past `timeout_s` (<= 0: no deadline, but a silent root fails it).
+  Status Wait(MPI_Request* request, const char* what, double timeout_s);
+  Status Broken() const;
+  // BroadcastIdle without liveness: polls with sleeps so an idle rank does not spin.
+  Status PollWithoutSpinning(MPI_Request* request);
   MPI_Comm comm_;
   int rank_ = 0;
   int size_ = 1;
-  std::vector<std::string> hosts_;  // host name of every rank
+  std::vector<std::string> hosts_;        // host name of every rank
+  std::unique_ptr<Heartbeat> heartbeat_;  // null until EnableLiveness
+  double step_timeout_s_ = 0;
+  std::atomic<double> deadline_cap_s_{1e30};
+  std::string broken_;  // why the communicator can no longer be used ("" while healthy)
 };
 
 }  // namespace kvshard

@@ -66,6 +66,10 @@ class ConnectionHandler : public rpc::KvshardIf {
     }
     FillResult(*s, &out);
     s->delivered = true;
+    if (s->finish_reason == "error" && !engine_->Snapshot().serving) {
+      // The cluster failed under this request: the declared NOT_SERVING error, with the why.
+      Throw(Unavailable("{}", s->error), 0);
+    }
   }
 
   int64_t submit(const rpc::GenerateRequest& request) override { return Accept(request)->id; }

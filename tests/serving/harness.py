@@ -122,8 +122,8 @@ class Server:
 class Client:
     """A Thrift client over its own connection (framed transport, binary protocol)."""
 
-    def __init__(self, port, timeout_ms=60000):
-        sock = TSocket.TSocket("127.0.0.1", port)
+    def __init__(self, port, timeout_ms=60000, host="127.0.0.1"):
+        sock = TSocket.TSocket(host, port)
         sock.setTimeout(timeout_ms)
         self.transport = TTransport.TFramedTransport(sock)
         self.protocol = TBinaryProtocol.TBinaryProtocol(self.transport)
