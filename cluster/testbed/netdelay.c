@@ -6,6 +6,7 @@
  * released D ms after they arrived, in arrival order (so the delay is added latency, not
  * reordering). netns.sh installs the rule (OUTPUT on the host's link) and runs this. Exits on
  * SIGTERM/SIGINT. */
+#define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
 #include <libnetfilter_queue/libnetfilter_queue.h>
@@ -102,13 +103,15 @@ int main(int argc, char **argv) {
   const int fd = nfq_fd(h);
   char buf[65536] __attribute__((aligned));
   while (!g_stop) {
-    int timeout_ms = 100;
+    /* Nanosecond timeouts: a millisecond-rounded poll would add up to 1 ms to every packet. */
+    double wait = 0.1;
     if (g_count > 0) {
-      const double wait = g_held[g_head].due - now_s();
-      timeout_ms = wait <= 0 ? 0 : (int)(wait * 1000) + 1;
+      wait = g_held[g_head].due - now_s();
+      if (wait < 0) wait = 0;
     }
+    const struct timespec timeout = {(time_t)wait, (long)((wait - (time_t)wait) * 1e9)};
     struct pollfd p = {fd, POLLIN, 0};
-    const int r = poll(&p, 1, timeout_ms);
+    const int r = ppoll(&p, 1, &timeout, NULL);
     if (r > 0) {
       const ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
       if (n > 0) nfq_handle_packet(h, buf, (int)n);
