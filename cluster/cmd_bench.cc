@@ -40,9 +40,9 @@ struct Totals {
 // Runs on every rank at once, before rank 0 starts driving steps.
 StatusOr<Totals> MeasureTotals(Runtime& rt, int64_t buffer_bytes) {
   KVS_RETURN_IF_ERROR(rt.comm->Barrier());
-  double v[4] = {static_cast<double>(rt.model->weights().bytes()),
-                 static_cast<double>(rt.model->weights().decode_read_bytes(rt.config.dim)),
-                 static_cast<double>(rt.model->kv_shape().bytes_per_token()),
+  double v[4] = {static_cast<double>(rt.model->weight_bytes()),
+                 static_cast<double>(rt.model->decode_read_bytes()),
+                 static_cast<double>(rt.model->kv_bytes_per_token()),
                  measure_read_bandwidth_gbs(buffer_bytes, rt.threads, 3)};
   KVS_RETURN_IF_ERROR(rt.comm->AllReduceSumDouble(v, 4));
   return Totals{v[0], v[1], v[2], v[3]};
@@ -68,7 +68,7 @@ Status RunRoot(const BenchFlags& f, Runtime& rt, Engine& engine, const Totals& t
   const double decode_bytes = totals.decode_weight_bytes + mean_ctx * totals.kv_bytes_per_token;
   nlohmann::json out = {
       {"model", f.shard.model_dir},
-      {"device", "cpu"},
+      {"device", f.shard.device},
       {"isa", simd::Isa()},
       {"tp", rt.comm->size()},
       {"threads", rt.threads * rt.comm->size()},

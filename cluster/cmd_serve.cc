@@ -55,7 +55,7 @@ void OnStopSignal(int) {
 StatusOr<ClusterInfo> GatherClusterInfo(Runtime& rt, const ServeFlags& f) {
   const TpLayout& l = rt.model->layout();
   nlohmann::json mine = {{"host", rt.comm->Where(rt.comm->rank())},
-                         {"kv_bytes", rt.model->kv_shape().total_bytes()},
+                         {"kv_bytes", rt.model->kv_bytes()},
                          {"q_heads", l.q_heads},
                          {"kv_heads", l.kv_heads}};
   char host[256] = {};
@@ -65,7 +65,7 @@ StatusOr<ClusterInfo> GatherClusterInfo(Runtime& rt, const ServeFlags& f) {
   ClusterInfo info;
   info.model = f.shard.model_dir;
   info.layout = fmt::format("tp={}", l.tp);
-  info.block_size = static_cast<int32_t>(rt.model->options().block_size);
+  info.block_size = static_cast<int32_t>(rt.model->block_size());
   info.max_context = static_cast<int32_t>(rt.config.max_seq_len);
   for (size_t r = 0; r < all.size(); ++r) {
     const nlohmann::json j = nlohmann::json::parse(all[r], nullptr, false);

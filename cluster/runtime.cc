@@ -7,6 +7,14 @@
 #include <algorithm>
 #include <thread>
 
+#include "shard/shard_model.h"
+#ifdef KVSHARD_HAVE_CUDA
+#include "kernels/cuda/cuda_check.h"
+#include "shard/cuda/cuda_shard_model.h"
+#include "transport/cuda/nccl_communicator.h"
+#include "transport/cuda/staged_device_communicator.h"
+#endif
+
 namespace kvshard {
 
 void AddShardFlags(CLI::App* cmd, ShardFlags* f) {
@@ -20,6 +28,14 @@ void AddShardFlags(CLI::App* cmd, ShardFlags* f) {
   cmd->add_option("--max-tokens-per-step", f->max_tokens_per_step,
                   "Largest prefill chunk (tokens per step)")
       ->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--device", f->device, "Where the shards run: cpu or cuda")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  cmd->add_option("--gpu-memory-fraction", f->gpu_memory_fraction,
+                  "cuda: fraction of each GPU's memory to use, weights and KV cache included "
+                  "(the KV cache gets what is left unless --kv-blocks is given)")
+      ->check(CLI::Range(0.05, 1.0));
+  cmd->add_option("--weight-dtype", f->weight_dtype, "cuda: GEMM input dtype: bf16, f16 or f32");
+  cmd->add_flag("--no-cuda-graphs", f->no_cuda_graphs, "cuda: run decode steps without graphs");
 }
 
 MpiSession::MpiSession() {
@@ -46,6 +62,101 @@ int LocalRanks() {
   return n;
 }
 
+// This rank's index among the ranks on its host.
+int LocalRank() {
+  MPI_Comm local;
+  if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local) !=
+      MPI_SUCCESS) {
+    return 0;
+  }
+  int rank = 0;
+  MPI_Comm_rank(local, &rank);
+  MPI_Comm_free(&local);
+  return rank;
+}
+
+#ifdef KVSHARD_HAVE_CUDA
+struct CudaRuntime : DeviceRuntime {
+  cudaStream_t stream = nullptr;
+  std::unique_ptr<cuda::DeviceCommunicator> comm;
+  ~CudaRuntime() override {
+    comm.reset();
+    if (stream) cudaStreamDestroy(stream);
+  }
+};
+
+// Rank -> GPU (local rank modulo the host's GPUs) and a stream; local, never collective.
+Status SelectDevice(CudaRuntime* cuda, bool* shares_gpu) {
+  std::string why;
+  const int devices = cuda::UsableDeviceCount(&why);
+  if (devices == 0) return FailedPrecondition("--device cuda: {}", why);
+  const int local = LocalRank();
+  *shares_gpu = LocalRanks() > devices;
+  KVS_RETURN_IF_ERROR(KVS_CUDA(cudaSetDevice(local % devices)));
+  return KVS_CUDA(cudaStreamCreateWithFlags(&cuda->stream, cudaStreamNonBlocking));
+}
+
+// The CUDA start-up, in phases that keep every rank in step (each local phase ends in an
+// agreement, so a failing rank never leaves the others waiting in a collective): device
+// selection and config; the device communicator, NCCL when no GPU is shared by two ranks
+// anywhere, else host staging; the model; the block count, the smallest over the ranks.
+Status StartCuda(const ShardFlags& flags, int64_t min_kv_tokens, Runtime* rt) {
+  auto cuda = std::make_unique<CudaRuntime>();
+  bool shares_gpu = false;
+  Status local = SelectDevice(cuda.get(), &shares_gpu);
+  if (local.ok()) {
+    auto config = LoadModelConfig(flags.model_dir);
+    local = config.ok() ? Status::Ok() : config.status();
+    if (config.ok()) rt->config = *config;
+  }
+  KVS_RETURN_IF_ERROR(AgreeOnStatus(*rt->comm, local));
+  int staged = shares_gpu ? 1 : 0;
+  KVS_RETURN_IF_ERROR(rt->comm->AllReduceMax(&staged));
+  if (staged) {
+    cuda::StagedOptions options;
+    options.max_reduce_floats = flags.max_tokens_per_step * rt->config.dim;
+    options.max_gather_floats = flags.max_tokens_per_step * rt->config.vocab_size;
+    auto comm = cuda::StagedDeviceCommunicator::Create(rt->comm.get(), cuda->stream, options);
+    KVS_RETURN_IF_ERROR(AgreeOnStatus(*rt->comm, comm.ok() ? Status::Ok() : comm.status()));
+    cuda->comm = std::move(comm).value();
+  } else {
+    KVS_ASSIGN_OR_RETURN(cuda->comm, cuda::NcclCommunicator::Create(rt->comm.get(), cuda->stream));
+  }
+  cuda::CudaShardOptions options;
+  options.num_blocks = flags.kv_blocks;  // 0: what the memory fraction leaves
+  options.memory_fraction = flags.gpu_memory_fraction;
+  options.block_size = flags.block_size;
+  options.max_tokens_per_step = flags.max_tokens_per_step;
+  options.cuda_graphs = !flags.no_cuda_graphs;
+  std::unique_ptr<cuda::CudaShardModel> model;
+  auto kv_dtype = ParseDType(flags.kv_dtype);
+  auto weight_dtype = ParseDType(flags.weight_dtype);
+  if (!kv_dtype.ok()) {
+    local = kv_dtype.status();
+  } else if (!weight_dtype.ok()) {
+    local = weight_dtype.status();
+  } else {
+    options.kv_dtype = *kv_dtype;
+    options.weight_dtype = *weight_dtype;
+    auto loaded =
+        cuda::CudaShardModel::Load(flags.model_dir, rt->config, options, cuda->comm.get());
+    local = loaded.ok() ? Status::Ok() : loaded.status();
+    if (loaded.ok()) model = std::move(loaded).value();
+  }
+  KVS_RETURN_IF_ERROR(AgreeOnStatus(*rt->comm, local));
+  KVS_RETURN_IF_ERROR(model->AgreeOnBlocks());
+  if (min_kv_tokens > model->num_blocks() * flags.block_size) {
+    return ResourceExhausted(
+        "the GPUs' KV caches hold {} tokens; {} are needed (raise "
+        "--gpu-memory-fraction or add ranks)",
+        model->num_blocks() * flags.block_size, min_kv_tokens);
+  }
+  rt->device = std::move(cuda);
+  rt->model = std::move(model);
+  return Status::Ok();
+}
+#endif
+
 Status LoadShard(const ShardFlags& flags, int64_t min_kv_tokens, Runtime* rt) {
   KVS_ASSIGN_OR_RETURN(rt->config, LoadModelConfig(flags.model_dir));
   ShardOptions options;
@@ -68,17 +179,34 @@ StatusOr<Runtime> StartRuntime(const ShardFlags& flags, int64_t min_kv_tokens) {
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   rt.threads = flags.threads > 0 ? flags.threads : std::max(1, cores / LocalRanks());
   omp_set_num_threads(rt.threads);
+  if (flags.device == "cuda") {
+#ifdef KVSHARD_HAVE_CUDA
+    KVS_RETURN_IF_ERROR(StartCuda(flags, min_kv_tokens, &rt));
+    if (rt.is_root()) {
+      const TpLayout& l = rt.model->layout();
+      spdlog::info(
+          "{} ranks on GPUs; rank 0 holds {} query heads, {} KV heads (x{} replicas), {:.1f} MiB "
+          "of weights, {} KV blocks of {} tokens = {:.1f} MiB KV ({} B/token)",
+          l.tp, l.q_heads, l.kv_heads, l.kv_replicas, rt.model->weight_bytes() / 1048576.0,
+          rt.model->num_blocks(), rt.model->block_size(), rt.model->kv_bytes() / 1048576.0,
+          rt.model->kv_bytes_per_token());
+    }
+    return rt;
+#else
+    return AgreeOnStatus(*rt.comm, FailedPrecondition("--device cuda: this kvshard was built "
+                                                      "without CUDA (no nvcc at configure time)"));
+#endif
+  }
   const Status local = LoadShard(flags, min_kv_tokens, &rt);
   KVS_RETURN_IF_ERROR(AgreeOnStatus(*rt.comm, local));
   if (rt.is_root()) {
     const TpLayout& l = rt.model->layout();
-    const KvPoolShape& kv = rt.model->kv_shape();
     spdlog::info(
         "{} ranks, {} threads each; rank 0 holds {} query heads, {} KV heads (x{} replicas), "
         "{:.1f} MiB of weights, {} KV blocks of {} tokens = {:.1f} MiB KV ({} B/token)",
         l.tp, rt.threads, l.q_heads, l.kv_heads, l.kv_replicas,
-        rt.model->weights().bytes() / 1048576.0, kv.num_blocks, kv.block_size,
-        kv.total_bytes() / 1048576.0, kv.bytes_per_token());
+        rt.model->weight_bytes() / 1048576.0, rt.model->num_blocks(), rt.model->block_size(),
+        rt.model->kv_bytes() / 1048576.0, rt.model->kv_bytes_per_token());
   }
   return rt;
 }

@@ -9,7 +9,7 @@
 #include "cluster/commands.h"
 #include "common/status.h"
 #include "shard/model_config.h"
-#include "shard/shard_model.h"
+#include "shard/shard_backend.h"
 #include "transport/mpi_communicator.h"
 
 namespace kvshard {
@@ -25,10 +25,17 @@ class MpiSession {
   bool ok_ = false;
 };
 
+// With --device cuda, the device's objects (stream, device communicator) live behind `device`;
+// the model's comm() is then the device communicator, whose control plane is `comm`.
+struct DeviceRuntime {
+  virtual ~DeviceRuntime() = default;
+};
+
 struct Runtime {
   std::unique_ptr<MpiCommunicator> comm;
   ModelConfig config;
-  std::unique_ptr<ShardModel> model;
+  std::unique_ptr<DeviceRuntime> device;  // before `model`: destroyed after it
+  std::unique_ptr<ShardBackend> model;
   int threads = 1;
   bool is_root() const { return comm->rank() == 0; }
 };

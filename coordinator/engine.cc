@@ -12,8 +12,8 @@ double SecondsSince(std::chrono::steady_clock::time_point t0) {
 
 }  // namespace
 
-Engine::Engine(ShardModel* model)
-    : model_(model), blocks_(model->options().num_blocks, model->options().block_size) {}
+Engine::Engine(ShardBackend* model)
+    : model_(model), blocks_(model->num_blocks(), model->block_size()) {}
 
 Status Engine::Validate(const GenerationRequest& r) const {
   const ModelConfig& c = model_->config();
@@ -51,7 +51,7 @@ Status Engine::Validate(const GenerationRequest& r) const {
 
 Status Engine::RunSpan(int64_t seq, const std::vector<int32_t>& tokens, int64_t begin, int64_t end,
                        bool want_logits, std::vector<float>* logits) {
-  const int64_t chunk = model_->options().max_tokens_per_step;
+  const int64_t chunk = model_->max_tokens_per_step();
   KVS_RETURN_IF_ERROR(blocks_.EnsureCapacity(seq, end));
   const std::vector<int32_t>& table = blocks_.Table(seq);
   // Chunked prefill: a long span runs as several steps of at most `chunk` tokens.

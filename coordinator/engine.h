@@ -10,7 +10,7 @@
 #include "common/status.h"
 #include "coordinator/block_manager.h"
 #include "coordinator/sampler.h"
-#include "shard/shard_model.h"
+#include "shard/shard_backend.h"
 
 namespace kvshard {
 
@@ -33,7 +33,7 @@ struct GenerationResult {
 class Engine {
  public:
   // `model` is rank 0's shard; its communicator reaches every worker.
-  explicit Engine(ShardModel* model);
+  explicit Engine(ShardBackend* model);
 
   // Everything checked before any rank sees the request: ids within the vocabulary, prompt and
   // generation within the context, sampling parameters, KV capacity.
@@ -49,14 +49,14 @@ class Engine {
   Status Shutdown();
 
   const BlockManager& blocks() const { return blocks_; }
-  ShardModel& model() { return *model_; }
+  ShardBackend& model() { return *model_; }
 
  private:
   // Runs positions [begin, end) of `tokens` (cache mode) and returns the last token's logits.
   Status RunSpan(int64_t seq, const std::vector<int32_t>& tokens, int64_t begin, int64_t end,
                  bool want_logits, std::vector<float>* logits);
 
-  ShardModel* model_;
+  ShardBackend* model_;
   BlockManager blocks_;
   int64_t next_seq_ = 0;
   StepPlan plan_;

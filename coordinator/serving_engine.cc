@@ -30,14 +30,15 @@ const char* RequestStateName(RequestState state) {
   return "unknown";
 }
 
-ServingEngine::ServingEngine(ShardModel* model, const Tokenizer* tokenizer, ServingOptions options)
+ServingEngine::ServingEngine(ShardBackend* model, const Tokenizer* tokenizer,
+                             ServingOptions options)
     : model_(model),
       tokenizer_(tokenizer),
       options_(options),
-      kv_capacity_tokens_(model->options().num_blocks * model->options().block_size),
+      kv_capacity_tokens_(model->num_blocks() * model->block_size()),
       eos_ids_(model->config().eos_token_ids),
-      blocks_(model->options().num_blocks, model->options().block_size),
-      scheduler_(&blocks_, {model->options().max_tokens_per_step, options.max_seqs}) {
+      blocks_(model->num_blocks(), model->block_size()),
+      scheduler_(&blocks_, {model->max_tokens_per_step(), options.max_seqs}) {
   RefreshSnapshot();
 }
 

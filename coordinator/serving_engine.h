@@ -16,7 +16,7 @@
 #include "coordinator/request.h"
 #include "coordinator/scheduler.h"
 #include "coordinator/tokenizer.h"
-#include "shard/shard_model.h"
+#include "shard/shard_backend.h"
 
 namespace kvshard {
 
@@ -53,7 +53,7 @@ struct EngineSnapshot {
 
 class ServingEngine {
  public:
-  ServingEngine(ShardModel* model, const Tokenizer* tokenizer, ServingOptions options);
+  ServingEngine(ShardBackend* model, const Tokenizer* tokenizer, ServingOptions options);
 
   // --- any thread ---
   // Checks a request against the model and the cache. InvalidArgument "FIELD: why" for a bad
@@ -96,7 +96,7 @@ class ServingEngine {
   void RefreshSnapshot();
   void ForgetOldRequests();
 
-  ShardModel* model_;
+  ShardBackend* model_;
   const Tokenizer* tokenizer_;
   ServingOptions options_;
   int64_t kv_capacity_tokens_;

@@ -9,6 +9,7 @@
 #include "common/status.h"
 #include "shard/kv_pool.h"
 #include "shard/model_config.h"
+#include "shard/shard_backend.h"
 #include "shard/tp_layout.h"
 #include "shard/weights.h"
 #include "transport/communicator.h"
@@ -23,7 +24,7 @@ struct ShardOptions {
   int64_t max_tokens_per_step = 512;  // workspace size: the most tokens one step may carry
 };
 
-class ShardModel {
+class ShardModel : public ShardBackend {
  public:
   // Loads this rank's slice of the model in `model_dir` and allocates its KV pool and workspace.
   // `comm` joins the ranks of the tensor-parallel group and must outlive the model.
@@ -34,14 +35,21 @@ class ShardModel {
 
   // Runs one step. Every rank of the group calls it with the same plan. On rank 0, `logits`
   // receives f32 [plan.logits_rows.size(), vocab_size]; on other ranks it is left alone.
-  Status Forward(const StepPlan& plan, std::vector<float>* logits);
+  Status Forward(const StepPlan& plan, std::vector<float>* logits) override;
 
-  const ModelConfig& config() const { return config_; }
-  const TpLayout& layout() const { return layout_; }
+  const ModelConfig& config() const override { return config_; }
+  const TpLayout& layout() const override { return layout_; }
   const ShardOptions& options() const { return options_; }
   const ShardWeights& weights() const { return weights_; }
   const KvPoolShape& kv_shape() const { return kv_->shape(); }
-  Communicator& comm() { return *comm_; }
+  Communicator& comm() override { return *comm_; }
+  int64_t num_blocks() const override { return options_.num_blocks; }
+  int64_t block_size() const override { return options_.block_size; }
+  int64_t max_tokens_per_step() const override { return options_.max_tokens_per_step; }
+  int64_t weight_bytes() const override { return weights_.bytes(); }
+  int64_t decode_read_bytes() const override { return weights_.decode_read_bytes(config_.dim); }
+  int64_t kv_bytes_per_token() const override { return kv_->shape().bytes_per_token(); }
+  int64_t kv_bytes() const override { return kv_->shape().total_bytes(); }
 
  private:
   ShardModel() = default;

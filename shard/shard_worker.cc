@@ -2,7 +2,7 @@
 
 namespace kvshard {
 
-Status RunShardWorker(ShardModel& model) {
+Status RunShardWorker(ShardBackend& model) {
   StepPlan plan;
   std::vector<float> unused_logits;
   for (;;) {

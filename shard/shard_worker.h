@@ -2,11 +2,11 @@
 #pragma once
 
 #include "common/status.h"
-#include "shard/shard_model.h"
+#include "shard/shard_backend.h"
 
 namespace kvshard {
 
 // Returns ok after a shutdown plan; an error if a plan could not be received or run.
-Status RunShardWorker(ShardModel& model);
+Status RunShardWorker(ShardBackend& model);
 
 }  // namespace kvshard

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "coordinator/engine.h"
+#include "shard/shard_model.h"
 #include "shard/shard_worker.h"
 #include "transport/mpi_communicator.h"
 

@@ -1,0 +1,30 @@
+#include "kernels/cuda/argmax.h"
+#include "kernels/cuda/device_math.cuh"
+#include "kernels/cuda/launch_config.h"
+
+namespace kvshard::cuda {
+namespace {
+
+__global__ void __launch_bounds__(kRowThreads)
+    argmax_kernel(int32_t* out, const float* logits, int64_t vocab) {
+  const float* row = logits + blockIdx.x * vocab;
+  float best = -INFINITY;
+  int32_t index = INT32_MAX;
+  for (int64_t i = threadIdx.x; i < vocab; i += kRowThreads) {
+    argmax_combine(best, index, row[i], static_cast<int32_t>(i));
+  }
+  index = block_argmax(best, index);
+  if (threadIdx.x == 0) out[blockIdx.x] = index;
+}
+
+}  // namespace
+
+cudaError_t argmax(int32_t* out, const float* logits, int64_t rows, int64_t vocab,
+                   cudaStream_t stream) {
+  if (rows <= 0) return cudaSuccess;
+  if (vocab <= 0 || vocab > INT32_MAX || rows > INT32_MAX) return cudaErrorInvalidValue;
+  argmax_kernel<<<static_cast<unsigned>(rows), kRowThreads, 0, stream>>>(out, logits, vocab);
+  return cudaGetLastError();
+}
+
+}  // namespace kvshard::cuda

@@ -1,0 +1,108 @@
+// Device helpers shared by the kernels: f32 <-> storage-type conversions (arithmetic is always
+// f32, as on the CPU, kernels/cpu/half.h) and warp/block reductions.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+namespace kvshard::cuda {
+
+__device__ __forceinline__ float to_f32(float v) { return v; }
+__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+// Round to nearest even, like the CPU's from_f32 (kernels/cpu/half.h).
+template <typename T>
+__device__ __forceinline__ T from_f32(float v);
+template <>
+__device__ __forceinline__ float from_f32<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ __half from_f32<__half>(float v) {
+  return __float2half_rn(v);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  }
+  return v;
+}
+
+// Sum over the thread block, returned to every thread. blockDim.x must be a multiple of 32 (at
+// most 1024) and every thread of the block must call it (it synchronises).
+template <typename T>
+__device__ __forceinline__ T block_sum(T v) {
+  __shared__ T partial[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();  // a previous call's readers are done with `partial`
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  const int warps = blockDim.x >> 5;
+  return warp_sum(lane < warps ? partial[lane] : T(0));
+}
+
+// Maximum over the thread block, returned to every thread; same rules as block_sum.
+__device__ __forceinline__ float block_max(float v) {
+  __shared__ float partial[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  const int warps = blockDim.x >> 5;
+  return warp_max(lane < warps ? partial[lane] : -INFINITY);
+}
+
+// The better of two (value, index) candidates for an argmax: the larger value, the smaller index
+// on ties (std::max_element's first maximum). NaN never wins.
+__device__ __forceinline__ void argmax_combine(float& value, int32_t& index, float other_value,
+                                               int32_t other_index) {
+  if (other_value > value || (other_value == value && other_index < index) ||
+      (value != value && other_value == other_value)) {
+    value = other_value;
+    index = other_index;
+  }
+}
+
+// Argmax over the thread block of each thread's candidate, returned to every thread; same rules
+// as block_sum. A thread with no candidate passes (-inf, INT32_MAX).
+__device__ __forceinline__ int32_t block_argmax(float value, int32_t index) {
+  __shared__ float values[32];
+  __shared__ int32_t indices[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    argmax_combine(value, index, __shfl_xor_sync(0xffffffffu, value, offset),
+                   __shfl_xor_sync(0xffffffffu, index, offset));
+  }
+  __syncthreads();
+  if (lane == 0) {
+    values[warp] = value;
+    indices[warp] = index;
+  }
+  __syncthreads();
+  const int warps = blockDim.x >> 5;
+  value = lane < warps ? values[lane] : -INFINITY;
+  index = lane < warps ? indices[lane] : INT32_MAX;
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    argmax_combine(value, index, __shfl_xor_sync(0xffffffffu, value, offset),
+                   __shfl_xor_sync(0xffffffffu, index, offset));
+  }
+  return index;
+}
+
+}  // namespace kvshard::cuda

@@ -1,0 +1,22 @@
+// Writes each token's K and V into its slot of the paged cache on the GPU (the twin of
+// kv_append in kernels/cpu/paged_attention.h). Layout of one layer's pool, K and V each:
+//   KV [num_blocks, block_size, kv_heads, head_dim], slot = block * block_size + offset.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace kvshard::cuda {
+
+// k_cache, v_cache: KV [num_blocks * block_size, kv_heads, head_dim] with KV = float, __half or
+// __nv_bfloat16 (rounded to nearest even, bit-identical to the CPU's kv_append); k, v: f32
+// [tokens, kv_heads, head_dim]; slots: [tokens]. Slots must be distinct within one call.
+template <typename KV>
+cudaError_t kv_append(KV* k_cache, KV* v_cache, const float* k, const float* v,
+                      const int64_t* slots, int64_t tokens, int64_t kv_heads, int64_t head_dim,
+                      cudaStream_t stream);
+
+}  // namespace kvshard::cuda

@@ -1,0 +1,237 @@
+#include "kernels/cuda/device_math.cuh"
+#include "kernels/cuda/paged_attention.h"
+
+namespace kvshard::cuda {
+namespace {
+
+constexpr int kWarps = kAttentionThreads / 32;
+constexpr int kMergeThreads = 128;
+
+template <typename KV>
+__global__ void __launch_bounds__(kAttentionThreads)
+    paged_attention_kernel(float* out, float* partial_out, float* partial_lse, const float* q,
+                           const KV* k_cache, const KV* v_cache, const int32_t* block_indptr,
+                           const int32_t* block_indices, int block_size, const int32_t* tiles,
+                           const int32_t* token_seq, const int32_t* positions, int q_heads,
+                           int kv_heads, int head_dim, int tile_tokens, int kv_tile, int num_splits,
+                           float scale) {
+  const int kvh = blockIdx.y;
+  const int split = blockIdx.z;
+  const int group = q_heads / kv_heads;
+  const int t0 = tiles[blockIdx.x];
+  const int n_tokens = tiles[blockIdx.x + 1] - t0;
+  if (n_tokens <= 0) return;                 // an empty tile: nothing to do (uniform per CTA)
+  if (n_tokens > tile_tokens) __trap();      // a tile plan that does not match the launch
+  const int rows = n_tokens * group;         // row r: token t0 + r / group, head r % group
+  const int max_rows = tile_tokens * group;  // the shared memory layout is sized for these
+  const int kv_stride = head_dim + 1;
+
+  extern __shared__ float smem[];
+  float* q_s = smem;                       // f32 [max_rows, head_dim]
+  float* k_s = q_s + max_rows * head_dim;  // f32 [kv_tile, head_dim + 1]
+  float* v_s = k_s + kv_tile * kv_stride;  // f32 [kv_tile, head_dim + 1]
+  float* p_s = v_s + kv_tile * kv_stride;  // f32 [max_rows, kv_tile] scores, then weights
+  float* m_s = p_s + max_rows * kv_tile;   // f32 [max_rows] running max of the scores
+  float* l_s = m_s + max_rows;             // f32 [max_rows] running sum of exp(score - max)
+  float* c_s = l_s + max_rows;             // f32 [max_rows] this pass's rescale of the output
+  __shared__ int32_t pos_s[kAttentionMaxTileTokens];
+  __shared__ int32_t kv_len_s;
+
+  if (threadIdx.x < n_tokens) pos_s[threadIdx.x] = positions[t0 + threadIdx.x];
+  for (int e = threadIdx.x; e < rows * head_dim; e += kAttentionThreads) {
+    const int r = e / head_dim, d = e - r * head_dim;
+    const int64_t t = t0 + r / group;
+    const int h = kvh * group + r % group;
+    q_s[e] = q[(t * q_heads + h) * head_dim + d];
+  }
+  for (int r = threadIdx.x; r < max_rows; r += kAttentionThreads) {
+    m_s[r] = -INFINITY;
+    l_s[r] = 0.0f;
+    c_s[r] = 1.0f;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int32_t last = 0;
+    for (int i = 0; i < n_tokens; ++i) last = max(last, pos_s[i]);
+    kv_len_s = last + 1;
+  }
+  __syncthreads();
+
+  // This split's share of the tile's KV: whole blocks, cut at the longest causal reach.
+  const int kv_len = kv_len_s;
+  const int64_t n_blocks = (kv_len + block_size - 1) / block_size;
+  const BlockRange range = SplitBlocks(n_blocks, num_splits, split);
+  const int p_begin = static_cast<int>(range.begin * block_size);
+  const int p_end = static_cast<int>(min(range.end * block_size, static_cast<int64_t>(kv_len)));
+  const int32_t* table = block_indices + block_indptr[token_seq[t0]];
+  const int64_t kv_row = static_cast<int64_t>(kv_heads) * head_dim;
+  const KV* k_head = k_cache + static_cast<int64_t>(kvh) * head_dim;
+  const KV* v_head = v_cache + static_cast<int64_t>(kvh) * head_dim;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+
+  // Output accumulators: element threadIdx.x + i * kAttentionThreads of [rows, head_dim].
+  float acc[kAttentionAccPerThread];
+#pragma unroll
+  for (int i = 0; i < kAttentionAccPerThread; ++i) acc[i] = 0.0f;
+
+  for (int p0 = p_begin; p0 < p_end; p0 += kv_tile) {
+    for (int e = threadIdx.x; e < kv_tile * head_dim; e += kAttentionThreads) {
+      const int j = e / head_dim, d = e - j * head_dim;
+      const int p = p0 + j;
+      float kx = 0.0f, vx = 0.0f;
+      if (p < p_end) {
+        const int64_t slot =
+            static_cast<int64_t>(table[p / block_size]) * block_size + p % block_size;
+        kx = to_f32(k_head[slot * kv_row + d]);
+        vx = to_f32(v_head[slot * kv_row + d]);
+      }
+      k_s[j * kv_stride + d] = kx;
+      v_s[j * kv_stride + d] = vx;
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < rows * kv_tile; e += kAttentionThreads) {
+      const int r = e / kv_tile, j = e - r * kv_tile;
+      const int p = p0 + j;
+      float s = -INFINITY;
+      if (p < p_end && p <= pos_s[r / group]) {
+        const float* qr = q_s + r * head_dim;
+        const float* kr = k_s + j * kv_stride;
+        float dot = 0.0f;
+        for (int d = 0; d < head_dim; ++d) dot = fmaf(qr[d], kr[d], dot);
+        s = dot * scale;
+      }
+      p_s[e] = s;
+    }
+    __syncthreads();
+    // Online softmax, one warp per row: rescale what was accumulated when the running max grows.
+    for (int r = warp; r < rows; r += kWarps) {
+      const float s = lane < kv_tile ? p_s[r * kv_tile + lane] : -INFINITY;
+      const float m_old = m_s[r];
+      const float m_new = fmaxf(m_old, warp_max(s));
+      const float corr = m_new == -INFINITY ? 1.0f : expf(m_old - m_new);
+      const float w = s == -INFINITY ? 0.0f : expf(s - m_new);
+      const float sum = warp_sum(w);
+      if (lane < kv_tile) p_s[r * kv_tile + lane] = w;
+      if (lane == 0) {
+        m_s[r] = m_new;
+        l_s[r] = l_s[r] * corr + sum;
+        c_s[r] = corr;
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < kAttentionAccPerThread; ++i) {
+      const int e = threadIdx.x + i * kAttentionThreads;
+      if (e < rows * head_dim) {
+        const int r = e / head_dim, d = e - r * head_dim;
+        const float* pr = p_s + r * kv_tile;
+        float a = acc[i] * c_s[r];
+        for (int j = 0; j < kv_tile; ++j) a = fmaf(pr[j], v_s[j * kv_stride + d], a);
+        acc[i] = a;
+      }
+    }
+    __syncthreads();  // the next pass overwrites k_s, v_s and p_s
+  }
+
+#pragma unroll
+  for (int i = 0; i < kAttentionAccPerThread; ++i) {
+    const int e = threadIdx.x + i * kAttentionThreads;
+    if (e < rows * head_dim) {
+      const int r = e / head_dim, d = e - r * head_dim;
+      const int64_t row = static_cast<int64_t>(t0 + r / group) * q_heads + kvh * group + r % group;
+      const float l = l_s[r];
+      const float o = l > 0.0f ? acc[i] / l : 0.0f;
+      if (num_splits == 1) {
+        out[row * head_dim + d] = o;
+      } else {
+        partial_out[(row * num_splits + split) * head_dim + d] = o;
+      }
+    }
+  }
+  if (num_splits > 1) {
+    for (int r = threadIdx.x; r < rows; r += kAttentionThreads) {
+      const int64_t row = static_cast<int64_t>(t0 + r / group) * q_heads + kvh * group + r % group;
+      partial_lse[row * num_splits + split] = l_s[r] > 0.0f ? m_s[r] + logf(l_s[r]) : -INFINITY;
+    }
+  }
+}
+
+// One CTA per (token, query head): the exact log-sum-exp merge of the splits. Empty splits have
+// lse = -inf and weigh nothing.
+__global__ void __launch_bounds__(kMergeThreads)
+    attention_merge_kernel(float* out, const float* partial_out, const float* partial_lse,
+                           int num_splits, int head_dim) {
+  const int64_t row = blockIdx.x;
+  const float* lse = partial_lse + row * num_splits;
+  float mx = -INFINITY;
+  for (int s = 0; s < num_splits; ++s) mx = fmaxf(mx, lse[s]);
+  float denom = 0.0f;
+  for (int s = 0; s < num_splits; ++s) {
+    if (lse[s] != -INFINITY) denom += expf(lse[s] - mx);
+  }
+  for (int d = threadIdx.x; d < head_dim; d += kMergeThreads) {
+    float o = 0.0f;
+    for (int s = 0; s < num_splits; ++s) {
+      if (lse[s] != -INFINITY) {
+        o += expf(lse[s] - mx) * partial_out[(row * num_splits + s) * head_dim + d];
+      }
+    }
+    out[row * head_dim + d] = denom > 0.0f ? o / denom : 0.0f;
+  }
+}
+
+bool LaunchIsValid(const AttentionLaunch& l, int64_t q_heads, int64_t kv_heads, int64_t head_dim,
+                   int64_t block_size, int64_t num_tiles, int64_t tokens, const float* workspace) {
+  if (kv_heads <= 0 || q_heads % kv_heads != 0 || head_dim <= 0 || block_size <= 0) return false;
+  const int64_t group = q_heads / kv_heads;
+  const int64_t rows = l.tile_tokens * group;
+  return l.tile_tokens >= 1 && l.tile_tokens <= kAttentionMaxTileTokens && l.kv_tile >= 1 &&
+         l.kv_tile <= kAttentionMaxKvTile && rows * head_dim <= kAttentionMaxTileElems &&
+         l.num_splits >= 1 && l.num_splits <= kAttentionMaxSplits &&
+         l.smem_bytes == AttentionSmemBytes(rows, l.kv_tile, head_dim) &&
+         l.smem_bytes <= kAttentionSmemBudget && kv_heads <= 65535 && num_tiles <= INT32_MAX &&
+         tokens * q_heads <= INT32_MAX && block_size <= INT32_MAX &&
+         (l.num_splits == 1 || workspace != nullptr);
+}
+
+}  // namespace
+
+template <typename KV>
+cudaError_t paged_attention(float* out, const float* q, const KV* k_cache, const KV* v_cache,
+                            const PagedKvView& view, const int32_t* tiles, int64_t num_tiles,
+                            const int32_t* token_seq, const int32_t* positions, int64_t tokens,
+                            int64_t q_heads, int64_t kv_heads, int64_t head_dim, float scale,
+                            const AttentionLaunch& launch, float* workspace, cudaStream_t stream) {
+  if (tokens <= 0 || num_tiles <= 0) return cudaSuccess;
+  if (!LaunchIsValid(launch, q_heads, kv_heads, head_dim, view.block_size, num_tiles, tokens,
+                     workspace)) {
+    return cudaErrorInvalidValue;
+  }
+  const int64_t splits = launch.num_splits;
+  float* partial_out = splits > 1 ? workspace : nullptr;
+  float* partial_lse = splits > 1 ? workspace + tokens * q_heads * splits * head_dim : nullptr;
+  const dim3 grid(static_cast<unsigned>(num_tiles), static_cast<unsigned>(kv_heads),
+                  static_cast<unsigned>(splits));
+  paged_attention_kernel<KV><<<grid, kAttentionThreads, launch.smem_bytes, stream>>>(
+      out, partial_out, partial_lse, q, k_cache, v_cache, view.block_indptr, view.block_indices,
+      static_cast<int>(view.block_size), tiles, token_seq, positions, static_cast<int>(q_heads),
+      static_cast<int>(kv_heads), static_cast<int>(head_dim), static_cast<int>(launch.tile_tokens),
+      static_cast<int>(launch.kv_tile), static_cast<int>(splits), scale);
+  const cudaError_t rc = cudaGetLastError();
+  if (rc != cudaSuccess || splits == 1) return rc;
+  attention_merge_kernel<<<static_cast<unsigned>(tokens * q_heads), kMergeThreads, 0, stream>>>(
+      out, partial_out, partial_lse, static_cast<int>(splits), static_cast<int>(head_dim));
+  return cudaGetLastError();
+}
+
+#define KVSHARD_INSTANTIATE_ATTENTION(KV)                                                      \
+  template cudaError_t paged_attention<KV>(                                                    \
+      float*, const float*, const KV*, const KV*, const PagedKvView&, const int32_t*, int64_t, \
+      const int32_t*, const int32_t*, int64_t, int64_t, int64_t, int64_t, float,               \
+      const AttentionLaunch&, float*, cudaStream_t);
+KVSHARD_INSTANTIATE_ATTENTION(float)
+KVSHARD_INSTANTIATE_ATTENTION(__half)
+KVSHARD_INSTANTIATE_ATTENTION(__nv_bfloat16)
+#undef KVSHARD_INSTANTIATE_ATTENTION
+
+}  // namespace kvshard::cuda

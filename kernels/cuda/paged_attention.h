@@ -1,0 +1,43 @@
+// Causal attention over the paged KV cache on the GPU (the twin of paged_attention in
+// kernels/cpu/paged_attention.h): decode and prefill run the same kernel with different plans.
+//
+// One CTA owns one tile of query tokens of one sequence, one KV head and one split of that
+// sequence's KV blocks. Its rows are every (token, query head) pair of the KV head's group, so a
+// KV head's blocks are read once for all q_heads / kv_heads query heads (GQA). K and V pass
+// through shared memory kv_tile positions at a time; the softmax is online (running max and sum
+// per row, f32). With num_splits > 1 (flash-decoding), every split writes its normalised partial
+// output and log-sum-exp to the workspace, and a second kernel merges the splits exactly:
+//   out = sum_s exp(lse_s - max) * o_s / sum_s exp(lse_s - max).
+//
+//   decode:  tiles = [0, 1, ..., tokens] and PlanDecodeAttention (split-K over the blocks);
+//   prefill: tiles = PlanAttentionTiles(qo_indptr, ..., launch.tile_tokens) and
+//            PlanPrefillAttention (several tokens per CTA, causal within the tile).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/cpu/paged_attention.h"
+#include "kernels/cuda/launch_config.h"
+
+namespace kvshard::cuda {
+
+// out, q: f32 [tokens, q_heads, head_dim]; k_cache, v_cache: KV [num_blocks * block_size,
+// kv_heads, head_dim] with KV = float, __half or __nv_bfloat16; view: the batch's block tables
+// (device pointers); tiles: [num_tiles + 1] token offsets, each tile within one sequence and at
+// most launch.tile_tokens long; token_seq, positions: [tokens]; workspace: f32
+// [AttentionWorkspaceFloats(tokens, q_heads, head_dim, launch.num_splits)] (may be null when that
+// is 0). Every token attends to positions 0..positions[t] of its sequence, which the plan must
+// cover with blocks (ValidateStepPlan). Returns cudaErrorInvalidValue for a launch plan the
+// kernel cannot run (see AttentionSupported).
+template <typename KV>
+cudaError_t paged_attention(float* out, const float* q, const KV* k_cache, const KV* v_cache,
+                            const PagedKvView& view, const int32_t* tiles, int64_t num_tiles,
+                            const int32_t* token_seq, const int32_t* positions, int64_t tokens,
+                            int64_t q_heads, int64_t kv_heads, int64_t head_dim, float scale,
+                            const AttentionLaunch& launch, float* workspace, cudaStream_t stream);
+
+}  // namespace kvshard::cuda

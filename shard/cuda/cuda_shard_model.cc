@@ -1,0 +1,363 @@
+#include "shard/cuda/cuda_shard_model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+
+#include "kernels/cuda/activation.h"
+#include "kernels/cuda/convert.h"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/embedding.h"
+#include "kernels/cuda/kv_append.h"
+#include "kernels/cuda/paged_attention.h"
+#include "kernels/cuda/rmsnorm.h"
+#include "kernels/cuda/rope.h"
+#include "shard/rope_frequencies.h"
+#include "shard/safetensors.h"
+
+namespace kvshard::cuda {
+namespace {
+
+StatusOr<DeviceBuffer> Floats(int64_t n, const char* what) {
+  return DeviceBuffer::Allocate(static_cast<size_t>(n) * sizeof(float), what);
+}
+
+}  // namespace
+
+StatusOr<std::unique_ptr<CudaShardModel>> CudaShardModel::Load(const std::string& model_dir,
+                                                               const ModelConfig& config,
+                                                               const CudaShardOptions& options,
+                                                               DeviceCommunicator* comm) {
+  KVS_ASSIGN_OR_RETURN(const TpLayout layout, MakeTpLayout(config, comm->size(), comm->rank()));
+  KVS_ASSIGN_OR_RETURN(auto checkpoint, Checkpoint::Open(model_dir));
+  KVS_ASSIGN_OR_RETURN(const ShardWeights weights, LoadShardWeights(*checkpoint, config, layout));
+  return Create(config, weights, options, comm);
+}
+
+StatusOr<std::unique_ptr<CudaShardModel>> CudaShardModel::Create(const ModelConfig& config,
+                                                                 const ShardWeights& weights,
+                                                                 const CudaShardOptions& options,
+                                                                 DeviceCommunicator* comm) {
+  std::unique_ptr<CudaShardModel> m(new CudaShardModel());
+  m->config_ = config;
+  m->options_ = options;
+  m->comm_ = comm;
+  m->stream_ = comm->stream();
+  KVS_ASSIGN_OR_RETURN(m->layout_, MakeTpLayout(config, comm->size(), comm->rank()));
+  const TpLayout& l = m->layout_;
+  if (options.max_tokens_per_step <= 0 || options.block_size <= 0) {
+    return InvalidArgument("max tokens per step ({}) and block size ({}) must be positive",
+                           options.max_tokens_per_step, options.block_size);
+  }
+  std::string why;
+  if (!AttentionSupported(l.q_heads, l.kv_heads, config.head_dim, &why)) {
+    return InvalidArgument("{}", why);
+  }
+  if (weights.layers.size() != static_cast<size_t>(config.n_layers)) {
+    return InvalidArgument("weights have {} layers, the config {}", weights.layers.size(),
+                           config.n_layers);
+  }
+  int device = 0;
+  KVS_RETURN_IF_ERROR(KVS_CUDA(cudaGetDevice(&device)));
+  int sm_count = 1;
+  KVS_RETURN_IF_ERROR(
+      KVS_CUDA(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device)));
+  // Graphs cannot capture the legacy default stream, nor host-staged collectives.
+  m->use_graphs_ = options.cuda_graphs && comm->capturable() && m->stream_ != nullptr;
+
+  m->stage_.block_size = options.block_size;
+  m->stage_.kv_heads = l.kv_heads;
+  m->stage_.group = l.q_heads / l.kv_heads;
+  m->stage_.head_dim = config.head_dim;
+  m->stage_.max_kv_blocks = (config.max_seq_len + options.block_size - 1) / options.block_size;
+  m->stage_.sm_count = sm_count;
+  m->stage_.pad_decode = m->use_graphs_;
+
+  KVS_ASSIGN_OR_RETURN(m->blas_, CublasHandle::Create());
+  KVS_ASSIGN_OR_RETURN(m->weights_, UploadWeights(weights, options.weight_dtype));
+  const std::vector<float> inv_freq = RopeInverseFrequencies(config);
+  KVS_ASSIGN_OR_RETURN(m->inv_freq_, Floats(static_cast<int64_t>(inv_freq.size()), "inv_freq"));
+  KVS_RETURN_IF_ERROR(
+      KVS_CUDA(cudaMemcpy(m->inv_freq_.get(), inv_freq.data(), inv_freq.size() * sizeof(float),
+                          cudaMemcpyHostToDevice)));
+  KVS_RETURN_IF_ERROR(m->AllocateWorkspaces());
+  KVS_RETURN_IF_ERROR(m->AllocateKv());
+  return m;
+}
+
+Status CudaShardModel::AllocateWorkspaces() {
+  const TpLayout& l = layout_;
+  const int64_t T = options_.max_tokens_per_step, dim = config_.dim, hd = config_.head_dim;
+  const int64_t act = static_cast<int64_t>(DTypeSize(options_.weight_dtype));
+  const bool f32 = options_.weight_dtype == DType::kF32;
+  const bool root = comm_->rank() == 0;
+  KVS_ASSIGN_OR_RETURN(x_, Floats(T * dim, "residual stream"));
+  KVS_ASSIGN_OR_RETURN(xn_, DeviceBuffer::Allocate(T * dim * act, "normalised activations"));
+  KVS_ASSIGN_OR_RETURN(q_, Floats(T * l.q_heads * hd, "queries"));
+  KVS_ASSIGN_OR_RETURN(k_, Floats(T * l.kv_heads * hd, "keys"));
+  KVS_ASSIGN_OR_RETURN(v_, Floats(T * l.kv_heads * hd, "values"));
+  KVS_ASSIGN_OR_RETURN(att_, Floats(T * l.q_heads * hd, "attention output"));
+  KVS_ASSIGN_OR_RETURN(att_act_,
+                       DeviceBuffer::Allocate(f32 ? 0 : T * l.q_heads * hd * act, "attention out"));
+  KVS_ASSIGN_OR_RETURN(partial_, Floats(T * dim, "partial sums"));
+  KVS_ASSIGN_OR_RETURN(gate_, Floats(T * l.ffn, "MLP gate"));
+  KVS_ASSIGN_OR_RETURN(up_, Floats(T * l.ffn, "MLP up"));
+  KVS_ASSIGN_OR_RETURN(act_, DeviceBuffer::Allocate(T * l.ffn * act, "MLP activation"));
+  KVS_ASSIGN_OR_RETURN(rows_, Floats(T * dim, "logits rows"));
+  KVS_ASSIGN_OR_RETURN(rows_act_, DeviceBuffer::Allocate(f32 ? 0 : T * dim * act, "logits rows"));
+  KVS_ASSIGN_OR_RETURN(local_logits_, Floats(T * l.vocab, "logits slice"));
+  KVS_ASSIGN_OR_RETURN(gathered_,
+                       Floats(root && l.tp > 1 ? T * config_.vocab_size : 0, "gathered logits"));
+  // Split-K partials: the largest over every decode step size up to T.
+  int64_t attention_floats = 0;
+  for (int64_t t = 1; t <= T; ++t) {
+    const AttentionLaunch a =
+        PlanDecodeAttention(t, l.kv_heads, stage_.group, hd, stage_.max_kv_blocks, stage_.sm_count);
+    attention_floats =
+        std::max(attention_floats, AttentionWorkspaceFloats(t, l.q_heads, hd, a.num_splits));
+  }
+  KVS_ASSIGN_OR_RETURN(attention_ws_, Floats(attention_floats, "attention split-K partials"));
+  // Block ids per step: every sequence's table (at most one sequence per token).
+  const int64_t block_capacity =
+      std::min<int64_t>(T * std::max<int64_t>(stage_.max_kv_blocks, 1), int64_t{1} << 26);
+  plan_layout_ = DevicePlanLayout::Make(T, block_capacity);
+  KVS_ASSIGN_OR_RETURN(plan_host_, PinnedBuffer::Allocate(plan_layout_.bytes, "step plan"));
+  KVS_ASSIGN_OR_RETURN(plan_device_, DeviceBuffer::Allocate(plan_layout_.bytes, "step plan"));
+  KVS_ASSIGN_OR_RETURN(
+      logits_host_,
+      PinnedBuffer::Allocate(root ? T * config_.vocab_size * sizeof(float) : 0, "logits"));
+  gather_counts_.resize(l.tp);
+  return Status::Ok();
+}
+
+Status CudaShardModel::AllocateKv() {
+  const size_t row = static_cast<size_t>(layout_.kv_heads * config_.head_dim);
+  const size_t block_bytes = static_cast<size_t>(options_.block_size) * row *
+                             DTypeSize(options_.kv_dtype) * 2 *
+                             static_cast<size_t>(config_.n_layers);
+  int64_t blocks = options_.num_blocks;
+  if (blocks <= 0) {
+    size_t free = 0, total = 0;
+    KVS_RETURN_IF_ERROR(KVS_CUDA(cudaMemGetInfo(&free, &total)));
+    const double used = static_cast<double>(total - free);
+    const double budget = options_.memory_fraction * static_cast<double>(total) - used;
+    blocks = static_cast<int64_t>(std::floor(budget / static_cast<double>(block_bytes))) - 1;
+    if (blocks < 1) {
+      return ResourceExhausted(
+          "no room for a KV cache on {}: {:.2f} of {:.2f} GiB in use (weights {:.2f} GiB and "
+          "workspaces), memory fraction {}, {} bytes per KV block",
+          WhereAmI(), used / (1 << 30), static_cast<double>(total) / (1 << 30),
+          static_cast<double>(weights_.bytes) / (1 << 30), options_.memory_fraction, block_bytes);
+    }
+  }
+  blocks = std::min<int64_t>(blocks, INT32_MAX - 1);
+  num_blocks_ = blocks;
+  stage_.scratch_block = static_cast<int32_t>(blocks);
+  kv_layer_bytes_ =
+      static_cast<size_t>(blocks + 1) * options_.block_size * row * DTypeSize(options_.kv_dtype);
+  KVS_ASSIGN_OR_RETURN(
+      kv_, DeviceBuffer::Allocate(2 * config_.n_layers * kv_layer_bytes_, "the KV cache"));
+  return KVS_CUDA(cudaMemset(kv_.get(), 0, kv_.bytes()));
+}
+
+Status CudaShardModel::AgreeOnBlocks() {
+  int negated = -static_cast<int>(num_blocks_);  // the minimum as a maximum (blocks < 2^31)
+  KVS_RETURN_IF_ERROR(comm_->AllReduceMax(&negated));
+  num_blocks_ = -static_cast<int64_t>(negated);  // the scratch block stays where it is
+  return Status::Ok();
+}
+
+int64_t CudaShardModel::decode_read_bytes() const {
+  const int64_t element = static_cast<int64_t>(DTypeSize(weights_.dtype));
+  return weights_.bytes - static_cast<int64_t>(weights_.embedding.bytes()) + config_.dim * element;
+}
+
+int64_t CudaShardModel::kv_bytes_per_token() const {
+  return 2 * config_.n_layers * layout_.kv_heads * config_.head_dim *
+         static_cast<int64_t>(DTypeSize(options_.kv_dtype));
+}
+
+CudaShardModel::~CudaShardModel() {
+  for (auto& [bucket, exec] : graphs_) cudaGraphExecDestroy(exec);
+}
+
+template <typename KV>
+KV* CudaShardModel::KvLayer(int64_t layer, int which) const {
+  return reinterpret_cast<KV*>(static_cast<std::byte*>(kv_.get()) +
+                               (2 * layer + which) * kv_layer_bytes_);
+}
+
+Status CudaShardModel::Forward(const StepPlan& plan, std::vector<float>* logits) {
+  KVS_RETURN_IF_ERROR(ValidateStepPlan(plan, config_.vocab_size, num_blocks_, options_.block_size,
+                                       options_.max_tokens_per_step));
+  // The staging buffer is free: the previous step ended with a Synchronize.
+  KVS_ASSIGN_OR_RETURN(const StepShape shape,
+                       StagePlan(plan, plan_layout_, stage_, plan_host_.get()));
+  KVS_RETURN_IF_ERROR(KVS_CUDA(cudaMemcpyAsync(
+      plan_device_.get(), plan_host_.get(), shape.upload_bytes, cudaMemcpyHostToDevice, stream_)));
+  KVS_RETURN_IF_ERROR(shape.padded ? RunDecodeGraph(shape) : Enqueue(shape));
+  KVS_RETURN_IF_ERROR(comm_->Synchronize());
+  const int64_t L = static_cast<int64_t>(shape.result_rows.size());
+  if (comm_->rank() != 0 || L == 0) return Status::Ok();
+  // Rank-major [rank][row][slice] (one rank: [row][vocab]) to row-major [row][vocab].
+  const int64_t V = config_.vocab_size;
+  const float* host = logits_host_.as<float>();
+  logits->resize(L * V);
+  int64_t off = 0, col0 = 0;
+  for (int r = 0; r < layout_.tp; ++r) {
+    const int64_t n = layout_.vocab_counts[r];
+    for (int64_t i = 0; i < L; ++i) {
+      std::copy_n(host + off + shape.result_rows[i] * n, n, logits->data() + i * V + col0);
+    }
+    off += shape.rows * n;
+    col0 += n;
+  }
+  return Status::Ok();
+}
+
+Status CudaShardModel::RunDecodeGraph(const StepShape& shape) {
+  auto it = graphs_.find(shape.tokens);
+  if (it == graphs_.end()) {
+    if (warmed_.insert(shape.tokens).second) return Enqueue(shape);
+    cudaGraph_t graph = nullptr;
+    KVS_RETURN_IF_ERROR(
+        KVS_CUDA(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal)));
+    const Status enqueued = Enqueue(shape);
+    const Status ended = KVS_CUDA(cudaStreamEndCapture(stream_, &graph));  // always end capture
+    if (!enqueued.ok() || !ended.ok()) {
+      if (graph) cudaGraphDestroy(graph);
+      return enqueued.ok() ? ended : enqueued;
+    }
+    cudaGraphExec_t exec = nullptr;
+    const Status instantiated = KVS_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+    cudaGraphDestroy(graph);
+    KVS_RETURN_IF_ERROR(instantiated);
+    it = graphs_.emplace(shape.tokens, exec).first;
+  }
+  return KVS_CUDA(cudaGraphLaunch(it->second, stream_));
+}
+
+Status CudaShardModel::Enqueue(const StepShape& shape) {
+  switch (options_.weight_dtype) {
+    case DType::kF32:
+      switch (options_.kv_dtype) {
+        case DType::kF32: return EnqueueStep<float, float>(shape);
+        case DType::kF16: return EnqueueStep<float, __half>(shape);
+        case DType::kBF16: return EnqueueStep<float, __nv_bfloat16>(shape);
+      }
+      break;
+    case DType::kF16:
+      switch (options_.kv_dtype) {
+        case DType::kF32: return EnqueueStep<__half, float>(shape);
+        case DType::kF16: return EnqueueStep<__half, __half>(shape);
+        case DType::kBF16: return EnqueueStep<__half, __nv_bfloat16>(shape);
+      }
+      break;
+    case DType::kBF16:
+      switch (options_.kv_dtype) {
+        case DType::kF32: return EnqueueStep<__nv_bfloat16, float>(shape);
+        case DType::kF16: return EnqueueStep<__nv_bfloat16, __half>(shape);
+        case DType::kBF16: return EnqueueStep<__nv_bfloat16, __nv_bfloat16>(shape);
+      }
+      break;
+  }
+  return Internal("unknown dtype");
+}
+
+template <typename Act, typename KV>
+Status CudaShardModel::EnqueueStep(const StepShape& s) {
+  const ModelConfig& c = config_;
+  const TpLayout& l = layout_;
+  const int64_t T = s.tokens, dim = c.dim, hd = c.head_dim, ffn = l.ffn;
+  const int64_t q_width = l.q_heads * hd, kv_width = l.kv_heads * hd;
+  const float eps = c.rms_norm_eps, scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const DevicePlanView p = DevicePlanView::At(plan_device_.get(), plan_layout_);
+  const PagedKvView view{p.block_indptr, p.block_indices, options_.block_size};
+  constexpr bool kF32 = std::is_same_v<Act, float>;
+  float* x = x_.as<float>();
+  Act* xn = xn_.as<Act>();
+  float *q = q_.as<float>(), *k = k_.as<float>(), *v = v_.as<float>();
+  float* att = att_.as<float>();
+  Act* att_act = kF32 ? reinterpret_cast<Act*>(att) : att_act_.as<Act>();
+  float* partial = partial_.as<float>();
+  float *gate = gate_.as<float>(), *up = up_.as<float>();
+  Act* act = act_.as<Act>();
+  const float* inv_freq = inv_freq_.as<float>();
+  const CublasHandle& blas = *blas_;
+  cudaStream_t st = stream_;
+
+  KVS_RETURN_IF_ERROR(
+      KVS_CUDA(embedding<Act>(x, weights_.embedding.as<Act>(), p.tokens, T, dim, st)));
+  KVS_RETURN_IF_ERROR(
+      KVS_CUDA(rmsnorm<Act>(xn, x, weights_.layers[0].attn_norm.as<float>(), T, dim, eps, st)));
+  for (int64_t i = 0; i < c.n_layers; ++i) {
+    const DeviceLayerWeights& w = weights_.layers[i];
+    // Attention: column-split QKV, this rank's heads only, row-split output projection.
+    KVS_RETURN_IF_ERROR(
+        KVS_CUBLAS(matmul<Act>(blas, q, xn, w.wq.as<Act>(), T, dim, q_width, false, st)));
+    KVS_RETURN_IF_ERROR(
+        KVS_CUBLAS(matmul<Act>(blas, k, xn, w.wk.as<Act>(), T, dim, kv_width, false, st)));
+    KVS_RETURN_IF_ERROR(
+        KVS_CUBLAS(matmul<Act>(blas, v, xn, w.wv.as<Act>(), T, dim, kv_width, false, st)));
+    KVS_RETURN_IF_ERROR(
+        KVS_CUDA(rope(q, p.positions, inv_freq, T, l.q_heads, hd, RopePairing::kHalf, st)));
+    KVS_RETURN_IF_ERROR(
+        KVS_CUDA(rope(k, p.positions, inv_freq, T, l.kv_heads, hd, RopePairing::kHalf, st)));
+    KV* kc = KvLayer<KV>(i, 0);
+    KV* vc = KvLayer<KV>(i, 1);
+    KVS_RETURN_IF_ERROR(KVS_CUDA(kv_append<KV>(kc, vc, k, v, p.slots, T, l.kv_heads, hd, st)));
+    KVS_RETURN_IF_ERROR(KVS_CUDA(paged_attention<KV>(
+        att, q, kc, vc, view, p.tiles, s.num_tiles, p.token_seq, p.positions, T, l.q_heads,
+        l.kv_heads, hd, scale, s.attention, attention_ws_.as<float>(), st)));
+    if constexpr (!kF32) {
+      KVS_RETURN_IF_ERROR(KVS_CUDA(convert_from_f32<Act>(att_act, att, T * q_width, st)));
+    }
+    KVS_RETURN_IF_ERROR(KVS_CUBLAS(
+        matmul<Act>(blas, partial, att_act, w.wo.as<Act>(), T, q_width, dim, false, st)));
+    if (l.tp > 1) KVS_RETURN_IF_ERROR(comm_->AllReduceSum(partial, T * dim));
+    KVS_RETURN_IF_ERROR(
+        KVS_CUDA(add_rmsnorm<Act>(x, partial, xn, w.ffn_norm.as<float>(), T, dim, eps, st)));
+
+    // MLP: column-split gate/up, row-split down projection.
+    KVS_RETURN_IF_ERROR(
+        KVS_CUBLAS(matmul<Act>(blas, gate, xn, w.w_gate.as<Act>(), T, dim, ffn, false, st)));
+    KVS_RETURN_IF_ERROR(
+        KVS_CUBLAS(matmul<Act>(blas, up, xn, w.w_up.as<Act>(), T, dim, ffn, false, st)));
+    KVS_RETURN_IF_ERROR(KVS_CUDA(silu_mul<Act>(act, gate, up, T * ffn, st)));
+    KVS_RETURN_IF_ERROR(
+        KVS_CUBLAS(matmul<Act>(blas, partial, act, w.w_down.as<Act>(), T, ffn, dim, false, st)));
+    if (l.tp > 1) KVS_RETURN_IF_ERROR(comm_->AllReduceSum(partial, T * dim));
+    // The residual add, fused with the next norm: the next layer's, or the final one.
+    const float* next_norm = i + 1 < c.n_layers ? weights_.layers[i + 1].attn_norm.as<float>()
+                                                : weights_.final_norm.as<float>();
+    KVS_RETURN_IF_ERROR(KVS_CUDA(add_rmsnorm<Act>(x, partial, xn, next_norm, T, dim, eps, st)));
+  }
+  if (s.rows == 0) return Status::Ok();
+
+  // Logits: gather the wanted rows of the final-normed activations, multiply by this rank's
+  // vocabulary slice, gather the slices on rank 0 and copy them to the host there.
+  float* rows = rows_.as<float>();
+  Act* rows_act = kF32 ? reinterpret_cast<Act*>(rows) : rows_act_.as<Act>();
+  KVS_RETURN_IF_ERROR(KVS_CUDA(embedding<Act>(rows, xn, p.logits_rows, s.rows, dim, st)));
+  if constexpr (!kF32) {
+    KVS_RETURN_IF_ERROR(KVS_CUDA(convert_from_f32<Act>(rows_act, rows, s.rows * dim, st)));
+  }
+  float* local = local_logits_.as<float>();
+  KVS_RETURN_IF_ERROR(KVS_CUBLAS(matmul<Act>(blas, local, rows_act, weights_.lm_head.as<Act>(),
+                                             s.rows, dim, l.vocab, false, st)));
+  const bool root = comm_->rank() == 0;
+  const float* result = local;
+  if (l.tp > 1) {
+    for (int r = 0; r < l.tp; ++r) {
+      gather_counts_[r] = l.vocab_counts[r] * static_cast<int>(s.rows);
+    }
+    KVS_RETURN_IF_ERROR(comm_->GatherV(local, static_cast<int>(s.rows * l.vocab),
+                                       root ? gathered_.as<float>() : nullptr, gather_counts_, 0));
+    result = gathered_.as<float>();
+  }
+  if (!root) return Status::Ok();
+  return KVS_CUDA(cudaMemcpyAsync(logits_host_.get(), result, s.rows * c.vocab_size * sizeof(float),
+                                  cudaMemcpyDeviceToHost, st));
+}
+
+}  // namespace kvshard::cuda

@@ -1,0 +1,37 @@
+// What the coordinator and the worker loop need of one rank's shard, whatever it runs on: the
+// CPU ShardModel (shard/shard_model.h) or the CUDA one (shard/cuda/cuda_shard_model.h).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "common/status.h"
+#include "shard/model_config.h"
+#include "shard/tp_layout.h"
+#include "transport/communicator.h"
+#include "transport/step_plan.h"
+
+namespace kvshard {
+
+class ShardBackend {
+ public:
+  virtual ~ShardBackend() = default;
+
+  // Runs one step. Every rank of the group calls it with the same plan. On rank 0, `logits`
+  // receives f32 [plan.logits_rows.size(), vocab_size]; on other ranks it is left alone.
+  virtual Status Forward(const StepPlan& plan, std::vector<float>* logits) = 0;
+
+  virtual const ModelConfig& config() const = 0;
+  virtual const TpLayout& layout() const = 0;
+  // The group's communicator; its control plane (Broadcast, liveness) is host memory over MPI.
+  virtual Communicator& comm() = 0;
+  virtual int64_t num_blocks() const = 0;  // KV blocks per layer the block manager may hand out
+  virtual int64_t block_size() const = 0;
+  virtual int64_t max_tokens_per_step() const = 0;
+  virtual int64_t weight_bytes() const = 0;        // this rank's weights in memory
+  virtual int64_t decode_read_bytes() const = 0;   // what one decode step reads of them
+  virtual int64_t kv_bytes_per_token() const = 0;  // this rank's KV bytes for one token
+  virtual int64_t kv_bytes() const = 0;            // this rank's whole KV pool
+};
+
+}  // namespace kvshard

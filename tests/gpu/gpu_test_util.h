@@ -1,0 +1,123 @@
+// Helpers for the GPU tests: skip without a device, device arrays that fail the test (by
+// throwing, which gtest reports with the message) when a CUDA call fails, and the host twin of
+// each device element type.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "kernels/cpu/half.h"
+#include "kernels/cuda/cuda_check.h"
+
+namespace kvshard::cuda::testing {
+
+// Skips the calling test when no CUDA device is usable (no GPU, or no driver).
+#define KVS_REQUIRE_GPU()                                                  \
+  do {                                                                     \
+    std::string kvs_why_;                                                  \
+    if (::kvshard::cuda::UsableDeviceCount(&kvs_why_) == 0) {              \
+      GTEST_SKIP() << "no CUDA device (" << kvs_why_ << "): test not run"; \
+    }                                                                      \
+  } while (0)
+
+inline void ThrowIfError(const Status& st) {
+  if (!st.ok()) throw std::runtime_error(st.ToString());
+}
+#define KVS_TEST_CUDA(call) ::kvshard::cuda::testing::ThrowIfError(KVS_CUDA(call))
+#define KVS_TEST_CUBLAS(call) ::kvshard::cuda::testing::ThrowIfError(KVS_CUBLAS(call))
+
+// The host type with the same bits as a device element type.
+template <typename T>
+struct HostTwin {
+  using type = T;
+};
+template <>
+struct HostTwin<__half> {
+  using type = f16_t;
+};
+template <>
+struct HostTwin<__nv_bfloat16> {
+  using type = bf16_t;
+};
+template <typename T>
+using HostOf = typename HostTwin<T>::type;
+
+// A device array of T, freed at scope exit.
+template <typename T>
+class DeviceArray {
+ public:
+  explicit DeviceArray(size_t n) : n_(n) {
+    if (n_ == 0) return;
+    KVS_TEST_CUDA(cudaMalloc(&data_, n_ * sizeof(T)));
+    KVS_TEST_CUDA(cudaMemset(data_, 0, n_ * sizeof(T)));
+  }
+  // From host values of the same size (T itself or its HostOf twin).
+  template <typename H>
+  explicit DeviceArray(const std::vector<H>& host) : DeviceArray(host.size()) {
+    static_assert(sizeof(H) == sizeof(T));
+    if (n_) KVS_TEST_CUDA(cudaMemcpy(data_, host.data(), n_ * sizeof(T), cudaMemcpyHostToDevice));
+  }
+  ~DeviceArray() {
+    if (data_) cudaFree(data_);
+  }
+  DeviceArray(const DeviceArray&) = delete;
+  DeviceArray& operator=(const DeviceArray&) = delete;
+
+  T* get() const { return data_; }
+  size_t size() const { return n_; }
+  // Waits for the device (cudaMemcpy synchronises), then copies back.
+  template <typename H = HostOf<T>>
+  std::vector<H> ToHost() const {
+    static_assert(sizeof(H) == sizeof(T));
+    std::vector<H> host(n_);
+    if (n_) KVS_TEST_CUDA(cudaMemcpy(host.data(), data_, n_ * sizeof(T), cudaMemcpyDeviceToHost));
+    return host;
+  }
+
+ private:
+  T* data_ = nullptr;
+  size_t n_ = 0;
+};
+
+inline std::vector<float> RandomNormal(size_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = normal(rng);
+  return v;
+}
+
+// Values rounded to the storage type H (float, f16_t or bf16_t), as bits and as f32.
+template <typename H>
+std::vector<H> RoundTo(const std::vector<float>& v) {
+  std::vector<H> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = from_f32<H>(v[i]);
+  return out;
+}
+template <typename H>
+std::vector<float> Widen(const std::vector<H>& v) {
+  std::vector<float> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = to_f32(v[i]);
+  return out;
+}
+
+// One unit in the last place, relative, of the storage type: what rounding to it may cost.
+template <typename T>
+constexpr float RelativeUlp() {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    return 1.0f / 128;
+  } else if constexpr (std::is_same_v<T, __half>) {
+    return 1.0f / 1024;
+  } else {
+    return 0.0f;
+  }
+}
+
+}  // namespace kvshard::cuda::testing
