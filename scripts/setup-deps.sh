@@ -8,6 +8,7 @@ PKGS=(
   libgtest-dev libgmock-dev clang-format
   libthrift-dev libboost-dev thrift-compiler python3-thrift libcpp-httplib-dev
   iproute2 procps iptables libnetfilter-queue-dev
+  ansible ansible-lint openssh-server openssh-client python3-apt libopenblas0
 )
 missing=()
 for p in "${PKGS[@]}"; do
