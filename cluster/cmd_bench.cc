@@ -16,6 +16,9 @@
 #include "kernels/cpu/simd.h"
 #include "kernels/cpu/stream_read.h"
 #include "shard/shard_worker.h"
+#ifdef KVSHARD_HAVE_CUDA
+#include "kernels/cuda/copy_bandwidth.h"
+#endif
 
 namespace kvshard {
 namespace {
@@ -34,16 +37,29 @@ struct Totals {
   double weights_bytes = 0;        // every rank's weights in memory
   double decode_weight_bytes = 0;  // what a decode step reads of them
   double kv_bytes_per_token = 0;   // every rank's KV bytes for one token (replicas included)
-  double read_gbs = 0;             // all ranks reading at once
+  double read_gbs = 0;             // all ranks at once: host read (CPU) or device copy (GPU) GB/s
 };
 
 // Runs on every rank at once, before rank 0 starts driving steps.
 StatusOr<Totals> MeasureTotals(Runtime& rt, int64_t buffer_bytes) {
   KVS_RETURN_IF_ERROR(rt.comm->Barrier());
+  // The ceiling where the weights live: a host streaming read on CPU ranks, a device-to-device
+  // copy on GPU ranks (every rank measuring its own memory at once, summed).
+  double ceiling = 0;
+  Status local = Status::Ok();
+  if (rt.device) {
+#ifdef KVSHARD_HAVE_CUDA
+    auto gbs = cuda::MeasureDeviceCopyGbs(static_cast<size_t>(buffer_bytes), 5);
+    if (gbs.ok()) ceiling = *gbs;
+    local = gbs.ok() ? Status::Ok() : gbs.status();
+#endif
+  } else {
+    ceiling = measure_read_bandwidth_gbs(buffer_bytes, rt.threads, 3);
+  }
+  KVS_RETURN_IF_ERROR(AgreeOnStatus(*rt.comm, local));
   double v[4] = {static_cast<double>(rt.model->weight_bytes()),
                  static_cast<double>(rt.model->decode_read_bytes()),
-                 static_cast<double>(rt.model->kv_bytes_per_token()),
-                 measure_read_bandwidth_gbs(buffer_bytes, rt.threads, 3)};
+                 static_cast<double>(rt.model->kv_bytes_per_token()), ceiling};
   KVS_RETURN_IF_ERROR(rt.comm->AllReduceSumDouble(v, 4));
   return Totals{v[0], v[1], v[2], v[3]};
 }
@@ -68,7 +84,7 @@ Status RunRoot(const BenchFlags& f, Runtime& rt, Engine& engine, const Totals& t
   const double decode_bytes = totals.decode_weight_bytes + mean_ctx * totals.kv_bytes_per_token;
   nlohmann::json out = {
       {"model", f.shard.model_dir},
-      {"device", f.shard.device},
+      {"device", rt.device_name},
       {"isa", simd::Isa()},
       {"tp", rt.comm->size()},
       {"threads", rt.threads * rt.comm->size()},
@@ -83,7 +99,7 @@ Status RunRoot(const BenchFlags& f, Runtime& rt, Engine& engine, const Totals& t
       {"kv_bytes_per_token", totals.kv_bytes_per_token},
       {"kv_replicas", rt.model->layout().kv_replicas},
       {"decode_bytes_per_token", decode_bytes},
-      {"mem_read_gbs", totals.read_gbs},
+      {rt.device ? "device_copy_gbs" : "mem_read_gbs", totals.read_gbs},
       {"achieved_gbs", decode_bytes / step_s / 1e9},
       {"bandwidth_fraction", decode_bytes / step_s / (totals.read_gbs * 1e9)},
   };

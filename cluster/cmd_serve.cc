@@ -61,6 +61,7 @@ StatusOr<ClusterInfo> GatherClusterInfo(Runtime& rt, const ServeFlags& f) {
   char host[256] = {};
   gethostname(host, sizeof(host) - 1);
   mine["host"] = host;
+  mine["device"] = rt.device_name;
   KVS_ASSIGN_OR_RETURN(std::vector<std::string> all, rt.comm->GatherStrings(mine.dump(), 0));
   ClusterInfo info;
   info.model = f.shard.model_dir;
@@ -74,6 +75,7 @@ StatusOr<ClusterInfo> GatherClusterInfo(Runtime& rt, const ServeFlags& f) {
     ri.rank = static_cast<int>(r);
     ri.host = j.value("host", "");
     ri.kv_bytes = j.value("kv_bytes", int64_t{0});
+    ri.device = j.value("device", "cpu");
     ri.q_heads = j.value("q_heads", 0);
     ri.kv_heads = j.value("kv_heads", 0);
     info.ranks.push_back(ri);

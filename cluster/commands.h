@@ -18,8 +18,8 @@ struct ShardFlags {
   int64_t block_size = 16;
   std::string kv_dtype = "f32";
   int64_t max_tokens_per_step = 512;
-  std::string device = "cpu";         // cpu, or cuda (one GPU per rank, or ranks sharing GPUs)
-  double gpu_memory_fraction = 0.9;   // cuda: of each GPU's memory, weights and KV included
+  std::string device = "auto";       // auto, cpu, or cuda (one GPU per rank, or ranks sharing GPUs)
+  double gpu_memory_fraction = 0.9;  // cuda: of each GPU's memory, weights and KV included
   std::string weight_dtype = "bf16";  // cuda: GEMM inputs
   bool no_cuda_graphs = false;        // cuda: run decode steps eagerly
 };

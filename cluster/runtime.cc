@@ -28,8 +28,9 @@ void AddShardFlags(CLI::App* cmd, ShardFlags* f) {
   cmd->add_option("--max-tokens-per-step", f->max_tokens_per_step,
                   "Largest prefill chunk (tokens per step)")
       ->check(CLI::Range(1, 1 << 20));
-  cmd->add_option("--device", f->device, "Where the shards run: cpu or cuda")
-      ->check(CLI::IsMember({"cpu", "cuda"}));
+  cmd->add_option("--device", f->device,
+                  "Where the shards run: cpu, cuda, or auto (cuda when every rank has a GPU)")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   cmd->add_option("--gpu-memory-fraction", f->gpu_memory_fraction,
                   "cuda: fraction of each GPU's memory to use, weights and KV cache included "
                   "(the KV cache gets what is left unless --kv-blocks is given)")
@@ -179,9 +180,20 @@ StatusOr<Runtime> StartRuntime(const ShardFlags& flags, int64_t min_kv_tokens) {
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   rt.threads = flags.threads > 0 ? flags.threads : std::max(1, cores / LocalRanks());
   omp_set_num_threads(rt.threads);
-  if (flags.device == "cuda") {
+  // auto: CUDA when this build has it and every rank sees a GPU; otherwise the CPU path.
+  ShardFlags resolved = flags;
+  if (flags.device == "auto") {
+    int without_gpu = 1;
 #ifdef KVSHARD_HAVE_CUDA
-    KVS_RETURN_IF_ERROR(StartCuda(flags, min_kv_tokens, &rt));
+    without_gpu = cuda::UsableDeviceCount() > 0 ? 0 : 1;
+#endif
+    KVS_RETURN_IF_ERROR(rt.comm->AllReduceMax(&without_gpu));
+    resolved.device = without_gpu ? "cpu" : "cuda";
+  }
+  rt.device_name = resolved.device;
+  if (resolved.device == "cuda") {
+#ifdef KVSHARD_HAVE_CUDA
+    KVS_RETURN_IF_ERROR(StartCuda(resolved, min_kv_tokens, &rt));
     if (rt.is_root()) {
       const TpLayout& l = rt.model->layout();
       spdlog::info(
@@ -197,7 +209,7 @@ StatusOr<Runtime> StartRuntime(const ShardFlags& flags, int64_t min_kv_tokens) {
                                                       "without CUDA (no nvcc at configure time)"));
 #endif
   }
-  const Status local = LoadShard(flags, min_kv_tokens, &rt);
+  const Status local = LoadShard(resolved, min_kv_tokens, &rt);
   KVS_RETURN_IF_ERROR(AgreeOnStatus(*rt.comm, local));
   if (rt.is_root()) {
     const TpLayout& l = rt.model->layout();

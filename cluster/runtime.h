@@ -37,6 +37,7 @@ struct Runtime {
   std::unique_ptr<DeviceRuntime> device;  // before `model`: destroyed after it
   std::unique_ptr<ShardBackend> model;
   int threads = 1;
+  std::string device_name = "cpu";  // what --device resolved to: cpu or cuda
   bool is_root() const { return comm->rank() == 0; }
 };
 
