@@ -153,7 +153,8 @@ int Finished(const rpc::GenerateResponse& r) {
   return 0;
 }
 
-int RunGenerate(Connection& c, const RequestFlags& f) {
+// One request, as a JSON line (--json) or streamed with a summary on stderr.
+int Run(Connection& c, const RequestFlags& f, bool show_prompt) {
   const rpc::GenerateRequest request = MakeRequest(f);
   if (f.json) {
     rpc::GenerateResponse r;
@@ -161,12 +162,15 @@ int RunGenerate(Connection& c, const RequestFlags& f) {
     Write(JsonResult(r));
     return Finished(r);
   }
-  const rpc::GenerateResponse r = Stream(c, request, /*show_prompt=*/true);
+  const rpc::GenerateResponse r = Stream(c, request, show_prompt);
   Write("\n");
   Summary(r);
   return Finished(r);
 }
 
+int RunGenerate(Connection& c, const RequestFlags& f) { return Run(c, f, /*show_prompt=*/true); }
+
+// The document is the shared prefix that the prefix cache reuses across questions.
 int RunAsk(Connection& c, RequestFlags f) {
   std::ifstream in(f.document, std::ios::binary);
   if (!in) {
@@ -177,17 +181,7 @@ int RunAsk(Connection& c, RequestFlags f) {
   text << in.rdbuf();
   f.prompt = text.str() + "\n\nQuestion: " + f.question + "\nAnswer:";
   f.prompt_ids.clear();
-  const rpc::GenerateRequest request = MakeRequest(f);
-  if (f.json) {
-    rpc::GenerateResponse r;
-    c->generate(r, request);
-    Write(JsonResult(r));
-    return Finished(r);
-  }
-  const rpc::GenerateResponse r = Stream(c, request, /*show_prompt=*/false);
-  Write("\n");
-  Summary(r);
-  return Finished(r);
+  return Run(c, f, /*show_prompt=*/false);
 }
 
 int RunStatus(Connection& c) {

@@ -57,7 +57,7 @@ class Testbed:
         self.run("down", check=False)
 
 
-class Cluster:
+class Cluster(harness.ServerProcess):
     """kvshard-launch on host 1 of a test bed; rank 0 serves on host 1's address."""
 
     def __init__(self, bed, slots, model=harness.STORIES, extra=(), step_delay_ms=0):
@@ -88,27 +88,6 @@ class Cluster:
             time.sleep(0.2)
         with open(self.pid_file) as f:
             self.rank0_pid = int(f.read())
-
-    def client(self, timeout_ms=60000):
-        return harness.Client(self.port, timeout_ms, host=self.host)
-
-    def serving(self):
-        try:
-            c = self.client(timeout_ms=3000)
-        except Exception:
-            return False
-        try:
-            return c.health().serving
-        except Exception:
-            return False
-        finally:
-            c.close()
-
-    def read_log(self):
-        if not self.log.closed:
-            self.log.flush()
-        with open(self.log_path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
 
     def wait(self, timeout):
         try:

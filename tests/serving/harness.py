@@ -34,7 +34,34 @@ def free_port():
         return s.getsockname()[1]
 
 
-class Server:
+class ServerProcess:
+    """What a started server (one host or a test-bed cluster) offers: a client, health, its log.
+    Subclasses set port, host, log and log_path."""
+    host = "127.0.0.1"
+
+    def client(self, timeout_ms=60000):
+        return Client(self.port, timeout_ms, host=self.host)
+
+    def serving(self):
+        try:
+            c = self.client(timeout_ms=3000)
+        except Exception:
+            return False
+        try:
+            return c.health().serving
+        except Exception:
+            return False
+        finally:
+            c.close()
+
+    def read_log(self):
+        if not self.log.closed:
+            self.log.flush()
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+
+class Server(ServerProcess):
     """`mpirun -np N kvshard serve ...` on a free port; stop() asks rank 0 to shut down (SIGTERM)
     and returns mpirun's exit code."""
 
@@ -66,27 +93,6 @@ class Server:
             time.sleep(0.1)
         with open(self.pid_file) as f:
             self.rank0_pid = int(f.read())
-
-    def serving(self):
-        try:
-            c = self.client(timeout_ms=2000)
-        except Exception:
-            return False
-        try:
-            return c.health().serving
-        except Exception:
-            return False
-        finally:
-            c.close()
-
-    def read_log(self):
-        if not self.log.closed:
-            self.log.flush()
-        with open(self.log_path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
-
-    def client(self, timeout_ms=60000):
-        return Client(self.port, timeout_ms)
 
     def stop(self, timeout=60):
         """SIGTERM to rank 0: a clean shutdown; returns mpirun's exit code."""
