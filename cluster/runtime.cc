@@ -79,6 +79,7 @@ int LocalRank() {
 #ifdef KVSHARD_HAVE_CUDA
 struct CudaRuntime : DeviceRuntime {
   cudaStream_t stream = nullptr;
+  int ranks_per_gpu = 1;
   std::unique_ptr<cuda::DeviceCommunicator> comm;
   ~CudaRuntime() override {
     comm.reset();
@@ -93,6 +94,7 @@ Status SelectDevice(CudaRuntime* cuda, bool* shares_gpu) {
   if (devices == 0) return FailedPrecondition("--device cuda: {}", why);
   const int local = LocalRank();
   *shares_gpu = LocalRanks() > devices;
+  cuda->ranks_per_gpu = (LocalRanks() + devices - 1) / devices;
   KVS_RETURN_IF_ERROR(KVS_CUDA(cudaSetDevice(local % devices)));
   return KVS_CUDA(cudaStreamCreateWithFlags(&cuda->stream, cudaStreamNonBlocking));
 }
@@ -125,7 +127,8 @@ Status StartCuda(const ShardFlags& flags, int64_t min_kv_tokens, Runtime* rt) {
   }
   cuda::CudaShardOptions options;
   options.num_blocks = flags.kv_blocks;  // 0: what the memory fraction leaves
-  options.memory_fraction = flags.gpu_memory_fraction;
+  // Ranks sharing a GPU split its memory fraction.
+  options.memory_fraction = flags.gpu_memory_fraction / cuda->ranks_per_gpu;
   options.block_size = flags.block_size;
   options.max_tokens_per_step = flags.max_tokens_per_step;
   options.cuda_graphs = !flags.no_cuda_graphs;

@@ -73,6 +73,11 @@ StatusOr<std::unique_ptr<CudaShardModel>> CudaShardModel::Create(const ModelConf
   m->stage_.sm_count = sm_count;
   m->stage_.pad_decode = m->use_graphs_;
 
+  // What this process holds on the device is measured from here (cuBLAS, weights, workspaces),
+  // so ranks sharing a GPU each count only their own memory against their share.
+  size_t free_at_start = 0, total_memory = 0;
+  KVS_RETURN_IF_ERROR(KVS_CUDA(cudaMemGetInfo(&free_at_start, &total_memory)));
+  m->free_at_start_ = free_at_start;
   KVS_ASSIGN_OR_RETURN(m->blas_, CublasHandle::Create());
   KVS_ASSIGN_OR_RETURN(m->weights_, UploadWeights(weights, options.weight_dtype));
   const std::vector<float> inv_freq = RopeInverseFrequencies(config);
@@ -82,6 +87,11 @@ StatusOr<std::unique_ptr<CudaShardModel>> CudaShardModel::Create(const ModelConf
                           cudaMemcpyHostToDevice)));
   KVS_RETURN_IF_ERROR(m->AllocateWorkspaces());
   KVS_RETURN_IF_ERROR(m->AllocateKv());
+  // The uploads (a cudaMemcpy from pageable memory may return before its DMA has landed) and the
+  // KV cache's cudaMemset run on the legacy default stream, which a cudaStreamNonBlocking compute
+  // stream does not wait for: without this, the first step's kernels could read weights not yet
+  // copied, or have their KV appends zeroed by the late memset.
+  KVS_RETURN_IF_ERROR(KVS_CUDA(cudaDeviceSynchronize()));
   return m;
 }
 
@@ -139,8 +149,11 @@ Status CudaShardModel::AllocateKv() {
   if (blocks <= 0) {
     size_t free = 0, total = 0;
     KVS_RETURN_IF_ERROR(KVS_CUDA(cudaMemGetInfo(&free, &total)));
-    const double used = static_cast<double>(total - free);
-    const double budget = options_.memory_fraction * static_cast<double>(total) - used;
+    // This process's share of the device, less what it already holds, and never more than is
+    // free now (another rank on the same GPU may be allocating too).
+    const double used = static_cast<double>(free_at_start_ > free ? free_at_start_ - free : 0);
+    const double budget = std::min(options_.memory_fraction * static_cast<double>(total) - used,
+                                   0.95 * static_cast<double>(free));
     blocks = static_cast<int64_t>(std::floor(budget / static_cast<double>(block_bytes))) - 1;
     if (blocks < 1) {
       return ResourceExhausted(

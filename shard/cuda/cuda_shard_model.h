@@ -36,6 +36,7 @@ namespace kvshard::cuda {
 struct CudaShardOptions {
   int64_t num_blocks = 0;             // KV blocks per layer; 0: as many as memory_fraction allows
   double memory_fraction = 0.9;       // of the device's memory this process may hold in all
+                                      // (the runtime divides it among ranks sharing a GPU)
   int64_t block_size = 16;            // tokens per KV block
   DType kv_dtype = DType::kBF16;      // KV cache storage
   DType weight_dtype = DType::kBF16;  // GEMM inputs: bf16, f16 or f32 (exact and slow)
@@ -109,6 +110,7 @@ class CudaShardModel : public ShardBackend {
   DeviceBuffer inv_freq_;  // f32 [head_dim / 2]
 
   int64_t num_blocks_ = 0;     // usable; the pool holds one more, the scratch block
+  size_t free_at_start_ = 0;   // device memory free before this model allocated anything
   size_t kv_layer_bytes_ = 0;  // one layer's K (or V): (num_blocks + 1) * block_size * row
   DeviceBuffer kv_;            // kv_dtype [layers][K, V][num_blocks + 1, block_size, kv_heads, hd]
 

@@ -49,7 +49,9 @@ struct HostTwin<__nv_bfloat16> {
 template <typename T>
 using HostOf = typename HostTwin<T>::type;
 
-// A device array of T, freed at scope exit.
+// A device array of T, freed at scope exit. The constructors wait for their memset and copy:
+// both run on the legacy default stream (and a cudaMemcpy from pageable memory may return before
+// its DMA has landed), which work on a cudaStreamNonBlocking stream would not otherwise wait for.
 template <typename T>
 class DeviceArray {
  public:
@@ -57,12 +59,15 @@ class DeviceArray {
     if (n_ == 0) return;
     KVS_TEST_CUDA(cudaMalloc(&data_, n_ * sizeof(T)));
     KVS_TEST_CUDA(cudaMemset(data_, 0, n_ * sizeof(T)));
+    KVS_TEST_CUDA(cudaDeviceSynchronize());
   }
   // From host values of the same size (T itself or its HostOf twin).
   template <typename H>
   explicit DeviceArray(const std::vector<H>& host) : DeviceArray(host.size()) {
     static_assert(sizeof(H) == sizeof(T));
-    if (n_) KVS_TEST_CUDA(cudaMemcpy(data_, host.data(), n_ * sizeof(T), cudaMemcpyHostToDevice));
+    if (n_ == 0) return;
+    KVS_TEST_CUDA(cudaMemcpy(data_, host.data(), n_ * sizeof(T), cudaMemcpyHostToDevice));
+    KVS_TEST_CUDA(cudaDeviceSynchronize());
   }
   ~DeviceArray() {
     if (data_) cudaFree(data_);

@@ -152,7 +152,7 @@ Status NcclCommunicator::GatherV(const float* send, int count, float* recv,
   ncclResult_t rc = ncclSuccess;
   const char* failed = nullptr;
   if (me == root) {
-    for (int r = 0; r < n_ranks && rc == ncclSuccess; ++r) {
+    for (int r = 0; r < n_ranks && (rc == ncclSuccess || rc == ncclInProgress); ++r) {
       if (r == root || counts[r] == 0) continue;
       rc = ncclRecv(recv + displs[r], counts[r], ncclFloat, r, comm_, stream_);
       failed = "ncclRecv";
