@@ -2,11 +2,13 @@
 # The Ansible playbooks, for real, against two hosts: network namespaces kva1 (head) and kva2
 # (shard) from cluster/testbed/netns.sh, each running its own sshd, so Ansible and mpirun both
 # reach the hosts over real SSH. Checks: syntax and ansible-lint; site.yml provisions, deploys,
-# starts and verifies a 2-host cluster that generates "Once upon a time..."; a second site.yml
-# and start.yml change nothing; deploy.yml repairs a damaged model file; start.yml restarts a
-# cluster whose files changed; a killed rank 0 is restarted; a GPU host without nvidia-smi
-# fails with a clear message; stop.yml stops everything; a cluster that cannot start makes
-# start.yml fail showing the log, and stop.yml ends its retries.
+# starts (through kvshard-launch) and verifies a 2-host cluster that generates "Once upon a
+# time..."; a second site.yml and start.yml change nothing; deploy.yml repairs a damaged model
+# file; start.yml restarts a cluster whose files changed; a killed rank 0 is restarted; a shard
+# host cut off ends in restarts (kvshard-launch ends the hung mpirun, its checks fail while the
+# host is away) until it is back; a GPU host without nvidia-smi fails with a clear message;
+# stop.yml stops everything; a cluster that cannot start makes start.yml fail showing the log
+# (kvshard-launch's check naming the host), and stop.yml ends its retries.
 #
 # Each host gets a private directory bind-mounted at one path ($T/node) inside its namespace:
 # every host has the same kvshard_prefix, as on a real cluster, yet its own files.
@@ -149,9 +151,8 @@ kvshard_cluster:
     kvshard_controller_cache_dir: $T/controller-cache
     kvshard_port: $PORT
     kvshard_restart_sec: 1
-    kvshard_mpi_btl: tcp,self
     kvshard_mpi_network: $KVSHARD_NETNS_SUBNET.0/24
-    kvshard_mpirun_extra_args: [--oversubscribe, --mca, mpi_yield_when_idle, "1"]
+    kvshard_shared_cores: true
     kvshard_serve_extra_args: [--threads, "1"]
 EOF
 
@@ -174,6 +175,17 @@ show_log() { tail -n 60 "$T/logs/$1.log"; }
 changed_of() { sed -n "/PLAY RECAP/,\$s/^$2 .*changed=\([0-9]*\).*/\1/p" "$T/logs/$1.log"; }
 client() { timeout 30 "$T/kvshard" client --host "$KVSHARD_NETNS_SUBNET.1" --port "$PORT" "$@"; }
 head_file() { echo "$T/hosts/kva1/kvshard/$1"; }
+HEAD_LOG=$T/hosts/kva1/kvshard/log/kvshard.log
+# wait_log SECONDS FROM_LINE PATTERN: waits until the head's kvshard.log has a line matching
+# PATTERN (grep -E) after line FROM_LINE.
+wait_log() {
+  local i
+  for ((i = 0; i < $1 * 2; i++)); do
+    tail -n +"$(($2 + 1))" "$HEAD_LOG" 2>/dev/null | grep -qE -- "$3" && return 0
+    sleep 0.5
+  done
+  return 1
+}
 
 step "syntax check"
 for p in site deploy start stop; do
@@ -207,8 +219,19 @@ grep -q "Accepted publickey for root from $KVSHARD_NETNS_SUBNET.1 " "$T/hosts/kv
 # No systemd here: the supervisor script runs it, and the unit was rendered for reference.
 [ -x "$(head_file bin/kvshard-service)" ] || fail "no supervisor script"
 grep -q '^Restart=on-failure' "$(head_file etc/kvshard.service)" || fail "no unit"
-grep -q '^ExecStart=/usr/bin/mpirun .* serve .*--pid-file' "$(head_file etc/kvshard.service)" ||
-  fail "unit's ExecStart"
+grep -qE "^ExecStart=$T/node/kvshard/bin/kvshard-launch --hostfile .* --rsh 'ssh -F $T/node/kvshard/ssh/config' --kvshard $T/node/kvshard/bin/kvshard .*--shared-cores -- .*--pid-file" \
+  "$(head_file etc/kvshard.service)" || fail "unit's ExecStart: $(grep ^ExecStart "$(head_file etc/kvshard.service)")"
+grep -q "^exec $T/node/kvshard/bin/kvshard-launch " "$(head_file bin/kvshard-cluster)" || fail "the launch script"
+# kvshard-launch beside the binary on every node; on the head it checked both hosts, printed the
+# map and ran mpirun with the ssh config as its agent.
+for h in "${HOSTS[@]}"; do
+  cmp "$REPO/cluster/kvshard-launch" "$T/hosts/$h/kvshard/bin/kvshard-launch" || fail "no kvshard-launch on $h"
+done
+grep -q "kvshard-launch: 2 ranks on 2 hosts; every host has version" "$HEAD_LOG" || fail "no launcher checks in the log"
+grep -q "rank 1 -> $KVSHARD_NETNS_SUBNET.2 -> cpu" "$HEAD_LOG" || fail "no rank map in the log"
+grep -q "kvshard-launch: mpirun .*--mca plm_rsh_agent ssh -F $T/node/kvshard/ssh/config" "$HEAD_LOG" ||
+  fail "mpirun did not get the ssh config as its agent"
+echo "launcher ok: $(grep -m1 'kvshard-launch: 2 ranks' "$HEAD_LOG")"
 if command -v systemd-analyze >/dev/null; then
   # On the head, where the unit's paths exist.
   timeout 30 "${SSH[@]}" "root@$KVSHARD_NETNS_SUBNET.1" systemd-analyze verify "$T/node/kvshard/etc/kvshard.service" ||
@@ -257,6 +280,34 @@ for try in $(seq 120); do
 done
 echo "rank 0 $old killed, now $new and serving"
 
+step "a shard host cut off: the job ends in restarts (not a hung mpirun) until it is back"
+old=$(cat "$(head_file run/kvshard.pid)")
+from=$(wc -l <"$HEAD_LOG")
+bash "$NETNS" link kva2 down
+t0=$SECONDS
+# Rank 0 notices the silent shard (heartbeats) and exits; mpirun, which cannot reach kva2, is
+# ended by kvshard-launch, and the supervisor restarts the job.
+wait_log 90 "$from" "kvshard-service: the cluster failed \(exit status" ||
+  fail "the job did not end within 90 s of kva2's link going down"
+echo "the job ended after $((SECONDS - t0)) s; $(tail -n +"$((from + 1))" "$HEAD_LOG" | grep -m1 -o 'kvshard-launch: rank 0 exited .*' ||
+  echo 'mpirun ended by itself')"
+# Each restart's checks fail on kva2 while it is away.
+wait_log 60 "$from" "kvshard-launch: host $KVSHARD_NETNS_SUBNET.2: cannot run the check" ||
+  fail "no failed check of kva2 after the restart"
+echo "restart checks fail on kva2 while it is away"
+bash "$NETNS" link kva2 up
+t0=$SECONDS
+for try in $(seq 180); do
+  new=$(cat "$(head_file run/kvshard.pid)" 2>/dev/null || true)
+  if [ -n "$new" ] && [ "$new" != "$old" ] && [ "$(client health 2>/dev/null)" = serving ]; then break; fi
+  [ "$try" -lt 180 ] || fail "not serving again within 90 s of kva2's link coming back"
+  sleep 0.5
+done
+client status | python3 -c 'import json, sys
+s = json.load(sys.stdin)
+assert s["world_size"] == 2 and sorted({r["host"] for r in s["ranks"]}) == ["kva1", "kva2"], s'
+echo "serving on both hosts again $((SECONDS - t0)) s after kva2 came back (rank 0 $old -> $new)"
+
 step "a GPU host without the NVIDIA driver fails clearly"
 if command -v nvidia-smi >/dev/null; then
   echo "nvidia-smi is installed here: nothing to check"
@@ -275,7 +326,7 @@ assert_stopped() {
   for h in "${HOSTS[@]}"; do
     for pid in $(ip netns pids "$h"); do
       case "$(cat "/proc/$pid/comm" 2>/dev/null)" in
-        kvshard | mpirun | orted | kvshard-service) fail "after $1, still running on $h: $(tr '\0' ' ' <"/proc/$pid/cmdline")" ;;
+        kvshard | kvshard-launch | mpirun | orted | kvshard-service) fail "after $1, still running on $h: $(tr '\0' ' ' <"/proc/$pid/cmdline")" ;;
       esac
     done
   done
@@ -295,7 +346,8 @@ step "a cluster that cannot start: start.yml fails with its log; stop.yml ends t
 mv "$(head_file models/stories260K/config.json)" "$T/config.json.away"
 if play broken start.yml -e kvshard_start_timeout_s=6; then fail "start.yml passed without a model"; fi
 if ! grep -q "the cluster did not serve on" "$T/logs/broken.log" ||
-  ! grep -q "kvshard-service: the cluster failed (exit status" "$T/logs/broken.log"; then
+  ! grep -q "kvshard-service: the cluster failed (exit status" "$T/logs/broken.log" ||
+  ! grep -q "kvshard-launch: host $KVSHARD_NETNS_SUBNET.2 differs from this host" "$T/logs/broken.log"; then
   show_log broken
   fail "start.yml's failure does not show the retries in the log"
 fi
