@@ -188,5 +188,25 @@ def assert_all_blocks_free(test, client, timeout=10):
         time.sleep(0.05)
 
 
+class ServerTestCase(unittest.TestCase):
+    """One server for the whole class (server_options() says how), a client to it, and a
+    clean stop at the end: every rank must exit 0."""
+
+    @classmethod
+    def server_options(cls):
+        return {}
+
+    @classmethod
+    def setUpClass(cls):
+        cls.server = Server(**cls.server_options())
+        cls.client = cls.server.client()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.client.close()
+        rc = cls.server.stop()
+        assert rc == 0, "server exit code %d\n%s" % (rc, cls.server.read_log())
+
+
 def main():
     unittest.main(verbosity=2)

@@ -6,7 +6,6 @@ import subprocess
 import sys
 import threading
 import urllib.request
-import unittest
 
 import harness
 from harness import ErrorCode, GenerateRequest, KvshardError, SamplingParams, greedy
@@ -15,18 +14,11 @@ STORY = ("Once upon a time, there was a little girl named Lily. She loved to pla
          "park. One day, she saw a big, red ball. She wanted to play with it, but it was too high. ")
 
 
-class ApiTest(unittest.TestCase):
+class ApiTest(harness.ServerTestCase):
     @classmethod
-    def setUpClass(cls):
+    def server_options(cls):
         # Small prefill chunks, so long prompts are split and interleave with others' decoding.
-        cls.server = harness.Server(extra=["--max-tokens-per-step", "64"], metrics=True)
-        cls.client = cls.server.client()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.client.close()
-        rc = cls.server.stop()
-        assert rc == 0, "server exit code %d\n%s" % (rc, cls.server.read_log())
+        return {"extra": ["--max-tokens-per-step", "64"], "metrics": True}
 
     def golden(self):
         with open(harness.GOLDEN_ONCE) as f:

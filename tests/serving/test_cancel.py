@@ -2,7 +2,6 @@
 disconnect: each request ends with exactly one terminal status and no KV block leaks."""
 
 import time
-import unittest
 
 import harness
 from harness import greedy, wait_for
@@ -10,20 +9,12 @@ from harness import greedy, wait_for
 LONG = "Once upon a time, there was a little girl named Lily. She loved to play outside. " * 5
 
 
-class CancelTest(unittest.TestCase):
+class CancelTest(harness.ServerTestCase):
     @classmethod
-    def setUpClass(cls):
+    def server_options(cls):
         # One sequence at a time (so a second request stays queued), prefill in chunks of 8
         # tokens, and every step slowed to 15 ms so the test can act in each state.
-        cls.server = harness.Server(extra=["--max-seqs", "1", "--max-tokens-per-step", "8"],
-                                    step_delay_ms=15)
-        cls.client = cls.server.client()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.client.close()
-        rc = cls.server.stop()
-        assert rc == 0, "server exit code %d\n%s" % (rc, cls.server.read_log())
+        return {"extra": ["--max-seqs", "1", "--max-tokens-per-step", "8"], "step_delay_ms": 15}
 
     def state(self, rid):
         return self.client.poll(rid, 0, 0)

@@ -2,7 +2,6 @@
 answers OVERLOADED at once, and preemption under KV pressure never changes an output."""
 
 import threading
-import unittest
 
 import harness
 from harness import ErrorCode, KvshardError, greedy
@@ -10,19 +9,11 @@ from harness import ErrorCode, KvshardError, greedy
 BLOCKS, BLOCK_SIZE = 24, 16
 
 
-class LimitsTest(unittest.TestCase):
+class LimitsTest(harness.ServerTestCase):
     @classmethod
-    def setUpClass(cls):
-        cls.server = harness.Server(
-            extra=["--kv-blocks", str(BLOCKS), "--max-queue", "8", "--max-seqs", "8"],
-            step_delay_ms=5)
-        cls.client = cls.server.client()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.client.close()
-        rc = cls.server.stop()
-        assert rc == 0, "server exit code %d\n%s" % (rc, cls.server.read_log())
+    def server_options(cls):
+        return {"extra": ["--kv-blocks", str(BLOCKS), "--max-queue", "8", "--max-seqs", "8"],
+                "step_delay_ms": 5}
 
     def test_too_long_for_the_kv_cache(self):
         with self.assertRaises(KvshardError) as cm:

@@ -6,7 +6,6 @@ import os
 import random
 import subprocess
 import tempfile
-import unittest
 
 import harness
 from harness import greedy
@@ -36,22 +35,14 @@ def ask(doc, question, salt=None, max_tokens=24):
     return r
 
 
-class PrefixCacheTest(unittest.TestCase):
+class PrefixCacheTest(harness.ServerTestCase):
     @classmethod
-    def setUpClass(cls):
+    def server_options(cls):
         cls.dir = tempfile.mkdtemp(prefix="kvshard-prefix-")
         cls.model = os.path.join(cls.dir, "model")
         make_model(cls.model)
         # 320 blocks of 16 = 5,120 tokens: two documents fit, a third evicts.
-        cls.server = harness.Server(model=cls.model,
-                                    extra=["--kv-blocks", "320", "--max-tokens-per-step", "256"])
-        cls.client = cls.server.client()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.client.close()
-        rc = cls.server.stop()
-        assert rc == 0, "server exit code %d\n%s" % (rc, cls.server.read_log())
+        return {"model": cls.model, "extra": ["--kv-blocks", "320", "--max-tokens-per-step", "256"]}
 
     def test_second_question_reuses_the_document(self):
         doc = document(1)
