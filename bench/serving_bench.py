@@ -14,7 +14,6 @@ Prints one JSON line per measurement. Run after scripts/build.sh:
 import argparse
 import json
 import os
-import random
 import statistics
 import subprocess
 import sys
@@ -24,7 +23,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "serving"))
 import harness  # noqa: E402
-from harness import greedy  # noqa: E402
+from harness import document, greedy  # noqa: E402
 
 
 def make_model(path, args):
@@ -56,15 +55,6 @@ def throughput(server, streams, max_tokens):
     wall = time.time() - start
     generated = sum(r.generated_tokens for r in results)
     return generated / wall, statistics.mean(r.timings.per_token_ms for r in results)
-
-
-def document(seed, n):
-    rng = random.Random(seed)
-    words = ["river", "stone", "lamp", "garden", "north", "quiet", "ledger", "bridge", "amber"]
-    text = ""
-    while len(text) < n:
-        text += rng.choice(words) + " "
-    return text[:n]
 
 
 def main():

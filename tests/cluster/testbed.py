@@ -102,14 +102,6 @@ class Cluster(harness.ServerProcess):
             self.proc.send_signal(signal.SIGTERM)
         return self.wait(timeout)
 
-    def kill(self):
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait()
-        self.log.close()
-
     def rank_processes(self):
         """Live kvshard processes of this cluster (by its unique port), on every host."""
         return rank_processes(self.port)

@@ -3,6 +3,7 @@ clients to it, stop it cleanly. Tests run with Debian's python3 (python3-thrift)
 API that the build generates into build/gen-py."""
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -35,8 +36,8 @@ def free_port():
 
 
 class ServerProcess:
-    """What a started server (one host or a test-bed cluster) offers: a client, health, its log.
-    Subclasses set port, host, log and log_path."""
+    """What a started server (one host or a test-bed cluster) offers: a client, health, its log,
+    a hard kill. Subclasses set port, host, proc (its own process group), log and log_path."""
     host = "127.0.0.1"
 
     def client(self, timeout_ms=60000):
@@ -53,6 +54,14 @@ class ServerProcess:
             return False
         finally:
             c.close()
+
+    def kill(self):
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        self.log.close()
 
     def read_log(self):
         if not self.log.closed:
@@ -109,14 +118,6 @@ class Server(ServerProcess):
         finally:
             self.log.close()
 
-    def kill(self):
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait()
-        self.log.close()
-
     def rank0_rss_kib(self):
         with open("/proc/%d/status" % self.rank0_pid) as f:
             for line in f:
@@ -153,6 +154,16 @@ class Client:
             cursor = p.next_cursor
             if p.finished:
                 return pieces, ids, p.result
+
+
+def document(seed, n=2000):
+    """A reproducible text of n characters (one token per byte in the synthetic vocabulary)."""
+    rng = random.Random(seed)
+    words = ["river", "stone", "lamp", "garden", "north", "quiet", "ledger", "bridge", "amber"]
+    text = ""
+    while len(text) < n:
+        text += rng.choice(words) + " "
+    return text[:n]
 
 
 def greedy(prompt=None, prompt_ids=None, max_tokens=32, **kw):

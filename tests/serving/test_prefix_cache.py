@@ -3,12 +3,11 @@
 isolate tenants, and eviction under pressure never serves wrong KV."""
 
 import os
-import random
 import subprocess
 import tempfile
 
 import harness
-from harness import greedy
+from harness import document, greedy
 
 
 def make_model(directory):
@@ -17,15 +16,6 @@ def make_model(directory):
     subprocess.run([harness.BIN, "make-model", "--out", directory, "--layers", "2", "--dim", "64",
                     "--heads", "4", "--kv-heads", "2", "--ffn", "128", "--vocab", "300",
                     "--max-seq-len", "4096", "--seed", "5"], check=True, capture_output=True)
-
-
-def document(seed, n=2000):
-    rng = random.Random(seed)
-    words = ["river", "stone", "lamp", "garden", "north", "quiet", "ledger", "bridge", "amber"]
-    text = ""
-    while len(text) < n:
-        text += rng.choice(words) + " "
-    return text[:n]
 
 
 def ask(doc, question, salt=None, max_tokens=24):
