@@ -53,8 +53,14 @@ target_compile_definitions(kvshard_cuda PUBLIC KVSHARD_HAVE_CUDA=1)
 set_target_properties(kvshard_cuda PROPERTIES
   CUDA_RUNTIME_LIBRARY Shared POSITION_INDEPENDENT_CODE ON)
 
-# `kvshard --device cuda` (cluster/runtime.cc compiles its CUDA path under KVSHARD_HAVE_CUDA).
+# `kvshard --device cuda` (cluster/runtime.cc compiles its CUDA path under KVSHARD_HAVE_CUDA). The
+# CLI objects see the CUDA headers but link no backend: `kvshard` gets the real one, `kvshard_emu`
+# the emulator (cmake/cuda_emu.cmake).
+target_include_directories(kvshard_cli PUBLIC ${CUDAToolkit_INCLUDE_DIRS} ${NCCL_INCLUDE_DIR})
+target_compile_definitions(kvshard_cli PUBLIC KVSHARD_HAVE_CUDA=1)
 target_link_libraries(kvshard PRIVATE kvshard_cuda)
+
+include(cmake/cuda_emu.cmake)
 
 if(KVSHARD_BUILD_TESTS)
   add_subdirectory(tests/gpu ${CMAKE_BINARY_DIR}/tests/gpu)

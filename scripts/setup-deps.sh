@@ -6,7 +6,7 @@ PKGS=(
   libopenmpi-dev openmpi-bin
   nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev libsentencepiece-dev
   libgtest-dev libgmock-dev clang-format
-  libthrift-dev libboost-dev thrift-compiler python3-thrift libcpp-httplib-dev
+  libthrift-dev libboost-dev libboost-context-dev thrift-compiler python3-thrift libcpp-httplib-dev
   iproute2 procps iptables libnetfilter-queue-dev
   ansible ansible-lint openssh-server openssh-client python3-apt libopenblas0
 )

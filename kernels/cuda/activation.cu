@@ -1,3 +1,6 @@
+// clang-format off
+#include "kernels/cuda/launch.cuh"  // first: the device vocabulary of the CPU emulator
+// clang-format on
 #include "kernels/cuda/activation.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/launch_config.h"
@@ -19,9 +22,9 @@ __global__ void silu_mul_kernel(To* out, const float* gate, const float* up, int
 template <typename To>
 cudaError_t silu_mul(To* out, const float* gate, const float* up, int64_t n, cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
-  silu_mul_kernel<To>
-      <<<static_cast<unsigned>(ElementwiseBlocks(n)), kElementwiseThreads, 0, stream>>>(out, gate,
-                                                                                        up, n);
+  KVS_LAUNCH(static_cast<unsigned>(ElementwiseBlocks(n)), kElementwiseThreads, 0, stream,
+             silu_mul_kernel<To>)
+  (out, gate, up, n);
   return cudaGetLastError();
 }
 

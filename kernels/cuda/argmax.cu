@@ -1,3 +1,6 @@
+// clang-format off
+#include "kernels/cuda/launch.cuh"  // first: the device vocabulary of the CPU emulator
+// clang-format on
 #include "kernels/cuda/argmax.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/launch_config.h"
@@ -23,7 +26,8 @@ cudaError_t argmax(int32_t* out, const float* logits, int64_t rows, int64_t voca
                    cudaStream_t stream) {
   if (rows <= 0) return cudaSuccess;
   if (vocab <= 0 || vocab > INT32_MAX || rows > INT32_MAX) return cudaErrorInvalidValue;
-  argmax_kernel<<<static_cast<unsigned>(rows), kRowThreads, 0, stream>>>(out, logits, vocab);
+  KVS_LAUNCH(static_cast<unsigned>(rows), kRowThreads, 0, stream, argmax_kernel)
+  (out, logits, vocab);
   return cudaGetLastError();
 }
 

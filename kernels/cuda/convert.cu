@@ -1,3 +1,6 @@
+// clang-format off
+#include "kernels/cuda/launch.cuh"  // first: the device vocabulary of the CPU emulator
+// clang-format on
 #include "kernels/cuda/convert.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/launch_config.h"
@@ -18,8 +21,9 @@ __global__ void convert_kernel(To* out, const float* in, int64_t n) {
 template <typename To>
 cudaError_t convert_from_f32(To* out, const float* in, int64_t n, cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
-  convert_kernel<To>
-      <<<static_cast<unsigned>(ElementwiseBlocks(n)), kElementwiseThreads, 0, stream>>>(out, in, n);
+  KVS_LAUNCH(static_cast<unsigned>(ElementwiseBlocks(n)), kElementwiseThreads, 0, stream,
+             convert_kernel<To>)
+  (out, in, n);
   return cudaGetLastError();
 }
 

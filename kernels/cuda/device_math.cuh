@@ -2,6 +2,9 @@
 // f32, as on the CPU, kernels/cpu/half.h) and warp/block reductions.
 #pragma once
 
+// clang-format off
+#include "kernels/cuda/launch.cuh"  // first: the device vocabulary of the CPU emulator
+// clang-format on
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 

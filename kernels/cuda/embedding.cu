@@ -1,3 +1,6 @@
+// clang-format off
+#include "kernels/cuda/launch.cuh"  // first: the device vocabulary of the CPU emulator
+// clang-format on
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/embedding.h"
 #include "kernels/cuda/launch_config.h"
@@ -20,8 +23,8 @@ cudaError_t embedding(float* out, const T* table, const int32_t* ids, int64_t to
                       cudaStream_t stream) {
   if (tokens <= 0 || dim <= 0) return cudaSuccess;
   if (tokens > INT32_MAX) return cudaErrorInvalidValue;
-  embedding_kernel<T>
-      <<<static_cast<unsigned>(tokens), kElementwiseThreads, 0, stream>>>(out, table, ids, dim);
+  KVS_LAUNCH(static_cast<unsigned>(tokens), kElementwiseThreads, 0, stream, embedding_kernel<T>)
+  (out, table, ids, dim);
   return cudaGetLastError();
 }
 

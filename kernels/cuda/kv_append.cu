@@ -1,3 +1,6 @@
+// clang-format off
+#include "kernels/cuda/launch.cuh"  // first: the device vocabulary of the CPU emulator
+// clang-format on
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/kv_append.h"
 #include "kernels/cuda/launch_config.h"
@@ -26,9 +29,9 @@ cudaError_t kv_append(KV* k_cache, KV* v_cache, const float* k, const float* v,
   const int64_t row = kv_heads * head_dim;
   const int64_t n = tokens * row;
   if (n <= 0) return cudaSuccess;
-  kv_append_kernel<KV>
-      <<<static_cast<unsigned>(ElementwiseBlocks(n)), kElementwiseThreads, 0, stream>>>(
-          k_cache, v_cache, k, v, slots, n, row);
+  KVS_LAUNCH(static_cast<unsigned>(ElementwiseBlocks(n)), kElementwiseThreads, 0, stream,
+             kv_append_kernel<KV>)
+  (k_cache, v_cache, k, v, slots, n, row);
   return cudaGetLastError();
 }
 

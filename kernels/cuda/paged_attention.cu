@@ -1,3 +1,6 @@
+// clang-format off
+#include "kernels/cuda/launch.cuh"  // first: the device vocabulary of the CPU emulator
+// clang-format on
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/paged_attention.h"
 
@@ -26,7 +29,7 @@ __global__ void __launch_bounds__(kAttentionThreads)
   const int max_rows = tile_tokens * group;  // the shared memory layout is sized for these
   const int kv_stride = head_dim + 1;
 
-  extern __shared__ float smem[];
+  KVS_DYNAMIC_SMEM(float, smem);
   float* q_s = smem;                       // f32 [max_rows, head_dim]
   float* k_s = q_s + max_rows * head_dim;  // f32 [kv_tile, head_dim + 1]
   float* v_s = k_s + kv_tile * kv_stride;  // f32 [kv_tile, head_dim + 1]
@@ -212,15 +215,16 @@ cudaError_t paged_attention(float* out, const float* q, const KV* k_cache, const
   float* partial_lse = splits > 1 ? workspace + tokens * q_heads * splits * head_dim : nullptr;
   const dim3 grid(static_cast<unsigned>(num_tiles), static_cast<unsigned>(kv_heads),
                   static_cast<unsigned>(splits));
-  paged_attention_kernel<KV><<<grid, kAttentionThreads, launch.smem_bytes, stream>>>(
-      out, partial_out, partial_lse, q, k_cache, v_cache, view.block_indptr, view.block_indices,
-      static_cast<int>(view.block_size), tiles, token_seq, positions, static_cast<int>(q_heads),
-      static_cast<int>(kv_heads), static_cast<int>(head_dim), static_cast<int>(launch.tile_tokens),
-      static_cast<int>(launch.kv_tile), static_cast<int>(splits), scale);
+  KVS_LAUNCH(grid, kAttentionThreads, launch.smem_bytes, stream, paged_attention_kernel<KV>)
+  (out, partial_out, partial_lse, q, k_cache, v_cache, view.block_indptr, view.block_indices,
+   static_cast<int>(view.block_size), tiles, token_seq, positions, static_cast<int>(q_heads),
+   static_cast<int>(kv_heads), static_cast<int>(head_dim), static_cast<int>(launch.tile_tokens),
+   static_cast<int>(launch.kv_tile), static_cast<int>(splits), scale);
   const cudaError_t rc = cudaGetLastError();
   if (rc != cudaSuccess || splits == 1) return rc;
-  attention_merge_kernel<<<static_cast<unsigned>(tokens * q_heads), kMergeThreads, 0, stream>>>(
-      out, partial_out, partial_lse, static_cast<int>(splits), static_cast<int>(head_dim));
+  KVS_LAUNCH(static_cast<unsigned>(tokens * q_heads), kMergeThreads, 0, stream,
+             attention_merge_kernel)
+  (out, partial_out, partial_lse, static_cast<int>(splits), static_cast<int>(head_dim));
   return cudaGetLastError();
 }
 

@@ -1,3 +1,6 @@
+// clang-format off
+#include "kernels/cuda/launch.cuh"  // first: the device vocabulary of the CPU emulator
+// clang-format on
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/launch_config.h"
 #include "kernels/cuda/rmsnorm.h"
@@ -35,8 +38,9 @@ cudaError_t rmsnorm(To* out, const float* x, const float* weight, int64_t tokens
                     float eps, cudaStream_t stream) {
   if (tokens <= 0 || dim <= 0) return cudaSuccess;
   if (tokens > INT32_MAX) return cudaErrorInvalidValue;
-  rmsnorm_kernel<To, false><<<static_cast<unsigned>(tokens), kElementwiseThreads, 0, stream>>>(
-      out, nullptr, x, nullptr, weight, dim, eps);
+  KVS_LAUNCH(static_cast<unsigned>(tokens), kElementwiseThreads, 0, stream,
+             rmsnorm_kernel<To, false>)
+  (out, nullptr, x, nullptr, weight, dim, eps);
   return cudaGetLastError();
 }
 
@@ -45,8 +49,9 @@ cudaError_t add_rmsnorm(float* residual, const float* delta, To* out, const floa
                         int64_t tokens, int64_t dim, float eps, cudaStream_t stream) {
   if (tokens <= 0 || dim <= 0) return cudaSuccess;
   if (tokens > INT32_MAX) return cudaErrorInvalidValue;
-  rmsnorm_kernel<To, true><<<static_cast<unsigned>(tokens), kElementwiseThreads, 0, stream>>>(
-      out, residual, nullptr, delta, weight, dim, eps);
+  KVS_LAUNCH(static_cast<unsigned>(tokens), kElementwiseThreads, 0, stream,
+             rmsnorm_kernel<To, true>)
+  (out, residual, nullptr, delta, weight, dim, eps);
   return cudaGetLastError();
 }
 

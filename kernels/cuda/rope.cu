@@ -1,3 +1,6 @@
+// clang-format off
+#include "kernels/cuda/launch.cuh"  // first: the device vocabulary of the CPU emulator
+// clang-format on
 #include "kernels/cuda/launch_config.h"
 #include "kernels/cuda/rope.h"
 
@@ -30,8 +33,8 @@ cudaError_t rope(float* x, const int32_t* positions, const float* inv_freq, int6
                  int64_t heads, int64_t head_dim, RopePairing pairing, cudaStream_t stream) {
   if (tokens <= 0 || heads <= 0 || head_dim < 2) return cudaSuccess;
   if (tokens > INT32_MAX) return cudaErrorInvalidValue;
-  rope_kernel<<<static_cast<unsigned>(tokens), kElementwiseThreads, 0, stream>>>(
-      x, positions, inv_freq, heads, head_dim, pairing == RopePairing::kInterleaved);
+  KVS_LAUNCH(static_cast<unsigned>(tokens), kElementwiseThreads, 0, stream, rope_kernel)
+  (x, positions, inv_freq, heads, head_dim, pairing == RopePairing::kInterleaved);
   return cudaGetLastError();
 }
 

@@ -1,3 +1,6 @@
+// clang-format off
+#include "kernels/cuda/launch.cuh"  // first: the device vocabulary of the CPU emulator
+// clang-format on
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/sampling.h"
 
@@ -94,8 +97,8 @@ cudaError_t sample(int32_t* out, const float* logits, const SamplingRow* params,
                    int64_t vocab, float* probs, cudaStream_t stream) {
   if (rows <= 0) return cudaSuccess;
   if (vocab <= 0 || vocab > INT32_MAX || rows > INT32_MAX) return cudaErrorInvalidValue;
-  sample_kernel<<<static_cast<unsigned>(rows), kRowThreads, 0, stream>>>(out, logits, params, vocab,
-                                                                         probs);
+  KVS_LAUNCH(static_cast<unsigned>(rows), kRowThreads, 0, stream, sample_kernel)
+  (out, logits, params, vocab, probs);
   return cudaGetLastError();
 }
 

@@ -18,6 +18,14 @@
 
 namespace kvshard::cuda::testing {
 
+// Whether this test binary runs on the CPU emulator of the CUDA execution model
+// (kernels/cuda/emu): the same tests, with the few that would take minutes there made smaller.
+#ifdef KVSHARD_CUDA_EMU
+inline constexpr bool kEmulated = true;
+#else
+inline constexpr bool kEmulated = false;
+#endif
+
 // Skips the calling test when no CUDA device is usable (no GPU, or no driver).
 #define KVS_REQUIRE_GPU()                                                  \
   do {                                                                     \

@@ -18,6 +18,7 @@ namespace kvshard::cuda {
 namespace {
 
 using testing::DeviceArray;
+using testing::kEmulated;
 using testing::RandomNormal;
 
 TEST(CudaArgmax, FirstMaximumLikeMaxElement) {
@@ -84,7 +85,8 @@ TEST(CudaSampling, MatchesCpuSemanticsDrawByDraw) {
   const Config configs[] = {{1.0f, 0, 1.0f},  {0.7f, 50, 1.0f}, {1.3f, 0, 0.9f}, {1.0f, 20, 0.5f},
                             {0.5f, 0, 0.95f}, {2.0f, -1, 1.0f}, {1.0f, 1, 1.0f}, {0.8f, 0, 0.01f}};
   for (int64_t vocab : {2, 10, 1000, 32000}) {
-    const int64_t rows = 64;
+    // Emulated, a row is 1024 threads in lockstep through ~200 block-wide reductions: fewer rows.
+    const int64_t rows = kEmulated ? 4 : 64;
     std::vector<float> logits = RandomNormal(rows * vocab, static_cast<uint32_t>(vocab), 3.0f);
     // Equal logits in the first row: ties must break by id, as on the CPU.
     for (int64_t i = 0; i < vocab; i += 2) logits[i] = 1.0f;
@@ -151,6 +153,10 @@ TEST(CudaSampling, GreedyAndTopOneAreArgmax) {
 
 TEST(CudaSampling, FrequenciesFollowTheDistribution) {
   KVS_REQUIRE_GPU();
+  if (kEmulated) {
+    GTEST_SKIP() << "8000 rows of 1024 threads take minutes on the CPU emulator; the "
+                    "draw-by-draw test covers the same code";
+  }
   const int64_t rows = 8000, vocab = 4;
   const double p[4] = {0.1, 0.2, 0.3, 0.4};
   std::vector<float> logits(rows * vocab);
