@@ -65,3 +65,9 @@ include(cmake/cuda_emu.cmake)
 if(KVSHARD_BUILD_TESTS)
   add_subdirectory(tests/gpu ${CMAKE_BINARY_DIR}/tests/gpu)
 endif()
+
+# The GPU benchmarks (bench/gpu_bench.cc): ceilings, paged attention, decode and prefill of a
+# Llama-3-8B-shaped model, each against a ceiling measured in the same run. See docs/gpu.md.
+add_executable(kvshard_gpu_bench bench/gpu_bench.cc)
+set_property(TARGET kvshard_gpu_bench PROPERTY COMPILE_OPTIONS ${KVSHARD_CUDA_TARGET_OPTIONS})
+target_link_libraries(kvshard_gpu_bench PRIVATE kvshard_cuda CLI11::CLI11)

@@ -44,3 +44,13 @@ set_source_files_properties(${KVSHARD_EMU_WRAPPERS} PROPERTIES
 # device through the staged communicator, CUDA graphs.
 add_executable(kvshard_emu $<TARGET_OBJECTS:kvshard_cli>)
 target_link_libraries(kvshard_emu PRIVATE kvshard_cli kvshard_cuda_emu)
+
+# The GPU benchmark program on the emulator, at toy sizes (--smoke): a test that it runs.
+add_executable(kvshard_gpu_bench_emu ${CMAKE_SOURCE_DIR}/bench/gpu_bench.cc)
+target_link_libraries(kvshard_gpu_bench_emu PRIVATE kvshard_cuda_emu CLI11::CLI11)
+if(KVSHARD_BUILD_TESTS)
+  add_test(NAME emu.gpu_bench_smoke
+           COMMAND $<TARGET_FILE:kvshard_gpu_bench_emu> --smoke --json)
+  set_tests_properties(emu.gpu_bench_smoke PROPERTIES LABELS emu TIMEOUT 300
+    PASS_REGULAR_EXPRESSION "\"bench\":\"decode\".*\"bandwidth_fraction\"")
+endif()
