@@ -469,25 +469,22 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
   return cudaSuccess;
 }
 
-cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+// Waiting on or querying a stream being captured is illegal: it fails and invalidates the capture.
+static cudaError_t WaitOnStream(cudaStream_t stream, const char* call) {
   KVS_EMU_STICKY();
   if (stream && stream->capturing) {
     stream->invalidated = true;
-    Complain("cudaStreamSynchronize of a stream being captured: the capture is invalidated");
+    Complain(std::string(call) + " of a stream being captured: the capture is invalidated");
     return tls_last_error = cudaErrorStreamCaptureUnsupported;
   }
   return cudaSuccess;
 }
 
-cudaError_t cudaStreamQuery(cudaStream_t stream) {
-  KVS_EMU_STICKY();
-  if (stream && stream->capturing) {
-    stream->invalidated = true;
-    Complain("cudaStreamQuery of a stream being captured: the capture is invalidated");
-    return tls_last_error = cudaErrorStreamCaptureUnsupported;
-  }
-  return cudaSuccess;
+cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+  return WaitOnStream(stream, "cudaStreamSynchronize");
 }
+
+cudaError_t cudaStreamQuery(cudaStream_t stream) { return WaitOnStream(stream, "cudaStreamQuery"); }
 
 cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode mode) {
   KVS_EMU_STICKY();
