@@ -54,3 +54,18 @@ if(KVSHARD_BUILD_TESTS)
   set_tests_properties(emu.gpu_bench_smoke PROPERTIES LABELS emu TIMEOUT 300
     PASS_REGULAR_EXPRESSION "\"bench\":\"decode\".*\"bandwidth_fraction\"")
 endif()
+
+# The emulated kernel tests under AddressSanitizer and UBSan (the CPU's stand-in for
+# compute-sanitizer memcheck): device allocations are exact-size heap blocks, so a kernel that
+# reads or writes past a buffer, or a launch that indexes outside one, is reported with the
+# kernel's stack. Label emu.
+if(KVSHARD_BUILD_TESTS)
+  set(KVSHARD_EMU_ASAN_FLAGS -fsanitize=address -fno-omit-frame-pointer)
+  add_library(kvshard_cuda_emu_asan STATIC ${KVSHARD_EMU_WRAPPERS} ${KVSHARD_EMU_HOST_SOURCES})
+  target_include_directories(kvshard_cuda_emu_asan PUBLIC
+    ${CMAKE_SOURCE_DIR} ${CUDAToolkit_INCLUDE_DIRS} ${NCCL_INCLUDE_DIR})
+  target_compile_definitions(kvshard_cuda_emu_asan PUBLIC KVSHARD_HAVE_CUDA=1 KVSHARD_CUDA_EMU=1)
+  target_compile_options(kvshard_cuda_emu_asan PUBLIC ${KVSHARD_EMU_ASAN_FLAGS})
+  target_link_options(kvshard_cuda_emu_asan PUBLIC ${KVSHARD_EMU_ASAN_FLAGS})
+  target_link_libraries(kvshard_cuda_emu_asan PUBLIC kvshard_core PRIVATE Boost::context)
+endif()

@@ -368,9 +368,9 @@ static cudaError_t Allocate(void** ptr, size_t bytes, bool device, const char* c
       return cudaErrorMemoryAllocation;
     }
   }
-  const size_t rounded = (bytes + 255) / 256 * 256;
-  void* p = std::aligned_alloc(256, rounded);
-  if (!p) return tls_last_error = cudaErrorMemoryAllocation;
+  // Exactly `bytes` (256-aligned like cudaMalloc), so AddressSanitizer sees the end.
+  void* p = nullptr;
+  if (posix_memalign(&p, 256, bytes) != 0) return tls_last_error = cudaErrorMemoryAllocation;
   std::memset(p, 0xff, bytes);  // uninitialised device memory reads as NaN / -1
   std::lock_guard<std::mutex> lock(g_mutex);
   g_allocations[reinterpret_cast<uintptr_t>(p)] = {bytes, device};
