@@ -111,6 +111,17 @@ struct Block {
 thread_local Block* tls_block = nullptr;
 thread_local std::vector<std::unique_ptr<Stack>> tls_stacks;
 
+// KVSHARD_EMU_ORDER=reverse runs each block's threads last to first (and the blocks first to
+// last): a kernel whose result depends on the order threads run between two barriers (a race
+// on shared or global memory) gives different results in the two orders.
+bool ReverseOrder() {
+  static const bool reverse = [] {
+    const char* order = std::getenv("KVSHARD_EMU_ORDER");
+    return order != nullptr && std::string(order) == "reverse";
+  }();
+  return reverse;
+}
+
 size_t StackBytes() {
   static const size_t bytes = [] {
     const char* kib = std::getenv("KVSHARD_EMU_STACK_KIB");
@@ -248,8 +259,9 @@ bool Schedule(Block& b) {
   for (;;) {
     bool all_done = true;
     const uint64_t before = b.progress;
-    for (int i = 0; i < b.threads; ++i) {
-      Fiber& f = b.fibers[i];
+    const bool reverse = ReverseOrder();
+    for (int n = 0; n < b.threads; ++n) {
+      Fiber& f = b.fibers[reverse ? b.threads - 1 - n : n];
       if (f.state == State::kDone) continue;
       all_done = false;
       if (!Released(b, f)) continue;
@@ -351,14 +363,14 @@ cudaError_t RunGrid(const char* name, dim3 grid, dim3 block, size_t smem,
   b.dynamic_smem.resize(smem);
   tls_block = &b;
   bool ok = true;
-  // Blocks in reverse order: nothing may depend on the order in which blocks run.
-  for (int64_t z = grid.z - 1; ok && z >= 0; --z) {
-    for (int64_t y = grid.y - 1; ok && y >= 0; --y) {
-      for (int64_t x = grid.x - 1; ok && x >= 0; --x) {
-        b.idx = uint3{static_cast<unsigned>(x), static_cast<unsigned>(y), static_cast<unsigned>(z)};
-        ok = RunBlock(b);
-      }
-    }
+  // Blocks in reverse order (forward with KVSHARD_EMU_ORDER=reverse): nothing may depend on the
+  // order in which blocks run.
+  const uint64_t blocks = static_cast<uint64_t>(grid.x) * grid.y * grid.z;
+  for (uint64_t n = 0; ok && n < blocks; ++n) {
+    const uint64_t i = ReverseOrder() ? n : blocks - 1 - n;
+    b.idx = uint3{static_cast<unsigned>(i % grid.x), static_cast<unsigned>(i / grid.x % grid.y),
+                  static_cast<unsigned>(i / (static_cast<uint64_t>(grid.x) * grid.y))};
+    ok = RunBlock(b);
   }
   tls_block = nullptr;
   detail::tls_thread_idx = nullptr;
