@@ -66,29 +66,27 @@ void FillRandom(std::vector<float>* v, uint64_t seed, float scale) {
   }
 }
 
-template <typename T>
-struct Device {
-  T* p = nullptr;
-  size_t n = 0;
-  explicit Device(size_t count) : n(count) {
-    if (n && cudaMalloc(&p, n * sizeof(T)) != cudaSuccess) {
-      std::fprintf(stderr, "cudaMalloc of %zu bytes failed\n", n * sizeof(T));
-      std::exit(1);
-    }
-  }
-  ~Device() {
-    if (p) cudaFree(p);
-  }
-  Device(const Device&) = delete;
-  Device& operator=(const Device&) = delete;
-};
-
 void Check(const Status& st) {
   if (!st.ok()) {
     std::fprintf(stderr, "kvshard_gpu_bench: %s\n", st.ToString().c_str());
     std::exit(1);
   }
 }
+
+// A typed view of a DeviceBuffer (shard/cuda/device_buffer.h) of `count` elements of T.
+template <typename T>
+struct Device {
+  DeviceBuffer buffer;
+  T* p = nullptr;
+  size_t n = 0;
+  explicit Device(size_t count) : n(count) {
+    auto b = DeviceBuffer::Allocate(count * sizeof(T), "a benchmark buffer");
+    Check(b.status());
+    buffer = std::move(b).value();
+    p = buffer.as<T>();
+  }
+};
+
 #define BENCH_CUDA(call) Check(KVS_CUDA(call))
 #define BENCH_CUBLAS(call) Check(KVS_CUBLAS(call))
 

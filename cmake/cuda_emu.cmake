@@ -30,11 +30,21 @@ endforeach()
 file(GLOB KVSHARD_EMU_HOST_SOURCES CONFIGURE_DEPENDS
   ${CMAKE_SOURCE_DIR}/kernels/cuda/*.cc ${CMAKE_SOURCE_DIR}/kernels/cuda/emu/*.cc
   ${CMAKE_SOURCE_DIR}/transport/cuda/*.cc ${CMAKE_SOURCE_DIR}/shard/cuda/*.cc)
-add_library(kvshard_cuda_emu STATIC ${KVSHARD_EMU_WRAPPERS} ${KVSHARD_EMU_HOST_SOURCES})
-target_include_directories(kvshard_cuda_emu PUBLIC
-  ${CMAKE_SOURCE_DIR} ${CUDAToolkit_INCLUDE_DIRS} ${NCCL_INCLUDE_DIR})
-target_compile_definitions(kvshard_cuda_emu PUBLIC KVSHARD_HAVE_CUDA=1 KVSHARD_CUDA_EMU=1)
-target_link_libraries(kvshard_cuda_emu PUBLIC kvshard_core PRIVATE Boost::context)
+# kvshard_emu_library(NAME [flags...]): the backend on the emulator, built with the extra flags
+# (compile and link) given.
+function(kvshard_emu_library name)
+  add_library(${name} STATIC ${KVSHARD_EMU_WRAPPERS} ${KVSHARD_EMU_HOST_SOURCES})
+  target_include_directories(${name} PUBLIC
+    ${CMAKE_SOURCE_DIR} ${CUDAToolkit_INCLUDE_DIRS} ${NCCL_INCLUDE_DIR})
+  target_compile_definitions(${name} PUBLIC KVSHARD_HAVE_CUDA=1 KVSHARD_CUDA_EMU=1)
+  target_link_libraries(${name} PUBLIC kvshard_core PRIVATE Boost::context)
+  if(ARGN)
+    target_compile_options(${name} PUBLIC ${ARGN})
+    target_link_options(${name} PUBLIC ${ARGN})
+  endif()
+endfunction()
+kvshard_emu_library(kvshard_cuda_emu)
+
 # Device code read by g++: nvcc's #pragma unroll, and threadIdx (unsigned) against int bounds.
 set_source_files_properties(${KVSHARD_EMU_WRAPPERS} PROPERTIES
   COMPILE_OPTIONS "-Wno-unknown-pragmas;-Wno-sign-compare")
@@ -55,17 +65,10 @@ if(KVSHARD_BUILD_TESTS)
     PASS_REGULAR_EXPRESSION "\"bench\":\"decode\".*\"bandwidth_fraction\"")
 endif()
 
-# The emulated kernel tests under AddressSanitizer and UBSan (the CPU's stand-in for
+# The emulated kernel tests under AddressSanitizer (the CPU's stand-in for
 # compute-sanitizer memcheck): device allocations are exact-size heap blocks, so a kernel that
 # reads or writes past a buffer, or a launch that indexes outside one, is reported with the
 # kernel's stack. Label emu.
 if(KVSHARD_BUILD_TESTS)
-  set(KVSHARD_EMU_ASAN_FLAGS -fsanitize=address -fno-omit-frame-pointer)
-  add_library(kvshard_cuda_emu_asan STATIC ${KVSHARD_EMU_WRAPPERS} ${KVSHARD_EMU_HOST_SOURCES})
-  target_include_directories(kvshard_cuda_emu_asan PUBLIC
-    ${CMAKE_SOURCE_DIR} ${CUDAToolkit_INCLUDE_DIRS} ${NCCL_INCLUDE_DIR})
-  target_compile_definitions(kvshard_cuda_emu_asan PUBLIC KVSHARD_HAVE_CUDA=1 KVSHARD_CUDA_EMU=1)
-  target_compile_options(kvshard_cuda_emu_asan PUBLIC ${KVSHARD_EMU_ASAN_FLAGS})
-  target_link_options(kvshard_cuda_emu_asan PUBLIC ${KVSHARD_EMU_ASAN_FLAGS})
-  target_link_libraries(kvshard_cuda_emu_asan PUBLIC kvshard_core PRIVATE Boost::context)
+  kvshard_emu_library(kvshard_cuda_emu_asan -fsanitize=address -fno-omit-frame-pointer)
 endif()

@@ -10,13 +10,7 @@ namespace {
 
 __global__ void __launch_bounds__(kRowThreads)
     argmax_kernel(int32_t* out, const float* logits, int64_t vocab) {
-  const float* row = logits + blockIdx.x * vocab;
-  float best = -INFINITY;
-  int32_t index = INT32_MAX;
-  for (int64_t i = threadIdx.x; i < vocab; i += kRowThreads) {
-    argmax_combine(best, index, row[i], static_cast<int32_t>(i));
-  }
-  index = block_argmax(best, index);
+  const int32_t index = row_argmax(logits + blockIdx.x * vocab, vocab);
   if (threadIdx.x == 0) out[blockIdx.x] = index;
 }
 

@@ -108,4 +108,15 @@ __device__ __forceinline__ int32_t block_argmax(float value, int32_t index) {
   return index;
 }
 
+// The first index of the largest value of row[0, n), returned to every thread; the block's
+// threads stride over the row (same rules as block_sum).
+__device__ __forceinline__ int32_t row_argmax(const float* row, int64_t n) {
+  float best = -INFINITY;
+  int32_t index = INT32_MAX;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    argmax_combine(best, index, row[i], static_cast<int32_t>(i));
+  }
+  return block_argmax(best, index);
+}
+
 }  // namespace kvshard::cuda

@@ -48,12 +48,7 @@ __global__ void __launch_bounds__(kRowThreads)
   float* probs = probs_all + blockIdx.x * vocab;
   const SamplingRow p = params[blockIdx.x];
   if (!(p.temperature > 0.0f)) {  // greedy; uniform across the CTA
-    float best = -INFINITY;
-    int32_t index = INT32_MAX;
-    for (int64_t i = threadIdx.x; i < vocab; i += kRowThreads) {
-      argmax_combine(best, index, row[i], static_cast<int32_t>(i));
-    }
-    index = block_argmax(best, index);
+    const int32_t index = row_argmax(row, vocab);
     if (threadIdx.x == 0) out[blockIdx.x] = index;
     return;
   }

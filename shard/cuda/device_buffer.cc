@@ -4,48 +4,34 @@
 
 namespace kvshard::cuda {
 
-StatusOr<DeviceBuffer> DeviceBuffer::Allocate(size_t bytes, const char* what) {
-  DeviceBuffer b;
+template <MemoryKind kKind>
+StatusOr<OwnedBuffer<kKind>> OwnedBuffer<kKind>::Allocate(size_t bytes, const char* what) {
+  OwnedBuffer b;
   if (bytes == 0) return b;
-  const Status st = KVS_CUDA(cudaMalloc(&b.data_, bytes));
-  if (!st.ok()) return st.WithContext(fmt::format("allocating {} ({} bytes)", what, bytes));
+  constexpr bool kDevice = kKind == MemoryKind::kDevice;
+  const Status st =
+      kDevice ? KVS_CUDA(cudaMalloc(&b.data_, bytes)) : KVS_CUDA(cudaMallocHost(&b.data_, bytes));
+  if (!st.ok()) {
+    return st.WithContext(
+        fmt::format("allocating {}{} ({} bytes)", kDevice ? "" : "pinned ", what, bytes));
+  }
   b.bytes_ = bytes;
   return b;
 }
 
-DeviceBuffer::~DeviceBuffer() {
-  if (data_) cudaFree(data_);
-}
-
-DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& other) noexcept {
-  if (this != &other) {
-    if (data_) cudaFree(data_);
-    data_ = std::exchange(other.data_, nullptr);
-    bytes_ = std::exchange(other.bytes_, 0);
+template <MemoryKind kKind>
+void OwnedBuffer<kKind>::Free() {
+  if (!data_) return;
+  if constexpr (kKind == MemoryKind::kDevice) {
+    cudaFree(data_);
+  } else {
+    cudaFreeHost(data_);
   }
-  return *this;
+  data_ = nullptr;
+  bytes_ = 0;
 }
 
-StatusOr<PinnedBuffer> PinnedBuffer::Allocate(size_t bytes, const char* what) {
-  PinnedBuffer b;
-  if (bytes == 0) return b;
-  const Status st = KVS_CUDA(cudaMallocHost(&b.data_, bytes));
-  if (!st.ok()) return st.WithContext(fmt::format("allocating pinned {} ({} bytes)", what, bytes));
-  b.bytes_ = bytes;
-  return b;
-}
-
-PinnedBuffer::~PinnedBuffer() {
-  if (data_) cudaFreeHost(data_);
-}
-
-PinnedBuffer& PinnedBuffer::operator=(PinnedBuffer&& other) noexcept {
-  if (this != &other) {
-    if (data_) cudaFreeHost(data_);
-    data_ = std::exchange(other.data_, nullptr);
-    bytes_ = std::exchange(other.bytes_, 0);
-  }
-  return *this;
-}
+template class OwnedBuffer<MemoryKind::kDevice>;
+template class OwnedBuffer<MemoryKind::kPinnedHost>;
 
 }  // namespace kvshard::cuda

@@ -1,5 +1,6 @@
-// Owned device memory: one cudaMalloc at creation, one cudaFree at destruction. The device model
-// allocates all of its memory through these, up front (DESIGN.md §5.7).
+// Owned memory the device model allocates up front (DESIGN.md §5.7): device memory (one
+// cudaMalloc at creation, one cudaFree at destruction) and pinned host memory for asynchronous
+// copies (cudaMallocHost / cudaFreeHost), with the same ownership rules.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -11,17 +12,27 @@
 
 namespace kvshard::cuda {
 
-class DeviceBuffer {
+enum class MemoryKind { kDevice, kPinnedHost };
+
+template <MemoryKind kKind>
+class OwnedBuffer {
  public:
-  DeviceBuffer() = default;
-  // `what` names the buffer in the error when the device is out of memory.
-  static StatusOr<DeviceBuffer> Allocate(size_t bytes, const char* what);
-  ~DeviceBuffer();
-  DeviceBuffer(DeviceBuffer&& other) noexcept
+  OwnedBuffer() = default;
+  // `what` names the buffer in the error when the memory is exhausted.
+  static StatusOr<OwnedBuffer> Allocate(size_t bytes, const char* what);
+  ~OwnedBuffer() { Free(); }
+  OwnedBuffer(OwnedBuffer&& other) noexcept
       : data_(std::exchange(other.data_, nullptr)), bytes_(std::exchange(other.bytes_, 0)) {}
-  DeviceBuffer& operator=(DeviceBuffer&& other) noexcept;
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  OwnedBuffer& operator=(OwnedBuffer&& other) noexcept {
+    if (this != &other) {
+      Free();
+      data_ = std::exchange(other.data_, nullptr);
+      bytes_ = std::exchange(other.bytes_, 0);
+    }
+    return *this;
+  }
+  OwnedBuffer(const OwnedBuffer&) = delete;
+  OwnedBuffer& operator=(const OwnedBuffer&) = delete;
 
   void* get() const { return data_; }
   template <typename T>
@@ -31,32 +42,13 @@ class DeviceBuffer {
   size_t bytes() const { return bytes_; }
 
  private:
+  void Free();
+
   void* data_ = nullptr;
   size_t bytes_ = 0;
 };
 
-// Pinned host memory (for asynchronous copies), with the same ownership rules.
-class PinnedBuffer {
- public:
-  PinnedBuffer() = default;
-  static StatusOr<PinnedBuffer> Allocate(size_t bytes, const char* what);
-  ~PinnedBuffer();
-  PinnedBuffer(PinnedBuffer&& other) noexcept
-      : data_(std::exchange(other.data_, nullptr)), bytes_(std::exchange(other.bytes_, 0)) {}
-  PinnedBuffer& operator=(PinnedBuffer&& other) noexcept;
-  PinnedBuffer(const PinnedBuffer&) = delete;
-  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
-
-  void* get() const { return data_; }
-  template <typename T>
-  T* as() const {
-    return static_cast<T*>(data_);
-  }
-  size_t bytes() const { return bytes_; }
-
- private:
-  void* data_ = nullptr;
-  size_t bytes_ = 0;
-};
+using DeviceBuffer = OwnedBuffer<MemoryKind::kDevice>;
+using PinnedBuffer = OwnedBuffer<MemoryKind::kPinnedHost>;
 
 }  // namespace kvshard::cuda

@@ -23,6 +23,8 @@
 namespace kvshard::cuda {
 namespace {
 
+using testing::Stream;
+
 int AgreedDeviceCount() {
   int n = UsableDeviceCount();
   MPI_Allreduce(MPI_IN_PLACE, &n, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
@@ -184,16 +186,6 @@ void CompareWithCpu(const std::string& model_dir, MpiCommunicator& cpu_comm,
     EXPECT_EQ((*gpu)->graphs(), 1u) << "decode steps of 2 sequences: one bucket";
   }
 }
-
-class Stream {
- public:
-  Stream() { KVS_TEST_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking)); }
-  ~Stream() { cudaStreamDestroy(stream_); }
-  cudaStream_t get() const { return stream_; }
-
- private:
-  cudaStream_t stream_ = nullptr;
-};
 
 std::unique_ptr<MpiCommunicator> Split(int color) {
   MPI_Comm group;

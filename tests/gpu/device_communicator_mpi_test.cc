@@ -16,6 +16,7 @@ namespace kvshard::cuda {
 namespace {
 
 using testing::DeviceArray;
+using testing::Stream;
 
 // The usable device count of the rank that has the fewest.
 int AgreedDeviceCount() {
@@ -30,16 +31,6 @@ int AgreedDeviceCount() {
       GTEST_SKIP() << "needs " << (min) << " CUDA device(s) on every rank: test not run"; \
     }                                                                                     \
   } while (0)
-
-class Stream {
- public:
-  Stream() { KVS_TEST_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking)); }
-  ~Stream() { cudaStreamDestroy(stream_); }
-  cudaStream_t get() const { return stream_; }
-
- private:
-  cudaStream_t stream_ = nullptr;
-};
 
 // Sums and gathers through `comm` and checks the results on every rank.
 void CheckAllReduceAndGather(DeviceCommunicator& comm) {

@@ -99,6 +99,17 @@ class DeviceArray {
   size_t n_ = 0;
 };
 
+// A non-blocking stream, destroyed at scope exit.
+class Stream {
+ public:
+  Stream() { KVS_TEST_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking)); }
+  ~Stream() { cudaStreamDestroy(stream_); }
+  cudaStream_t get() const { return stream_; }
+
+ private:
+  cudaStream_t stream_ = nullptr;
+};
+
 inline std::vector<float> RandomNormal(size_t n, uint32_t seed, float scale = 1.0f) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> normal(0.0f, scale);
