@@ -126,8 +126,11 @@ int64_t BlockManager::MatchPrefix(int64_t seq, const int32_t* tokens, int64_t ma
     parent = id;
     parent_generation = b.generation;
   }
+  if (s.table.empty()) {
+    seqs_.erase(seq);  // `s` is gone with it
+    return 0;
+  }
   s.committed = static_cast<int64_t>(s.table.size());
-  if (s.table.empty()) seqs_.erase(seq);
   return static_cast<int64_t>(s.table.size()) * block_size_;
 }
 
