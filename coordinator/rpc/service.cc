@@ -66,9 +66,13 @@ class ConnectionHandler : public rpc::KvshardIf {
     }
     FillResult(*s, &out);
     s->delivered = true;
-    if (s->finish_reason == "error" && !engine_->Snapshot().serving) {
+    const bool failed = s->finish_reason == "error";
+    // The engine takes its own lock before a request's (AllDelivered, ForgetOldRequests): never
+    // ask it anything while holding the request's lock.
+    lock.unlock();
+    if (failed && !engine_->Snapshot().serving) {
       // The cluster failed under this request: the declared NOT_SERVING error, with the why.
-      Throw(Unavailable("{}", s->error), 0);
+      Throw(Unavailable("{}", out.error), 0);
     }
   }
 
