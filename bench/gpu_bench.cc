@@ -280,7 +280,9 @@ ShardWeights RandomWeights(const ModelConfig& c) {
   return w;
 }
 
-// One sequence on blocks 0.. of `tokens` tokens starting at `start`; the last token's logits.
+// One sequence in table slot 0 on blocks 0.. of `tokens` tokens starting at `start`; the last
+// token's logits. The plan sets the slot's whole table (released, then appended), so the same
+// plan can run again and again.
 StepPlan SequencePlan(int64_t start, int64_t tokens, int64_t block_size, int64_t vocab) {
   StepPlan p;
   for (int64_t i = 0; i < tokens; ++i) {
@@ -289,8 +291,11 @@ StepPlan SequencePlan(int64_t start, int64_t tokens, int64_t block_size, int64_t
   }
   p.qo_indptr = {0, static_cast<int32_t>(tokens)};
   const int64_t blocks = (start + tokens + block_size - 1) / block_size;
-  for (int64_t b = 0; b < blocks; ++b) p.block_indices.push_back(static_cast<int32_t>(b));
-  p.block_indptr = {0, static_cast<int32_t>(blocks)};
+  p.released_slots = {0};
+  p.append_slots = {0};
+  for (int64_t b = 0; b < blocks; ++b) p.append_blocks.push_back(static_cast<int32_t>(b));
+  p.append_indptr = {0, static_cast<int32_t>(blocks)};
+  p.seq_slots = {0};
   p.logits_rows = {static_cast<int32_t>(tokens - 1)};
   return p;
 }

@@ -79,6 +79,7 @@ Status RunRoot(const BenchFlags& f, Runtime& rt, Engine& engine, const Totals& t
   KVS_ASSIGN_OR_RETURN(GenerationResult cached, engine.Generate(req, nullptr));
   if (cached.decode_steps == 0) return InvalidArgument("--gen must be at least 2 to time decode");
   const double step_s = cached.decode_seconds / cached.decode_steps;
+  const int64_t plan_bytes = engine.last_plan_bytes();  // of the last decode step
   // KV read per step grows with the sequence; the mean context over the timed steps.
   const double mean_ctx = f.context + (cached.decode_steps + 1) / 2.0;
   const double decode_bytes = totals.decode_weight_bytes + mean_ctx * totals.kv_bytes_per_token;
@@ -102,6 +103,7 @@ Status RunRoot(const BenchFlags& f, Runtime& rt, Engine& engine, const Totals& t
       {rt.device ? "device_copy_gbs" : "mem_read_gbs", totals.read_gbs},
       {"achieved_gbs", decode_bytes / step_s / 1e9},
       {"bandwidth_fraction", decode_bytes / step_s / (totals.read_gbs * 1e9)},
+      {"plan_bytes_per_decode_step", plan_bytes},
   };
   if (f.compare_no_cache) {
     GenerationRequest nc = req;

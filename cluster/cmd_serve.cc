@@ -20,6 +20,7 @@
 #include "coordinator/serving_engine.h"
 #include "coordinator/tokenizer.h"
 #include "shard/shard_worker.h"
+#include "transport/plan_broadcast.h"
 
 namespace kvshard {
 namespace {
@@ -146,7 +147,9 @@ int RunServe(const ServeFlags& f) {
     auto config = LoadModelConfig(f.shard.model_dir);
     if (config.ok()) kv_tokens = kDefaultServeSequences * config->max_seq_len;
   }
-  auto rt = StartRuntime(f.shard, kv_tokens);
+  ShardFlags shard = f.shard;
+  shard.max_seqs = f.serving.max_seqs;  // a table slot on every rank for each running sequence
+  auto rt = StartRuntime(shard, kv_tokens);
   if (!rt.ok()) return ReportFailure(rt.status(), world_rank);
   auto info = GatherClusterInfo(*rt, f);
   if (!info.ok()) return ReportFailure(info.status(), world_rank);
@@ -170,7 +173,8 @@ int RunServe(const ServeFlags& f) {
   }
   StepPlan stop;
   stop.kind = StepPlan::Kind::kShutdown;
-  const Status down = BroadcastStepPlan(*rt->comm, &stop, 0);
+  std::vector<int32_t> payload;
+  const Status down = BroadcastStepPlan(*rt->comm, &stop, 0, &payload);
   if (!down.ok()) {
     spdlog::error("shutdown: {}", down.ToString());
     AbortJob(1);

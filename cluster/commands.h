@@ -18,6 +18,7 @@ struct ShardFlags {
   int64_t block_size = 16;
   std::string kv_dtype = "f32";
   int64_t max_tokens_per_step = 512;
+  int64_t max_seqs = 1;              // block table slots on every rank (serve: its --max-seqs)
   std::string device = "auto";       // auto, cpu, or cuda (one GPU per rank, or ranks sharing GPUs)
   double gpu_memory_fraction = 0.9;  // cuda: of each GPU's memory, weights and KV included
   std::string weight_dtype = "bf16";  // cuda: GEMM inputs

@@ -131,6 +131,7 @@ Status StartCuda(const ShardFlags& flags, int64_t min_kv_tokens, Runtime* rt) {
   options.memory_fraction = flags.gpu_memory_fraction / cuda->ranks_per_gpu;
   options.block_size = flags.block_size;
   options.max_tokens_per_step = flags.max_tokens_per_step;
+  options.max_seqs = flags.max_seqs;
   options.cuda_graphs = !flags.no_cuda_graphs;
   std::unique_ptr<cuda::CudaShardModel> model;
   auto kv_dtype = ParseDType(flags.kv_dtype);
@@ -167,6 +168,7 @@ Status LoadShard(const ShardFlags& flags, int64_t min_kv_tokens, Runtime* rt) {
   options.block_size = flags.block_size;
   KVS_ASSIGN_OR_RETURN(options.kv_dtype, ParseDType(flags.kv_dtype));
   options.max_tokens_per_step = flags.max_tokens_per_step;
+  options.max_seqs = flags.max_seqs;
   const int64_t tokens = min_kv_tokens > 0 ? min_kv_tokens : rt->config.max_seq_len;
   options.num_blocks =
       flags.kv_blocks > 0 ? flags.kv_blocks : (tokens + flags.block_size - 1) / flags.block_size;

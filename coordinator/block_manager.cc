@@ -95,6 +95,7 @@ void BlockManager::Free(int64_t seq) {
     }
   }
   seqs_.erase(it);
+  released_.push_back(seq);
 }
 
 const std::vector<int32_t>& BlockManager::Table(int64_t seq) const {

@@ -16,6 +16,7 @@
 #include <list>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "common/status.h"
@@ -40,6 +41,8 @@ class BlockManager {
   // Drops `seq`'s references; blocks whose count reaches zero return to the free list (or to the
   // cache's LRU list when they are registered).
   void Free(int64_t seq);
+  // Sequences whose tables Free dropped since the last call (the step plans tell the ranks).
+  std::vector<int64_t> TakeReleased() { return std::exchange(released_, {}); }
   // The sequence's blocks in position order (empty for an unknown sequence).
   const std::vector<int32_t>& Table(int64_t seq) const;
   int64_t live_sequences() const { return static_cast<int64_t>(seqs_.size()); }
@@ -88,6 +91,7 @@ class BlockManager {
   std::list<int32_t> lru_;     // registered blocks with no user, least recently used first
   std::unordered_map<uint64_t, int32_t> index_;  // key hash -> registered block
   std::unordered_map<int64_t, Seq> seqs_;
+  std::vector<int64_t> released_;
   int64_t cache_hits_ = 0;
   int64_t cache_queries_ = 0;
 };

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <chrono>
 
+#include "transport/plan_broadcast.h"
+
 namespace kvshard {
 namespace {
 
@@ -13,7 +15,9 @@ double SecondsSince(std::chrono::steady_clock::time_point t0) {
 }  // namespace
 
 Engine::Engine(ShardBackend* model)
-    : model_(model), blocks_(model->num_blocks(), model->block_size()) {}
+    : model_(model),
+      blocks_(model->num_blocks(), model->block_size()),
+      builder_(model->max_seqs()) {}
 
 Status Engine::Validate(const GenerationRequest& r) const {
   const ModelConfig& c = model_->config();
@@ -57,17 +61,12 @@ Status Engine::RunSpan(int64_t seq, const std::vector<int32_t>& tokens, int64_t 
   // Chunked prefill: a long span runs as several steps of at most `chunk` tokens.
   for (int64_t b = begin; b < end; b += chunk) {
     const int64_t e = std::min(end, b + chunk);
-    plan_.kind = StepPlan::Kind::kForward;
-    plan_.tokens.assign(tokens.begin() + b, tokens.begin() + e);
-    plan_.positions.resize(e - b);
-    for (int64_t p = b; p < e; ++p) plan_.positions[p - b] = static_cast<int32_t>(p);
-    plan_.qo_indptr = {0, static_cast<int32_t>(e - b)};
-    const int64_t nblocks = blocks_.BlocksFor(e);
-    plan_.block_indices.assign(table.begin(), table.begin() + nblocks);
-    plan_.block_indptr = {0, static_cast<int32_t>(nblocks)};
-    plan_.logits_rows.clear();
-    if (want_logits && e == end) plan_.logits_rows.push_back(static_cast<int32_t>(e - b - 1));
-    KVS_RETURN_IF_ERROR(BroadcastStepPlan(model_->comm(), &plan_, 0));
+    for (int64_t gone : blocks_.TakeReleased()) builder_.Release(gone);
+    builder_.Begin(&plan_);
+    KVS_RETURN_IF_ERROR(builder_.Add(&plan_, seq, table, blocks_.BlocksFor(e), tokens.data(), b, e,
+                                     want_logits && e == end));
+    last_plan_bytes_ = StepPlanWireBytes(plan_);
+    KVS_RETURN_IF_ERROR(BroadcastStepPlan(model_->comm(), &plan_, 0, &payload_));
     KVS_RETURN_IF_ERROR(model_->Forward(plan_, logits));
   }
   return Status::Ok();
@@ -120,7 +119,7 @@ StatusOr<GenerationResult> Engine::Generate(const GenerationRequest& request,
 Status Engine::Shutdown() {
   StepPlan stop;
   stop.kind = StepPlan::Kind::kShutdown;
-  return BroadcastStepPlan(model_->comm(), &stop, 0);
+  return BroadcastStepPlan(model_->comm(), &stop, 0, &payload_);
 }
 
 }  // namespace kvshard

@@ -9,6 +9,7 @@
 
 #include "common/status.h"
 #include "coordinator/block_manager.h"
+#include "coordinator/plan_builder.h"
 #include "coordinator/sampler.h"
 #include "shard/shard_backend.h"
 
@@ -49,6 +50,8 @@ class Engine {
   Status Shutdown();
 
   const BlockManager& blocks() const { return blocks_; }
+  // Bytes broadcast for the last step plan (for a decode step: independent of the context).
+  int64_t last_plan_bytes() const { return last_plan_bytes_; }
   ShardBackend& model() { return *model_; }
 
  private:
@@ -58,8 +61,11 @@ class Engine {
 
   ShardBackend* model_;
   BlockManager blocks_;
+  PlanBuilder builder_;
   int64_t next_seq_ = 0;
   StepPlan plan_;
+  std::vector<int32_t> payload_;  // the plan's wire form, reused
+  int64_t last_plan_bytes_ = 0;
 };
 
 }  // namespace kvshard

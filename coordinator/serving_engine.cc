@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "coordinator/text_stream.h"
+#include "transport/plan_broadcast.h"
 
 namespace kvshard {
 namespace {
@@ -38,7 +39,9 @@ ServingEngine::ServingEngine(ShardBackend* model, const Tokenizer* tokenizer,
       kv_capacity_tokens_(model->num_blocks() * model->block_size()),
       eos_ids_(model->config().eos_token_ids),
       blocks_(model->num_blocks(), model->block_size()),
-      scheduler_(&blocks_, {model->max_tokens_per_step(), options.max_seqs}) {
+      scheduler_(&blocks_,
+                 {model->max_tokens_per_step(), std::min(options.max_seqs, model->max_seqs())}),
+      builder_(model->max_seqs()) {
   RefreshSnapshot();
 }
 
@@ -211,7 +214,9 @@ void ServingEngine::Publish(Sequence* seq, RequestState state) {
       st.tokens.push_back(seq->tokens[seq->prompt_len() + i]);
       st.text_end.push_back(seq->text.shown().size());
     }
-    st.text = seq->text.shown();
+    // The shown text only grows: copy what is new, not the whole text again.
+    const std::string& shown = seq->text.shown();
+    if (shown.size() > st.text.size()) st.text.append(shown, st.text.size());
   }
   st.cv.notify_all();
 }
@@ -279,28 +284,16 @@ StatusOr<bool> ServingEngine::Step() {
     return false;
   }
   const Clock::time_point start = Clock::now();
-  plan_.kind = StepPlan::Kind::kForward;
-  plan_.tokens.clear();
-  plan_.positions.clear();
-  plan_.qo_indptr.assign(1, 0);
-  plan_.block_indptr.assign(1, 0);
-  plan_.block_indices.clear();
-  plan_.logits_rows.clear();
+  for (int64_t gone : blocks_.TakeReleased()) builder_.Release(gone);
+  builder_.Begin(&plan_);
   for (const ScheduledChunk& c : chunks) {
     Sequence* s = c.seq;
     if (s->first_scheduled == Clock::time_point{}) s->first_scheduled = start;
-    for (int64_t p = c.begin; p < c.end; ++p) {
-      plan_.tokens.push_back(s->tokens[p]);
-      plan_.positions.push_back(static_cast<int32_t>(p));
-    }
-    plan_.qo_indptr.push_back(static_cast<int32_t>(plan_.tokens.size()));
-    const std::vector<int32_t>& table = blocks_.Table(s->id());
-    plan_.block_indices.insert(plan_.block_indices.end(), table.begin(),
-                               table.begin() + blocks_.BlocksFor(c.end));
-    plan_.block_indptr.push_back(static_cast<int32_t>(plan_.block_indices.size()));
-    if (c.want_logits) plan_.logits_rows.push_back(static_cast<int32_t>(plan_.tokens.size() - 1));
+    KVS_RETURN_IF_ERROR(builder_.Add(&plan_, s->id(), blocks_.Table(s->id()),
+                                     blocks_.BlocksFor(c.end), s->tokens.data(), c.begin, c.end,
+                                     c.want_logits));
   }
-  KVS_RETURN_IF_ERROR(BroadcastStepPlan(model_->comm(), &plan_, 0));
+  KVS_RETURN_IF_ERROR(BroadcastStepPlan(model_->comm(), &plan_, 0, &payload_));
   KVS_RETURN_IF_ERROR(model_->Forward(plan_, &logits_));
   if (options_.debug_step_delay_ms > 0) {
     std::this_thread::sleep_for(std::chrono::milliseconds(options_.debug_step_delay_ms));

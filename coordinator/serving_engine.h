@@ -13,6 +13,7 @@
 
 #include "common/status.h"
 #include "coordinator/block_manager.h"
+#include "coordinator/plan_builder.h"
 #include "coordinator/request.h"
 #include "coordinator/scheduler.h"
 #include "coordinator/tokenizer.h"
@@ -105,7 +106,9 @@ class ServingEngine {
   // Engine thread only.
   BlockManager blocks_;
   Scheduler scheduler_;
+  PlanBuilder builder_;
   StepPlan plan_;
+  std::vector<int32_t> payload_;                                   // the plan's wire form, reused
   std::vector<float> logits_;                                      // f32 [rows, vocab]
   std::deque<std::pair<Clock::time_point, int64_t>> token_times_;  // for tokens/s
   std::atomic<bool> stop_requested_{false};

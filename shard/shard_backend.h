@@ -6,10 +6,10 @@
 #include <vector>
 
 #include "common/status.h"
+#include "plan/step_plan.h"
 #include "shard/model_config.h"
 #include "shard/tp_layout.h"
 #include "transport/communicator.h"
-#include "transport/step_plan.h"
 
 namespace kvshard {
 
@@ -28,7 +28,8 @@ class ShardBackend {
   virtual int64_t num_blocks() const = 0;  // KV blocks per layer the block manager may hand out
   virtual int64_t block_size() const = 0;
   virtual int64_t max_tokens_per_step() const = 0;
-  virtual int64_t weight_bytes() const = 0;        // this rank's weights in memory
+  virtual int64_t max_seqs() const = 0;      // block table slots: sequences that may run at once
+  virtual int64_t weight_bytes() const = 0;  // this rank's weights in memory
   virtual int64_t decode_read_bytes() const = 0;   // what one decode step reads of them
   virtual int64_t kv_bytes_per_token() const = 0;  // this rank's KV bytes for one token
   virtual int64_t kv_bytes() const = 0;            // this rank's whole KV pool

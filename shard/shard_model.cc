@@ -52,6 +52,10 @@ StatusOr<std::unique_ptr<ShardModel>> ShardModel::Load(const std::string& model_
   shape.head_dim = config.head_dim;
   shape.dtype = options.kv_dtype;
   KVS_ASSIGN_OR_RETURN(m->kv_, KvPool::Create(shape));
+  KVS_ASSIGN_OR_RETURN(m->tables_,
+                       BlockTables::Create(BlockTableShape{
+                           options.max_seqs, BlocksFor(config.max_seq_len, options.block_size),
+                           options.num_blocks, options.block_size}));
   m->inv_freq_ = RopeInverseFrequencies(config);
 
   const TpLayout& l = m->layout_;
@@ -70,6 +74,7 @@ StatusOr<std::unique_ptr<ShardModel>> ShardModel::Load(const std::string& model_
     m->local_logits_.resize(T * l.vocab);
     if (comm->rank() == 0) m->gathered_.resize(T * config.vocab_size);
     m->slots_.resize(T);
+    m->table_rows_.resize(T + 1);
     m->token_seq_.resize(T);
     m->gather_counts_.resize(l.tp);
   } catch (const std::bad_alloc&) {
@@ -79,18 +84,15 @@ StatusOr<std::unique_ptr<ShardModel>> ShardModel::Load(const std::string& model_
 }
 
 Status ShardModel::Forward(const StepPlan& plan, std::vector<float>* logits) {
-  KVS_RETURN_IF_ERROR(ValidateStepPlan(plan, config_.vocab_size, options_.num_blocks,
-                                       options_.block_size, options_.max_tokens_per_step));
+  KVS_RETURN_IF_ERROR(tables_.Apply(plan, config_.vocab_size, options_.max_tokens_per_step));
   const int64_t T = plan.num_tokens();
-  const int64_t bs = options_.block_size;
   for (int64_t s = 0; s < plan.num_seqs(); ++s) {
-    const int32_t* table = plan.block_indices.data() + plan.block_indptr[s];
     for (int32_t t = plan.qo_indptr[s]; t < plan.qo_indptr[s + 1]; ++t) {
-      const int64_t p = plan.positions[t];
       token_seq_[t] = static_cast<int32_t>(s);
-      slots_[t] = static_cast<int64_t>(table[p / bs]) * bs + p % bs;
     }
   }
+  tables_.Slots(plan, slots_.data());
+  tables_.RowOffsets(plan, table_rows_.data());
   embedding(x_.data(), weights_.embedding.data(), plan.tokens.data(), T, config_.dim);
   for (int64_t layer = 0; layer < config_.n_layers; ++layer) {
     KVS_RETURN_IF_ERROR(Layer(layer, plan, T));
@@ -112,7 +114,7 @@ Status ShardModel::Layer(int64_t layer, const StepPlan& plan, int64_t T) {
        RopePairing::kHalf);
   rope(k_.data(), plan.positions.data(), inv_freq_.data(), T, layout_.kv_heads, hd,
        RopePairing::kHalf);
-  const PagedKvView view{plan.block_indptr.data(), plan.block_indices.data(), options_.block_size};
+  const PagedKvView view{table_rows_.data(), tables_.tables(), options_.block_size};
   switch (options_.kv_dtype) {
     case DType::kF32:
       AppendAndAttend<float>(kv_->k(layer), kv_->v(layer), k_.data(), v_.data(), att_.data(),

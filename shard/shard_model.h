@@ -7,13 +7,14 @@
 #include <vector>
 
 #include "common/status.h"
+#include "plan/step_plan.h"
+#include "shard/block_tables.h"
 #include "shard/kv_pool.h"
 #include "shard/model_config.h"
 #include "shard/shard_backend.h"
 #include "shard/tp_layout.h"
 #include "shard/weights.h"
 #include "transport/communicator.h"
-#include "transport/step_plan.h"
 
 namespace kvshard {
 
@@ -22,6 +23,7 @@ struct ShardOptions {
   int64_t block_size = 16;            // tokens per KV block
   DType kv_dtype = DType::kF32;       // KV cache storage
   int64_t max_tokens_per_step = 512;  // workspace size: the most tokens one step may carry
+  int64_t max_seqs = 256;             // block table slots: sequences running at once
 };
 
 class ShardModel : public ShardBackend {
@@ -46,6 +48,7 @@ class ShardModel : public ShardBackend {
   int64_t num_blocks() const override { return options_.num_blocks; }
   int64_t block_size() const override { return options_.block_size; }
   int64_t max_tokens_per_step() const override { return options_.max_tokens_per_step; }
+  int64_t max_seqs() const override { return options_.max_seqs; }
   int64_t weight_bytes() const override { return weights_.bytes(); }
   int64_t decode_read_bytes() const override { return weights_.decode_read_bytes(config_.dim); }
   int64_t kv_bytes_per_token() const override { return kv_->shape().bytes_per_token(); }
@@ -61,6 +64,7 @@ class ShardModel : public ShardBackend {
   ShardOptions options_;
   ShardWeights weights_;
   std::unique_ptr<KvPool> kv_;
+  BlockTables tables_;  // the running sequences' block tables, kept between steps
   Communicator* comm_ = nullptr;
   std::vector<float> inv_freq_;  // f32 [head_dim / 2]
 
@@ -77,6 +81,7 @@ class ShardModel : public ShardBackend {
   std::vector<float> local_logits_;  // f32 [T, vocab_slice]
   std::vector<float> gathered_;      // f32 [T * vocab] rank-major, on rank 0
   std::vector<int64_t> slots_;       // [T] KV slot of each token
+  std::vector<int32_t> table_rows_;  // [T + 1] start of each sequence's table in tables_
   std::vector<int32_t> token_seq_;   // [T] sequence of each token
   std::vector<int> gather_counts_;   // [tp] floats each rank sends in the logits gather
 };

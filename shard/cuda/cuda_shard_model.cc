@@ -87,6 +87,7 @@ StatusOr<std::unique_ptr<CudaShardModel>> CudaShardModel::Create(const ModelConf
                           cudaMemcpyHostToDevice)));
   KVS_RETURN_IF_ERROR(m->AllocateWorkspaces());
   KVS_RETURN_IF_ERROR(m->AllocateKv());
+  KVS_RETURN_IF_ERROR(m->CreateTables());
   // The uploads (a cudaMemcpy from pageable memory may return before its DMA has landed) and the
   // KV cache's cudaMemset run on the legacy default stream, which a cudaStreamNonBlocking compute
   // stream does not wait for: without this, the first step's kernels could read weights not yet
@@ -127,10 +128,7 @@ Status CudaShardModel::AllocateWorkspaces() {
         std::max(attention_floats, AttentionWorkspaceFloats(t, l.q_heads, hd, a.num_splits));
   }
   KVS_ASSIGN_OR_RETURN(attention_ws_, Floats(attention_floats, "attention split-K partials"));
-  // Block ids per step: every sequence's table (at most one sequence per token).
-  const int64_t block_capacity =
-      std::min<int64_t>(T * std::max<int64_t>(stage_.max_kv_blocks, 1), int64_t{1} << 26);
-  plan_layout_ = DevicePlanLayout::Make(T, block_capacity);
+  plan_layout_ = DevicePlanLayout::Make(T);
   KVS_ASSIGN_OR_RETURN(plan_host_, PinnedBuffer::Allocate(plan_layout_.bytes, "step plan"));
   KVS_ASSIGN_OR_RETURN(plan_device_, DeviceBuffer::Allocate(plan_layout_.bytes, "step plan"));
   KVS_ASSIGN_OR_RETURN(
@@ -177,6 +175,37 @@ Status CudaShardModel::AgreeOnBlocks() {
   int negated = -static_cast<int>(num_blocks_);  // the minimum as a maximum (blocks < 2^31)
   KVS_RETURN_IF_ERROR(comm_->AllReduceMax(&negated));
   num_blocks_ = -static_cast<int64_t>(negated);  // the scratch block stays where it is
+  BlockTableShape shape = tables_.shape();
+  shape.num_blocks = num_blocks_;
+  KVS_ASSIGN_OR_RETURN(tables_, BlockTables::Create(shape));
+  return Status::Ok();
+}
+
+Status CudaShardModel::CreateTables() {
+  const int64_t stride = std::max<int64_t>(stage_.max_kv_blocks, 1);
+  if (options_.max_seqs <= 0) return InvalidArgument("max_seqs must be positive");
+  KVS_ASSIGN_OR_RETURN(tables_, BlockTables::Create(BlockTableShape{
+                                    options_.max_seqs, stride, num_blocks_, options_.block_size}));
+  stage_.scratch_slot = static_cast<int32_t>(options_.max_seqs);
+  const size_t bytes = static_cast<size_t>((options_.max_seqs + 1) * stride) * sizeof(int32_t);
+  KVS_ASSIGN_OR_RETURN(tables_device_, DeviceBuffer::Allocate(bytes, "block tables"));
+  KVS_RETURN_IF_ERROR(KVS_CUDA(cudaMemset(tables_device_.get(), 0, bytes)));
+  // The scratch row: its first block is the scratch block, where padding tokens live.
+  return KVS_CUDA(cudaMemcpy(tables_device_.as<int32_t>() + options_.max_seqs * stride,
+                             &stage_.scratch_block, sizeof(int32_t), cudaMemcpyHostToDevice));
+}
+
+Status CudaShardModel::UploadAppends(const StepPlan& plan) {
+  const int64_t stride = tables_.shape().stride;
+  for (size_t u = 0; u < plan.append_slots.size(); ++u) {
+    const int64_t slot = plan.append_slots[u];
+    const int64_t n = plan.append_indptr[u + 1] - plan.append_indptr[u];
+    if (n == 0) continue;
+    const int64_t at = slot * stride + tables_.length(slot) - n;
+    KVS_RETURN_IF_ERROR(
+        KVS_CUDA(cudaMemcpyAsync(tables_device_.as<int32_t>() + at, tables_.tables() + at,
+                                 n * sizeof(int32_t), cudaMemcpyHostToDevice, stream_)));
+  }
   return Status::Ok();
 }
 
@@ -201,11 +230,11 @@ KV* CudaShardModel::KvLayer(int64_t layer, int which) const {
 }
 
 Status CudaShardModel::Forward(const StepPlan& plan, std::vector<float>* logits) {
-  KVS_RETURN_IF_ERROR(ValidateStepPlan(plan, config_.vocab_size, num_blocks_, options_.block_size,
-                                       options_.max_tokens_per_step));
+  KVS_RETURN_IF_ERROR(tables_.Apply(plan, config_.vocab_size, options_.max_tokens_per_step));
+  KVS_RETURN_IF_ERROR(UploadAppends(plan));
   // The staging buffer is free: the previous step ended with a Synchronize.
   KVS_ASSIGN_OR_RETURN(const StepShape shape,
-                       StagePlan(plan, plan_layout_, stage_, plan_host_.get()));
+                       StagePlan(plan, tables_, plan_layout_, stage_, plan_host_.get()));
   KVS_RETURN_IF_ERROR(KVS_CUDA(cudaMemcpyAsync(
       plan_device_.get(), plan_host_.get(), shape.upload_bytes, cudaMemcpyHostToDevice, stream_)));
   KVS_RETURN_IF_ERROR(shape.padded ? RunDecodeGraph(shape) : Enqueue(shape));
@@ -285,7 +314,7 @@ Status CudaShardModel::EnqueueStep(const StepShape& s) {
   const int64_t q_width = l.q_heads * hd, kv_width = l.kv_heads * hd;
   const float eps = c.rms_norm_eps, scale = 1.0f / std::sqrt(static_cast<float>(hd));
   const DevicePlanView p = DevicePlanView::At(plan_device_.get(), plan_layout_);
-  const PagedKvView view{p.block_indptr, p.block_indices, options_.block_size};
+  const PagedKvView view{p.block_indptr, tables_device_.as<int32_t>(), options_.block_size};
   constexpr bool kF32 = std::is_same_v<Act, float>;
   float* x = x_.as<float>();
   Act* xn = xn_.as<Act>();

@@ -20,6 +20,8 @@
 
 #include "common/status.h"
 #include "kernels/cuda/gemm.h"
+#include "plan/step_plan.h"
+#include "shard/block_tables.h"
 #include "shard/cuda/device_buffer.h"
 #include "shard/cuda/device_step_plan.h"
 #include "shard/cuda/device_weights.h"
@@ -29,7 +31,6 @@
 #include "shard/tp_layout.h"
 #include "shard/weights.h"
 #include "transport/cuda/device_communicator.h"
-#include "transport/step_plan.h"
 
 namespace kvshard::cuda {
 
@@ -41,6 +42,7 @@ struct CudaShardOptions {
   DType kv_dtype = DType::kBF16;      // KV cache storage
   DType weight_dtype = DType::kBF16;  // GEMM inputs: bf16, f16 or f32 (exact and slow)
   int64_t max_tokens_per_step = 512;  // workspace size: the most tokens one step may carry
+  int64_t max_seqs = 256;             // block table slots: sequences running at once
   bool cuda_graphs = true;            // replay decode steps from graphs
 };
 
@@ -78,6 +80,7 @@ class CudaShardModel : public ShardBackend {
   int64_t num_blocks() const override { return num_blocks_; }  // usable KV blocks per layer
   int64_t block_size() const override { return options_.block_size; }
   int64_t max_tokens_per_step() const override { return options_.max_tokens_per_step; }
+  int64_t max_seqs() const override { return options_.max_seqs; }
   int64_t weight_bytes() const override { return weights_.bytes; }
   int64_t decode_read_bytes() const override;
   int64_t kv_bytes_per_token() const override;
@@ -88,6 +91,10 @@ class CudaShardModel : public ShardBackend {
   CudaShardModel() = default;
   Status AllocateWorkspaces();
   Status AllocateKv();
+  // Host tables sized for num_blocks_, and their device rows with the scratch row written.
+  Status CreateTables();
+  // Copies the table entries `plan` appended (already applied to tables_) to the device rows.
+  Status UploadAppends(const StepPlan& plan);
   // Enqueues the whole step (embedding to logits on rank 0's pinned buffer) on the stream.
   Status Enqueue(const StepShape& shape);
   template <typename Act, typename KV>
@@ -115,22 +122,24 @@ class CudaShardModel : public ShardBackend {
   DeviceBuffer kv_;            // kv_dtype [layers][K, V][num_blocks + 1, block_size, kv_heads, hd]
 
   // Workspace, sized once for T = max_tokens_per_step (Act: the weight dtype).
-  DeviceBuffer x_;             // f32 [T, dim] residual stream
-  DeviceBuffer xn_;            // Act [T, dim] normalised
-  DeviceBuffer q_;             // f32 [T, q_heads, head_dim]
-  DeviceBuffer k_;             // f32 [T, kv_heads, head_dim]
-  DeviceBuffer v_;             // f32 [T, kv_heads, head_dim]
-  DeviceBuffer att_;           // f32 [T, q_heads, head_dim]
-  DeviceBuffer att_act_;       // Act [T, q_heads, head_dim] (not for f32 weights)
-  DeviceBuffer partial_;       // f32 [T, dim] this rank's share before the all-reduce
-  DeviceBuffer gate_;          // f32 [T, ffn]
-  DeviceBuffer up_;            // f32 [T, ffn]
-  DeviceBuffer act_;           // Act [T, ffn]
-  DeviceBuffer rows_;          // f32 [T, dim] the logits rows of xn
-  DeviceBuffer rows_act_;      // Act [T, dim] (not for f32 weights)
-  DeviceBuffer local_logits_;  // f32 [T, vocab_slice]
-  DeviceBuffer gathered_;      // f32 [T * vocab] rank-major, on rank 0 when tp > 1
-  DeviceBuffer attention_ws_;  // f32 split-K partials of the largest decode step
+  DeviceBuffer x_;              // f32 [T, dim] residual stream
+  DeviceBuffer xn_;             // Act [T, dim] normalised
+  DeviceBuffer q_;              // f32 [T, q_heads, head_dim]
+  DeviceBuffer k_;              // f32 [T, kv_heads, head_dim]
+  DeviceBuffer v_;              // f32 [T, kv_heads, head_dim]
+  DeviceBuffer att_;            // f32 [T, q_heads, head_dim]
+  DeviceBuffer att_act_;        // Act [T, q_heads, head_dim] (not for f32 weights)
+  DeviceBuffer partial_;        // f32 [T, dim] this rank's share before the all-reduce
+  DeviceBuffer gate_;           // f32 [T, ffn]
+  DeviceBuffer up_;             // f32 [T, ffn]
+  DeviceBuffer act_;            // Act [T, ffn]
+  DeviceBuffer rows_;           // f32 [T, dim] the logits rows of xn
+  DeviceBuffer rows_act_;       // Act [T, dim] (not for f32 weights)
+  DeviceBuffer local_logits_;   // f32 [T, vocab_slice]
+  DeviceBuffer gathered_;       // f32 [T * vocab] rank-major, on rank 0 when tp > 1
+  DeviceBuffer attention_ws_;   // f32 split-K partials of the largest decode step
+  BlockTables tables_;          // the running sequences' block tables (host copy)
+  DeviceBuffer tables_device_;  // int32 [max_seqs + 1, stride]: the same rows, plus scratch
   DevicePlanLayout plan_layout_;
   PinnedBuffer plan_host_;    // the step plan, staged
   DeviceBuffer plan_device_;  // its device mirror

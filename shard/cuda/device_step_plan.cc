@@ -14,10 +14,9 @@ size_t Place(size_t* offset, size_t bytes) {
 
 }  // namespace
 
-DevicePlanLayout DevicePlanLayout::Make(int64_t max_tokens, int64_t block_capacity) {
+DevicePlanLayout DevicePlanLayout::Make(int64_t max_tokens) {
   DevicePlanLayout l;
   l.max_tokens = max_tokens;
-  l.block_capacity = block_capacity;
   const size_t n = static_cast<size_t>(max_tokens);
   size_t at = 0;
   l.slots = Place(&at, n * sizeof(int64_t));
@@ -27,21 +26,17 @@ DevicePlanLayout DevicePlanLayout::Make(int64_t max_tokens, int64_t block_capaci
   l.tiles = Place(&at, (n + 1) * sizeof(int32_t));
   l.block_indptr = Place(&at, (n + 1) * sizeof(int32_t));
   l.logits_rows = Place(&at, n * sizeof(int32_t));
-  l.block_indices = Place(&at, static_cast<size_t>(block_capacity) * sizeof(int32_t));
   l.bytes = at;
   return l;
 }
 
 DevicePlanView DevicePlanView::At(void* base, const DevicePlanLayout& l) {
   auto* b = static_cast<std::byte*>(base);
-  return {reinterpret_cast<int64_t*>(b + l.slots),
-          reinterpret_cast<int32_t*>(b + l.tokens),
-          reinterpret_cast<int32_t*>(b + l.positions),
-          reinterpret_cast<int32_t*>(b + l.token_seq),
-          reinterpret_cast<int32_t*>(b + l.tiles),
-          reinterpret_cast<int32_t*>(b + l.block_indptr),
-          reinterpret_cast<int32_t*>(b + l.logits_rows),
-          reinterpret_cast<int32_t*>(b + l.block_indices)};
+  return {
+      reinterpret_cast<int64_t*>(b + l.slots),      reinterpret_cast<int32_t*>(b + l.tokens),
+      reinterpret_cast<int32_t*>(b + l.positions),  reinterpret_cast<int32_t*>(b + l.token_seq),
+      reinterpret_cast<int32_t*>(b + l.tiles),      reinterpret_cast<int32_t*>(b + l.block_indptr),
+      reinterpret_cast<int32_t*>(b + l.logits_rows)};
 }
 
 int64_t DecodeBucket(int64_t seqs, int64_t max_tokens) {
@@ -50,8 +45,9 @@ int64_t DecodeBucket(int64_t seqs, int64_t max_tokens) {
   return std::min(bucket, max_tokens);
 }
 
-StatusOr<StepShape> StagePlan(const StepPlan& plan, const DevicePlanLayout& layout,
-                              const StageConfig& config, void* host_base) {
+StatusOr<StepShape> StagePlan(const StepPlan& plan, const BlockTables& tables,
+                              const DevicePlanLayout& layout, const StageConfig& config,
+                              void* host_base) {
   const int64_t T = plan.num_tokens(), S = plan.num_seqs(), bs = config.block_size;
   StepShape shape;
   shape.real_tokens = T;
@@ -59,36 +55,29 @@ StatusOr<StepShape> StagePlan(const StepPlan& plan, const DevicePlanLayout& layo
   shape.padded = shape.decode && config.pad_decode;
   shape.tokens = shape.padded ? DecodeBucket(T, layout.max_tokens) : T;
   const int64_t pad = shape.tokens - T;
-  const int64_t nnz = static_cast<int64_t>(plan.block_indices.size()) + pad;
   if (T > layout.max_tokens || shape.tokens > layout.max_tokens) {
     return InvalidArgument("step of {} tokens exceeds the device workspace of {}", T,
                            layout.max_tokens);
   }
-  if (nnz > layout.block_capacity) {
-    return ResourceExhausted("step plan lists {} KV blocks; the device plan buffer holds {}", nnz,
-                             layout.block_capacity);
-  }
   const DevicePlanView v = DevicePlanView::At(host_base, layout);
   std::copy(plan.tokens.begin(), plan.tokens.end(), v.tokens);
   std::copy(plan.positions.begin(), plan.positions.end(), v.positions);
-  std::copy(plan.block_indptr.begin(), plan.block_indptr.end(), v.block_indptr);
-  std::copy(plan.block_indices.begin(), plan.block_indices.end(), v.block_indices);
+  tables.RowOffsets(plan, v.block_indptr);
+  tables.Slots(plan, v.slots);
   for (int64_t s = 0; s < S; ++s) {
-    const int32_t* table = plan.block_indices.data() + plan.block_indptr[s];
     for (int32_t t = plan.qo_indptr[s]; t < plan.qo_indptr[s + 1]; ++t) {
-      const int64_t p = plan.positions[t];
       v.token_seq[t] = static_cast<int32_t>(s);
-      v.slots[t] = static_cast<int64_t>(table[p / bs]) * bs + p % bs;
     }
   }
+  const int32_t scratch_row =
+      static_cast<int32_t>(static_cast<int64_t>(config.scratch_slot) * tables.shape().stride);
   for (int64_t i = 0; i < pad; ++i) {  // padding: a one-token sequence on the scratch block
     const int64_t t = T + i, s = S + i;
     v.tokens[t] = 0;
     v.positions[t] = 0;
     v.token_seq[t] = static_cast<int32_t>(s);
     v.slots[t] = static_cast<int64_t>(config.scratch_block) * bs;
-    v.block_indices[plan.block_indices.size() + i] = config.scratch_block;
-    v.block_indptr[s + 1] = v.block_indptr[s] + 1;
+    v.block_indptr[s] = scratch_row;
   }
 
   if (shape.decode) {
@@ -116,7 +105,7 @@ StatusOr<StepShape> StagePlan(const StepPlan& plan, const DevicePlanLayout& layo
     std::copy(plan.logits_rows.begin(), plan.logits_rows.end(), v.logits_rows);
     for (int64_t i = 0; i < L; ++i) shape.result_rows[i] = static_cast<int32_t>(i);
   }
-  shape.upload_bytes = layout.block_indices + static_cast<size_t>(nnz) * sizeof(int32_t);
+  shape.upload_bytes = layout.logits_rows + static_cast<size_t>(shape.rows) * sizeof(int32_t);
   return shape;
 }
 

@@ -3,8 +3,11 @@
 // the host, the attention tiles, and, for a decode step replayed from a CUDA graph, padding up to
 // the graph's batch-size bucket. Plain host code: unit-tested without a GPU.
 //
-// Padding tokens are sequences of their own: token 0 at position 0, one block, the pool's scratch
-// block (one block past the ones the block manager hands out), so they read and write only it.
+// The block tables are not in the plan: they persist on the device (one row per table slot, the
+// rows of shard/block_tables.h plus a scratch row), and a step uploads only the entries it
+// appended. Padding tokens are sequences of their own: token 0 at position 0 in the scratch row,
+// whose one block is the pool's scratch block (one past the ones the block manager hands out), so
+// they read and write only it.
 #pragma once
 
 #include <cstddef>
@@ -13,25 +16,24 @@
 
 #include "common/status.h"
 #include "kernels/cuda/launch_config.h"
-#include "transport/step_plan.h"
+#include "plan/step_plan.h"
+#include "shard/block_tables.h"
 
 namespace kvshard::cuda {
 
 // Byte offsets of the arrays in the staging buffer (and its device mirror), 256-byte aligned.
 struct DevicePlanLayout {
-  int64_t max_tokens = 0;      // tokens per step, padding included
-  int64_t block_capacity = 0;  // block ids per step, padding included
-  size_t slots = 0;            // int64 [max_tokens]
-  size_t tokens = 0;           // int32 [max_tokens]
-  size_t positions = 0;        // int32 [max_tokens]
-  size_t token_seq = 0;        // int32 [max_tokens]
-  size_t tiles = 0;            // int32 [max_tokens + 1]
-  size_t block_indptr = 0;     // int32 [max_tokens + 1] (a sequence has at least one token)
-  size_t logits_rows = 0;      // int32 [max_tokens]
-  size_t block_indices = 0;    // int32 [block_capacity], last: its length varies per step
+  int64_t max_tokens = 0;   // tokens per step, padding included
+  size_t slots = 0;         // int64 [max_tokens]
+  size_t tokens = 0;        // int32 [max_tokens]
+  size_t positions = 0;     // int32 [max_tokens]
+  size_t token_seq = 0;     // int32 [max_tokens]
+  size_t tiles = 0;         // int32 [max_tokens + 1]
+  size_t block_indptr = 0;  // int32 [max_tokens + 1] (a sequence has at least one token)
+  size_t logits_rows = 0;   // int32 [max_tokens]
   size_t bytes = 0;
 
-  static DevicePlanLayout Make(int64_t max_tokens, int64_t block_capacity);
+  static DevicePlanLayout Make(int64_t max_tokens);
 };
 
 // Typed pointers into a buffer with that layout (host staging or device mirror).
@@ -43,7 +45,6 @@ struct DevicePlanView {
   int32_t* tiles;
   int32_t* block_indptr;
   int32_t* logits_rows;
-  int32_t* block_indices;
 
   static DevicePlanView At(void* base, const DevicePlanLayout& layout);
 };
@@ -52,6 +53,7 @@ struct DevicePlanView {
 struct StageConfig {
   int64_t block_size = 16;
   int32_t scratch_block = 0;  // the pool's extra block for padding tokens
+  int32_t scratch_slot = 0;   // the device's extra table row, holding only the scratch block
   int64_t kv_heads = 0, group = 0, head_dim = 0;
   int64_t max_kv_blocks = 0;  // blocks of the longest sequence the model serves (split planning)
   int sm_count = 1;
@@ -75,9 +77,10 @@ struct StepShape {
 // max_tokens.
 int64_t DecodeBucket(int64_t seqs, int64_t max_tokens);
 
-// Fills the staging buffer at `host_base` for a plan that ValidateStepPlan accepted. An error
-// when the plan needs more room than the layout has.
-StatusOr<StepShape> StagePlan(const StepPlan& plan, const DevicePlanLayout& layout,
-                              const StageConfig& config, void* host_base);
+// Fills the staging buffer at `host_base` for a plan that `tables` accepted (BlockTables::Apply).
+// An error when the plan needs more room than the layout has.
+StatusOr<StepShape> StagePlan(const StepPlan& plan, const BlockTables& tables,
+                              const DevicePlanLayout& layout, const StageConfig& config,
+                              void* host_base);
 
 }  // namespace kvshard::cuda

@@ -82,6 +82,7 @@ struct Sequence {
   std::vector<int32_t> blocks;  // its whole block table, scrambled
   std::vector<int32_t> tokens;  // prompt, then the greedy choices
   int64_t done = 0;             // tokens whose KV is cached
+  bool table_sent = false;      // the models keep it (table slot: the sequence's index)
 };
 
 // The next step: every sequence with tokens not yet cached contributes up to `chunk` of them and
@@ -89,7 +90,7 @@ struct Sequence {
 StepPlan NextPlan(std::vector<Sequence>& seqs, int64_t chunk, std::vector<size_t>* row_seq) {
   StepPlan plan;
   plan.qo_indptr.push_back(0);
-  plan.block_indptr.push_back(0);
+  plan.append_indptr.push_back(0);
   row_seq->clear();
   for (size_t i = 0; i < seqs.size(); ++i) {
     Sequence& s = seqs[i];
@@ -103,8 +104,13 @@ StepPlan NextPlan(std::vector<Sequence>& seqs, int64_t chunk, std::vector<size_t
     plan.logits_rows.push_back(static_cast<int32_t>(plan.tokens.size()) - 1);
     row_seq->push_back(i);
     plan.qo_indptr.push_back(static_cast<int32_t>(plan.tokens.size()));
-    plan.block_indices.insert(plan.block_indices.end(), s.blocks.begin(), s.blocks.end());
-    plan.block_indptr.push_back(static_cast<int32_t>(plan.block_indices.size()));
+    plan.seq_slots.push_back(static_cast<int32_t>(i));
+    if (!s.table_sent) {
+      plan.append_slots.push_back(static_cast<int32_t>(i));
+      plan.append_blocks.insert(plan.append_blocks.end(), s.blocks.begin(), s.blocks.end());
+      plan.append_indptr.push_back(static_cast<int32_t>(plan.append_blocks.size()));
+      s.table_sent = true;
+    }
   }
   return plan;
 }

@@ -2,8 +2,6 @@
 
 #include <gtest/gtest.h>
 
-#include "transport/step_plan.h"
-
 namespace kvshard {
 namespace {
 
@@ -69,45 +67,6 @@ TEST(TpLayout, RefusesWhatCannotSplitAndSaysWhatWould) {
   EXPECT_NE(kv.message().find("4 KV heads over 6 ranks"), std::string::npos) << kv.message();
   const Status ffn = MakeTpLayout(Config(4, 4, 66), 4, 0).status();
   EXPECT_NE(ffn.message().find("MLP width 66"), std::string::npos) << ffn.message();
-}
-
-StepPlan GoodPlan() {
-  StepPlan p;
-  p.tokens = {5, 6, 7};
-  p.positions = {15, 16, 17};
-  p.qo_indptr = {0, 3};
-  p.block_indptr = {0, 2};
-  p.block_indices = {4, 1};
-  p.logits_rows = {2};
-  return p;
-}
-
-TEST(StepPlan, ValidationCatchesEveryInconsistency) {
-  EXPECT_TRUE(ValidateStepPlan(GoodPlan(), 100, 8, 16, 64).ok());
-  auto expect_bad = [](StepPlan p, const char* fragment) {
-    const Status st = ValidateStepPlan(p, 100, 8, 16, 64);
-    EXPECT_FALSE(st.ok()) << fragment;
-    EXPECT_NE(st.message().find(fragment), std::string::npos) << st.message();
-  };
-  StepPlan p = GoodPlan();
-  p.tokens[1] = 100;
-  expect_bad(p, "token id 100");
-  p = GoodPlan();
-  p.block_indices[0] = 8;
-  expect_bad(p, "KV block 8");
-  p = GoodPlan();
-  p.positions[2] = 32;
-  expect_bad(p, "not covered");
-  p = GoodPlan();
-  p.logits_rows = {3};
-  expect_bad(p, "logits row 3");
-  p = GoodPlan();
-  p.positions.pop_back();
-  expect_bad(p, "positions");
-  p = GoodPlan();
-  p.qo_indptr = {0, 2};
-  expect_bad(p, "index pointers");
-  EXPECT_FALSE(ValidateStepPlan(GoodPlan(), 100, 8, 16, 2).ok()) << "more tokens than a step takes";
 }
 
 }  // namespace
