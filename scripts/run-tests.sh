@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every test on a fresh Debian 12 machine: install dependencies, build once, run ctest
-# (labels: unit, mpi, fuzz, serving, multinode, chaos, ansible, emu; gpu tests skip without a
+# (labels: unit, mpi, fuzz, serving, tsan, multinode, chaos, ansible, emu; gpu tests skip without a
 # device, and the emu tests run the GPU backend on the CPU emulator).
 set -euo pipefail
 cd "$(dirname "$0")/.."
