@@ -107,16 +107,4 @@ class Cluster(harness.ServerProcess):
         return rank_processes(self.port)
 
 
-def rank_processes(port):
-    """kvshard rank processes (not mpirun, not the launcher) serving on `port`, anywhere."""
-    out = subprocess.run(["pgrep", "-f", "serve .*--port %d( |$)" % port],
-                         capture_output=True, text=True).stdout
-    pids = []
-    for p in out.split():
-        try:
-            with open("/proc/%s/comm" % p) as f:
-                if f.read().strip() == "kvshard":
-                    pids.append(int(p))
-        except OSError:
-            pass
-    return pids
+rank_processes = harness.rank_processes

@@ -29,6 +29,24 @@ STORIES = os.path.join(REPO, "models", "stories260K")
 GOLDEN_ONCE = os.path.join(STORIES, "golden_prompt_once_t0_n64.txt")
 
 
+RANK_BINARIES = ("kvshard", "kvshard_tsan")  # the plain build and the ThreadSanitizer one
+
+
+def rank_processes(port):
+    """kvshard rank processes (not mpirun, not the launcher) serving on `port`, anywhere."""
+    out = subprocess.run(["pgrep", "-f", "serve .*--port %d( |$)" % port],
+                         capture_output=True, text=True).stdout
+    pids = []
+    for p in out.split():
+        try:
+            with open("/proc/%s/comm" % p) as f:
+                if f.read().strip() in RANK_BINARIES:
+                    pids.append(int(p))
+        except OSError:
+            pass
+    return pids
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

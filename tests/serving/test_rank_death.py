@@ -20,18 +20,7 @@ CLIENTS = 8
 
 
 def rank_pids(port, exclude):
-    """kvshard rank processes serving on `port` (the binary may be kvshard or kvshard_tsan)."""
-    out = subprocess.run(["pgrep", "-f", "serve .*--port %d( |$)" % port],
-                         capture_output=True, text=True).stdout
-    pids = []
-    for p in out.split():
-        try:
-            with open("/proc/%s/comm" % p) as f:
-                if f.read().strip().startswith("kvshard") and int(p) != exclude:
-                    pids.append(int(p))
-        except OSError:
-            pass
-    return pids
+    return [p for p in harness.rank_processes(port) if p != exclude]
 
 
 class RankDeathWithBlockedClients(unittest.TestCase):
