@@ -12,7 +12,7 @@
 
 #include "cluster/commands.h"
 #include "cluster/runtime.h"
-#include "coordinator/engine.h"
+#include "coordinator/serving_engine.h"
 #include "kernels/cpu/simd.h"
 #include "kernels/cpu/stream_read.h"
 #include "shard/shard_worker.h"
@@ -72,10 +72,11 @@ std::vector<int32_t> RandomPrompt(int64_t n, int64_t vocab) {
   return p;
 }
 
-Status RunRoot(const BenchFlags& f, Runtime& rt, Engine& engine, const Totals& totals) {
-  GenerationRequest req;
+Status RunRoot(const BenchFlags& f, Runtime& rt, ServingEngine& engine, const Totals& totals) {
+  RequestSpec req;
   req.prompt = RandomPrompt(f.context, rt.config.vocab_size);
   req.max_tokens = f.gen;
+  req.ignore_eos = true;  // every run times all --gen tokens
   KVS_ASSIGN_OR_RETURN(GenerationResult cached, engine.Generate(req, nullptr));
   if (cached.decode_steps == 0) return InvalidArgument("--gen must be at least 2 to time decode");
   const double step_s = cached.decode_seconds / cached.decode_steps;
@@ -106,7 +107,7 @@ Status RunRoot(const BenchFlags& f, Runtime& rt, Engine& engine, const Totals& t
       {"plan_bytes_per_decode_step", plan_bytes},
   };
   if (f.compare_no_cache) {
-    GenerationRequest nc = req;
+    RequestSpec nc = req;
     nc.use_kv_cache = false;
     nc.max_tokens = std::max<int64_t>(2, f.no_cache_steps + 1);
     KVS_ASSIGN_OR_RETURN(GenerationResult recompute, engine.Generate(nc, nullptr));
@@ -138,7 +139,7 @@ int RunBench(const BenchFlags& f) {
     const Status st = RunShardWorker(*rt->model);
     return st.ok() ? 0 : 1;
   }
-  Engine engine(rt->model.get());
+  ServingEngine engine(rt->model.get(), /*tokenizer=*/nullptr, ServingOptions{});
   const Status st = RunRoot(f, *rt, engine, *totals);
   const Status down = engine.Shutdown();
   if (!st.ok()) return ReportFailure(st, 0);

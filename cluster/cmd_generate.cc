@@ -6,7 +6,7 @@
 
 #include "cluster/commands.h"
 #include "cluster/runtime.h"
-#include "coordinator/engine.h"
+#include "coordinator/serving_engine.h"
 #include "coordinator/tokenizer.h"
 #include "shard/shard_worker.h"
 
@@ -26,8 +26,8 @@ struct GenerateFlags {
 };
 
 // The request as rank 0 sees it: tokenised and checked before any shard sees it.
-StatusOr<GenerationRequest> MakeRequest(const GenerateFlags& f, const Tokenizer& tok) {
-  GenerationRequest r;
+StatusOr<RequestSpec> MakeRequest(const GenerateFlags& f, const Tokenizer& tok) {
+  RequestSpec r;
   if (!f.prompt_ids.empty()) {
     if (!f.prompt.empty()) return InvalidArgument("give --prompt or --prompt-ids, not both");
     r.prompt = f.prompt_ids;
@@ -40,11 +40,9 @@ StatusOr<GenerationRequest> MakeRequest(const GenerateFlags& f, const Tokenizer&
   return r;
 }
 
-Status RunRoot(const GenerateFlags& f, Runtime& rt, Engine& engine) {
-  KVS_ASSIGN_OR_RETURN(auto tok,
-                       LoadTokenizerFromModelDir(f.shard.model_dir, rt.config.vocab_size));
-  KVS_ASSIGN_OR_RETURN(GenerationRequest request, MakeRequest(f, *tok));
-  request.stop_ids = rt.config.eos_token_ids;
+// The one request through the serving engine's path (it stops at the model's EOS ids).
+Status RunRoot(const GenerateFlags& f, const Tokenizer* tok, ServingEngine& engine) {
+  KVS_ASSIGN_OR_RETURN(RequestSpec request, MakeRequest(f, *tok));
   KVS_RETURN_IF_ERROR(engine.Validate(request));
   // The prompt as the tokenizer reads it back, then each new token as soon as it is chosen.
   int32_t prev = -1;
@@ -91,8 +89,9 @@ int RunGenerate(const GenerateFlags& f) {
     if (!st.ok()) spdlog::error("{}: {}", rt->comm->Where(rt->comm->rank()), st.ToString());
     return st.ok() ? 0 : 1;
   }
-  Engine engine(rt->model.get());
-  const Status st = RunRoot(f, *rt, engine);
+  auto tok = LoadTokenizerFromModelDir(f.shard.model_dir, rt->config.vocab_size);
+  ServingEngine engine(rt->model.get(), tok.ok() ? tok->get() : nullptr, ServingOptions{});
+  const Status st = tok.ok() ? RunRoot(f, tok->get(), engine) : tok.status();
   // Workers always get their shutdown, whatever happened to the request.
   const Status down = engine.Shutdown();
   if (!st.ok()) return ReportFailure(st, 0);

@@ -25,6 +25,10 @@ struct RequestSpec {
   std::vector<int32_t> stop_ids;          // generation ends at any of these (the id not emitted)
   std::vector<std::string> stop_strings;  // or before any of these strings
   std::string cache_salt;                 // prefix-cache tenant; equal salts may share blocks
+  // false: recompute the whole sequence every step (to measure what the cache buys); such a
+  // sequence neither uses nor fills the prefix cache.
+  bool use_kv_cache = true;
+  bool ignore_eos = false;  // the model's EOS ids do not end generation (benchmarks, tests)
 };
 
 enum class RequestState { kQueued, kPrefill, kDecode, kFinished };

@@ -7,12 +7,15 @@ namespace kvshard {
 
 Status ValidateSamplingParams(const SamplingParams& p) {
   if (!std::isfinite(p.temperature) || p.temperature < 0) {
-    return InvalidArgument("temperature must be a finite number >= 0, got {}", p.temperature);
+    return InvalidArgument("sampling.temperature: must be a finite number >= 0, got {}",
+                           p.temperature);
   }
   if (!(p.top_p > 0.0f && p.top_p <= 1.0f)) {
-    return InvalidArgument("top_p must be in (0, 1], got {}", p.top_p);
+    return InvalidArgument("sampling.top_p: must be in (0, 1], got {}", p.top_p);
   }
-  if (p.top_k < 0) return InvalidArgument("top_k must be >= 0 (0 = no limit), got {}", p.top_k);
+  if (p.top_k < 0) {
+    return InvalidArgument("sampling.top_k: must be >= 0 (0 = no limit), got {}", p.top_k);
+  }
   return Status::Ok();
 }
 

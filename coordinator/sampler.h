@@ -17,7 +17,7 @@ struct SamplingParams {
   uint64_t seed = 0;
 };
 
-// InvalidArgument naming the field for NaN or negative temperature, top_p outside (0, 1],
+// InvalidArgument "sampling.FIELD: why" for NaN or negative temperature, top_p outside (0, 1],
 // negative top_k.
 Status ValidateSamplingParams(const SamplingParams& params);
 

@@ -43,9 +43,12 @@ std::vector<ScheduledChunk> Scheduler::Schedule(std::vector<Sequence*>* preempte
          static_cast<int64_t>(running_.size()) < limits_.max_seqs) {
     Sequence* s = waiting_.front().get();
     const int64_t total = static_cast<int64_t>(s->tokens.size());
-    // Share what the prefix cache holds; at least one token is left to compute for the logits.
+    // Share what the prefix cache holds (not in recompute mode); at least one token is left to
+    // compute for the logits.
     const int64_t matched =
-        blocks_->MatchPrefix(s->id(), s->tokens.data(), total - 1, s->spec.cache_salt);
+        s->spec.use_kv_cache
+            ? blocks_->MatchPrefix(s->id(), s->tokens.data(), total - 1, s->spec.cache_salt)
+            : 0;
     const int64_t n = std::min(total - matched, budget);
     if (!blocks_->EnsureCapacity(s->id(), matched + n).ok()) {
       blocks_->Free(s->id());

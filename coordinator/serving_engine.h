@@ -1,10 +1,13 @@
-// Rank 0's serving loop: requests arrive from any thread (Submit/Cancel), the engine thread (the
-// only one that talks to the other ranks) runs continuous-batching steps until told to stop.
+// Rank 0's driver of the shards, the one request path: requests arrive from any thread
+// (Submit/Cancel), the engine thread (the only one that talks to the other ranks) runs
+// continuous-batching steps until told to stop (`kvshard serve`). `kvshard generate` and bench run
+// the same steps for one request on their own thread (Generate).
 #pragma once
 
 #include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -52,13 +55,25 @@ struct EngineSnapshot {
   int64_t ttft_count = 0;
 };
 
+// One request run to its end by Generate.
+struct GenerationResult {
+  std::vector<int32_t> tokens;  // generated ids, the stop id excluded
+  std::string finish_reason;    // "stop" or "length"
+  double prefill_seconds = 0;   // the steps up to the first sampled token
+  double decode_seconds = 0;    // every later step
+  int64_t decode_steps = 0;     // sampling steps after the first
+};
+
 class ServingEngine {
  public:
+  // `model` is rank 0's shard; its communicator reaches every worker. `tokenizer` may be null
+  // (models without one: benchmarks, tests); requests then have no text and no stop strings.
   ServingEngine(ShardBackend* model, const Tokenizer* tokenizer, ServingOptions options);
 
   // --- any thread ---
-  // Checks a request against the model and the cache. InvalidArgument "FIELD: why" for a bad
-  // field; OutOfRange when prompt + max_tokens can never fit the KV cache.
+  // The one check of a request, before any rank sees it. InvalidArgument "FIELD: why" for a bad
+  // field (ids outside the vocabulary, prompt or generation beyond the model's context, sampling
+  // parameters, stop lists); OutOfRange when prompt + max_tokens can never fit the KV cache.
   Status Validate(const RequestSpec& spec) const;
   // Validates and queues. ResourceExhausted when the queue is full (overloaded), Unavailable
   // when not serving.
@@ -87,6 +102,17 @@ class ServingEngine {
   Status Run();
   // One scheduling step; false when there was nothing to do.
   StatusOr<bool> Step();
+  // Runs one request to its end on the calling thread (instead of Run): Submit, then Step until
+  // it finishes. on_token (may be empty) sees each generated id as soon as its step is done.
+  // logits_trace, when given, receives the logits of every sampling step (for tests).
+  StatusOr<GenerationResult> Generate(RequestSpec spec,
+                                      const std::function<void(int32_t)>& on_token,
+                                      std::vector<std::vector<float>>* logits_trace = nullptr);
+  // Tells every worker to leave its loop; the last plan of a job.
+  Status Shutdown();
+  const BlockManager& blocks() const { return blocks_; }
+  // Bytes broadcast for the last step plan (for a decode step: independent of the context).
+  int64_t last_plan_bytes() const { return last_plan_bytes_; }
 
  private:
   void TakeInbox();
@@ -113,6 +139,10 @@ class ServingEngine {
   std::deque<std::pair<Clock::time_point, int64_t>> token_times_;  // for tokens/s
   std::atomic<bool> stop_requested_{false};
   int64_t generated_total_ = 0;
+  int64_t last_plan_bytes_ = 0;
+  // Generate's test hook: the logits of every sampling step of request `trace_id_`.
+  int64_t trace_id_ = 0;
+  std::vector<std::vector<float>>* trace_ = nullptr;
 
   // Shared with the handler threads.
   mutable std::mutex mu_;

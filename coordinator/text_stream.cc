@@ -68,7 +68,7 @@ TextStream::TextStream(const Tokenizer* tokenizer, int32_t prev, std::vector<std
 }
 
 bool TextStream::Append(int32_t token) {
-  if (finished_) return false;
+  if (finished_ || !tokenizer_) return false;
   raw_ += tokenizer_->DecodeToken(prev_, token);
   prev_ = token;
   // A stop string can only start in the held-back tail (see below), so search from there.

@@ -21,6 +21,7 @@ bool IsValidUtf8(std::string_view bytes);
 class TextStream {
  public:
   // `prev` is the token before the first appended one (the prompt's last, for spacing rules).
+  // A null `tokenizer` (a model without one: benchmarks, tests) makes a stream without text.
   TextStream(const Tokenizer* tokenizer, int32_t prev, std::vector<std::string> stops);
 
   // Adds one generated token. Returns true when a stop string is now complete; the text is then

@@ -7,7 +7,7 @@
 #include <cmath>
 #include <string>
 
-#include "coordinator/engine.h"
+#include "coordinator/serving_engine.h"
 #include "shard/shard_model.h"
 #include "shard/shard_worker.h"
 #include "transport/mpi_communicator.h"
@@ -49,11 +49,12 @@ Trace RunOnGroup(const std::string& model_dir, int tp, bool use_cache, DType kv_
     EXPECT_TRUE(st.ok()) << st.ToString();
     return trace;
   }
-  Engine engine(model->get());
-  GenerationRequest req;
+  ServingEngine engine(model->get(), /*tokenizer=*/nullptr, ServingOptions{});
+  RequestSpec req;
   for (int i = 0; i < 40; ++i) req.prompt.push_back((i * 37 + 11) % config->vocab_size);
   req.max_tokens = 30;
   req.use_kv_cache = use_cache;
+  req.ignore_eos = true;  // all 30 steps are compared
   auto result = engine.Generate(req, nullptr, &trace.logits);
   EXPECT_TRUE(result.ok()) << result.status().ToString();
   if (result.ok()) trace.tokens = result->tokens;
