@@ -18,12 +18,13 @@ namespace kvshard {
 namespace {
 
 constexpr int64_t kBlock = 16;
+constexpr PagedKvGeometry kGeometry{kBlock};
 
 int Run() {
   for (const int64_t context : {int64_t{1} << 10, int64_t{1} << 16, int64_t{1} << 20}) {
     for (const int64_t batch : {int64_t{1}, int64_t{16}}) {
       const int64_t steps = 2000;
-      const int64_t per_seq = BlocksFor(context + steps + 1, kBlock);
+      const int64_t per_seq = kGeometry.BlocksFor(context + steps + 1);
       BlockManager blocks(per_seq * batch, kBlock);
       PlanBuilder builder(batch);
       auto tables = BlockTables::Create({batch, per_seq, per_seq * batch, kBlock});
@@ -66,7 +67,7 @@ int Run() {
       }
       // The earlier format: 6 header ints, tokens, positions, two [S+1] pointers, every table.
       const int64_t whole = 4 * (6 + 2 * batch + 2 * (batch + 1) +
-                                 batch * BlocksFor(context + steps, kBlock) + batch);
+                                 batch * kGeometry.BlocksFor(context + steps) + batch);
       std::printf(
           "{\"bench\":\"plan_per_decode_step\",\"context\":%ld,\"batch\":%ld,"
           "\"plan_bytes_per_decode_step\":%ld,\"whole_table_plan_bytes\":%ld,"

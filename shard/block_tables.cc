@@ -5,10 +5,13 @@
 namespace kvshard {
 
 StatusOr<BlockTables> BlockTables::Create(const BlockTableShape& shape) {
-  if (shape.slots <= 0 || shape.stride <= 0 || shape.block_size <= 0 || shape.num_blocks < 0) {
-    return InvalidArgument("block tables need positive slots ({}), stride ({}) and block size ({})",
-                           shape.slots, shape.stride, shape.block_size);
+  if (shape.slots <= 0 || shape.stride <= 0) {
+    return InvalidArgument("block tables need positive slots ({}) and stride ({})", shape.slots,
+                           shape.stride);
   }
+  const std::string why =
+      shape.geometry.Check(shape.num_blocks, shape.stride * shape.geometry.block_size);
+  if (!why.empty()) return InvalidArgument("block tables: {}", why);
   if (shape.slots * shape.stride > (int64_t{1} << 31) - 1) {
     return InvalidArgument("{} table slots of {} blocks do not fit 32-bit offsets", shape.slots,
                            shape.stride);
@@ -103,7 +106,7 @@ Status BlockTables::Apply(const StepPlan& plan, int64_t vocab_size, int64_t max_
     }
     for (int32_t t = q0; t < q1; ++t) {
       const int64_t p = plan.positions[t];
-      if (p < 0 || p / shape_.block_size >= len) {
+      if (!shape_.geometry.Covers(len, p)) {
         return InvalidArgument("position {} of sequence {} is not covered by its {} KV blocks", p,
                                s, len);
       }
@@ -132,12 +135,11 @@ void BlockTables::RowOffsets(const StepPlan& plan, int32_t* offsets) const {
 }
 
 void BlockTables::Slots(const StepPlan& plan, int64_t* slots) const {
-  const int64_t bs = shape_.block_size;
   for (int64_t s = 0; s < plan.num_seqs(); ++s) {
     const int32_t* row = tables_.data() + plan.seq_slots[s] * shape_.stride;
     for (int32_t t = plan.qo_indptr[s]; t < plan.qo_indptr[s + 1]; ++t) {
       const int64_t p = plan.positions[t];
-      slots[t] = static_cast<int64_t>(row[p / bs]) * bs + p % bs;
+      slots[t] = shape_.geometry.Slot(row, p);
     }
   }
 }

@@ -8,20 +8,16 @@
 #include <vector>
 
 #include "common/status.h"
+#include "plan/paged_kv.h"
 #include "plan/step_plan.h"
 
 namespace kvshard {
-
-// Blocks that hold `tokens` positions.
-inline int64_t BlocksFor(int64_t tokens, int64_t block_size) {
-  return (tokens + block_size - 1) / block_size;
-}
 
 struct BlockTableShape {
   int64_t slots = 0;       // sequences that may hold a table at once
   int64_t stride = 0;      // blocks one table may hold: the model's context in blocks
   int64_t num_blocks = 0;  // KV block ids are in [0, num_blocks)
-  int64_t block_size = 16;
+  PagedKvGeometry geometry;
 };
 
 class BlockTables {

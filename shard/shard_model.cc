@@ -11,24 +11,120 @@
 #include "kernels/cpu/paged_attention.h"
 #include "kernels/cpu/rmsnorm.h"
 #include "kernels/cpu/rope.h"
+#include "shard/layer_program.h"
 #include "shard/rope_frequencies.h"
 
 namespace kvshard {
-namespace {
 
+// The CPU kernels as the layer program's ops (shard/layer_program.h), over the model's workspace.
 template <typename KV>
-void AppendAndAttend(void* k_pool, void* v_pool, const float* k, const float* v, float* out,
-                     const float* q, const int64_t* slots, const PagedKvView& view,
-                     const int32_t* token_seq, const int32_t* positions, int64_t T,
-                     const TpLayout& l, int64_t head_dim) {
-  KV* kc = static_cast<KV*>(k_pool);
-  KV* vc = static_cast<KV*>(v_pool);
-  kv_append<KV>(kc, vc, k, v, slots, T, l.kv_heads, head_dim);
-  paged_attention<KV>(out, q, kc, vc, view, token_seq, positions, T, l.q_heads, l.kv_heads,
-                      head_dim, 1.0f / std::sqrt(static_cast<float>(head_dim)));
-}
+class CpuOps {
+ public:
+  CpuOps(ShardModel& m, const StepInputs& in) : m_(m), c_(m.config_), l_(m.layout_), in_(in) {}
 
-}  // namespace
+  Status Embed(int64_t T) {
+    embedding(m_.x_.data(), m_.weights_.embedding.data(), in_.tokens, T, c_.dim);
+    return Status::Ok();
+  }
+  Status Norm(int64_t layer, NormWeight w, int64_t T) {
+    rmsnorm(m_.xn_.data(), m_.x_.data(), NormOf(layer, w), T, c_.dim, c_.rms_norm_eps);
+    return Status::Ok();
+  }
+  Status AddNorm(int64_t layer, NormWeight w, int64_t T) {
+    float* x = m_.x_.data();
+    const float* partial = m_.partial_.data();
+    for (int64_t i = 0; i < T * c_.dim; ++i) x[i] += partial[i];
+    return Norm(layer, w, T);
+  }
+  Status Gemm(Buf out, Buf in, int64_t layer, Proj p, int64_t T, int64_t k, int64_t n) {
+    matmul(Data(out), Data(in), WeightOf(layer, p), T, k, n);
+    return Status::Ok();
+  }
+  Status GemmInput(Buf, int64_t) { return Status::Ok(); }  // the weights are f32
+  Status Rope(Buf a, int64_t heads, int64_t T) {
+    rope(Data(a), in_.positions, m_.inv_freq_.data(), T, heads, c_.head_dim, RopePairing::kHalf);
+    return Status::Ok();
+  }
+  Status KvAppend(int64_t layer, int64_t T) {
+    kv_append<KV>(Pool(layer, 0), Pool(layer, 1), m_.k_.data(), m_.v_.data(), in_.slots, T,
+                  l_.kv_heads, c_.head_dim);
+    return Status::Ok();
+  }
+  Status Attention(int64_t layer, int64_t T) {
+    const PagedKvView view{in_.block_indptr, m_.tables_.tables(), m_.tables_.shape().geometry};
+    paged_attention<KV>(m_.att_.data(), m_.q_.data(), Pool(layer, 0), Pool(layer, 1), view,
+                        in_.token_seq, in_.positions, T, l_.q_heads, l_.kv_heads, c_.head_dim,
+                        1.0f / std::sqrt(static_cast<float>(c_.head_dim)));
+    return Status::Ok();
+  }
+  Status SiluMul(int64_t n) {
+    silu_mul(m_.gate_.data(), m_.gate_.data(), m_.up_.data(), n);
+    return Status::Ok();
+  }
+  Status GatherRows(int64_t rows) {
+    for (int64_t i = 0; i < rows; ++i) {
+      std::memcpy(m_.rows_.data() + i * c_.dim, m_.xn_.data() + in_.logits_rows[i] * c_.dim,
+                  c_.dim * sizeof(float));
+    }
+    return Status::Ok();
+  }
+  Status Output(Buf a, int64_t) {
+    result_ = Data(a);
+    return Status::Ok();
+  }
+  float* Data(Buf a) {
+    switch (a) {
+      case Buf::kX: return m_.x_.data();
+      case Buf::kXn: return m_.xn_.data();
+      case Buf::kQ: return m_.q_.data();
+      case Buf::kK: return m_.k_.data();
+      case Buf::kV: return m_.v_.data();
+      case Buf::kAtt: return m_.att_.data();
+      case Buf::kPartial: return m_.partial_.data();
+      case Buf::kGate: return m_.gate_.data();
+      case Buf::kUp: return m_.up_.data();
+      case Buf::kMlp: return m_.gate_.data();  // silu_mul runs in place
+      case Buf::kLogitsIn: return m_.rows_.data();
+      case Buf::kLogits: return m_.local_logits_.data();
+      case Buf::kGathered: return m_.gathered_.data();
+    }
+    return nullptr;
+  }
+  const float* result() const { return result_; }
+
+ private:
+  const float* NormOf(int64_t layer, NormWeight w) const {
+    switch (w) {
+      case NormWeight::kAttention: return m_.weights_.layers[layer].attn_norm.data();
+      case NormWeight::kMlp: return m_.weights_.layers[layer].ffn_norm.data();
+      case NormWeight::kFinal: return m_.weights_.final_norm.data();
+    }
+    return nullptr;
+  }
+  const float* WeightOf(int64_t layer, Proj p) const {
+    const LayerWeights& w = m_.weights_.layers[layer];
+    switch (p) {
+      case Proj::kQ: return w.wq.data();
+      case Proj::kK: return w.wk.data();
+      case Proj::kV: return w.wv.data();
+      case Proj::kO: return w.wo.data();
+      case Proj::kGate: return w.w_gate.data();
+      case Proj::kUp: return w.w_up.data();
+      case Proj::kDown: return w.w_down.data();
+      case Proj::kLmHead: return m_.weights_.lm_head.data();
+    }
+    return nullptr;
+  }
+  KV* Pool(int64_t layer, int which) const {
+    return static_cast<KV*>(which == 0 ? m_.kv_->k(layer) : m_.kv_->v(layer));
+  }
+
+  ShardModel& m_;
+  const ModelConfig& c_;
+  const TpLayout& l_;
+  const StepInputs in_;
+  const float* result_ = nullptr;
+};
 
 StatusOr<std::unique_ptr<ShardModel>> ShardModel::Load(const std::string& model_dir,
                                                        const ModelConfig& config,
@@ -52,10 +148,11 @@ StatusOr<std::unique_ptr<ShardModel>> ShardModel::Load(const std::string& model_
   shape.head_dim = config.head_dim;
   shape.dtype = options.kv_dtype;
   KVS_ASSIGN_OR_RETURN(m->kv_, KvPool::Create(shape));
-  KVS_ASSIGN_OR_RETURN(m->tables_,
-                       BlockTables::Create(BlockTableShape{
-                           options.max_seqs, BlocksFor(config.max_seq_len, options.block_size),
-                           options.num_blocks, options.block_size}));
+  KVS_ASSIGN_OR_RETURN(
+      m->tables_,
+      BlockTables::Create(BlockTableShape{
+          options.max_seqs, PagedKvGeometry{options.block_size}.BlocksFor(config.max_seq_len),
+          options.num_blocks, PagedKvGeometry{options.block_size}}));
   m->inv_freq_ = RopeInverseFrequencies(config);
 
   const TpLayout& l = m->layout_;
@@ -71,11 +168,12 @@ StatusOr<std::unique_ptr<ShardModel>> ShardModel::Load(const std::string& model_
     m->gate_.resize(T * l.ffn);
     m->up_.resize(T * l.ffn);
     m->partial_.resize(T * config.dim);
+    m->rows_.resize(T * config.dim);
     m->local_logits_.resize(T * l.vocab);
     if (comm->rank() == 0) m->gathered_.resize(T * config.vocab_size);
-    m->slots_.resize(T);
-    m->table_rows_.resize(T + 1);
-    m->token_seq_.resize(T);
+    m->inputs_layout_ = StepInputsLayout::Make(T);
+    m->inputs_.resize(m->inputs_layout_.bytes);
+    m->staged_.result_rows.reserve(T);
     m->gather_counts_.resize(l.tp);
   } catch (const std::bad_alloc&) {
     return ResourceExhausted("not enough memory for a workspace of {} tokens per step", T);
@@ -85,101 +183,25 @@ StatusOr<std::unique_ptr<ShardModel>> ShardModel::Load(const std::string& model_
 
 Status ShardModel::Forward(const StepPlan& plan, std::vector<float>* logits) {
   KVS_RETURN_IF_ERROR(tables_.Apply(plan, config_.vocab_size, options_.max_tokens_per_step));
-  const int64_t T = plan.num_tokens();
-  for (int64_t s = 0; s < plan.num_seqs(); ++s) {
-    for (int32_t t = plan.qo_indptr[s]; t < plan.qo_indptr[s + 1]; ++t) {
-      token_seq_[t] = static_cast<int32_t>(s);
-    }
-  }
-  tables_.Slots(plan, slots_.data());
-  tables_.RowOffsets(plan, table_rows_.data());
-  embedding(x_.data(), weights_.embedding.data(), plan.tokens.data(), T, config_.dim);
-  for (int64_t layer = 0; layer < config_.n_layers; ++layer) {
-    KVS_RETURN_IF_ERROR(Layer(layer, plan, T));
-  }
-  return Logits(plan, logits);
-}
-
-Status ShardModel::Layer(int64_t layer, const StepPlan& plan, int64_t T) {
-  const LayerWeights& w = weights_.layers[layer];
-  const int64_t dim = config_.dim, hd = config_.head_dim;
-  const int64_t q_width = layout_.q_heads * hd, kv_width = layout_.kv_heads * hd;
-
-  // Attention: column-split QKV, this rank's heads only, row-split output projection.
-  rmsnorm(xn_.data(), x_.data(), w.attn_norm.data(), T, dim, config_.rms_norm_eps);
-  matmul(q_.data(), xn_.data(), w.wq.data(), T, dim, q_width);
-  matmul(k_.data(), xn_.data(), w.wk.data(), T, dim, kv_width);
-  matmul(v_.data(), xn_.data(), w.wv.data(), T, dim, kv_width);
-  rope(q_.data(), plan.positions.data(), inv_freq_.data(), T, layout_.q_heads, hd,
-       RopePairing::kHalf);
-  rope(k_.data(), plan.positions.data(), inv_freq_.data(), T, layout_.kv_heads, hd,
-       RopePairing::kHalf);
-  const PagedKvView view{table_rows_.data(), tables_.tables(), options_.block_size};
-  switch (options_.kv_dtype) {
-    case DType::kF32:
-      AppendAndAttend<float>(kv_->k(layer), kv_->v(layer), k_.data(), v_.data(), att_.data(),
-                             q_.data(), slots_.data(), view, token_seq_.data(),
-                             plan.positions.data(), T, layout_, hd);
-      break;
-    case DType::kF16:
-      AppendAndAttend<f16_t>(kv_->k(layer), kv_->v(layer), k_.data(), v_.data(), att_.data(),
-                             q_.data(), slots_.data(), view, token_seq_.data(),
-                             plan.positions.data(), T, layout_, hd);
-      break;
-    case DType::kBF16:
-      AppendAndAttend<bf16_t>(kv_->k(layer), kv_->v(layer), k_.data(), v_.data(), att_.data(),
-                              q_.data(), slots_.data(), view, token_seq_.data(),
-                              plan.positions.data(), T, layout_, hd);
-      break;
-  }
-  matmul(partial_.data(), att_.data(), w.wo.data(), T, q_width, dim);
-  if (layout_.tp > 1) KVS_RETURN_IF_ERROR(comm_->AllReduceSum(partial_.data(), T * dim));
-  for (int64_t i = 0; i < T * dim; ++i) x_[i] += partial_[i];
-
-  // MLP: column-split gate/up, row-split down projection.
-  rmsnorm(xn_.data(), x_.data(), w.ffn_norm.data(), T, dim, config_.rms_norm_eps);
-  matmul(gate_.data(), xn_.data(), w.w_gate.data(), T, dim, layout_.ffn);
-  matmul(up_.data(), xn_.data(), w.w_up.data(), T, dim, layout_.ffn);
-  silu_mul(gate_.data(), gate_.data(), up_.data(), T * layout_.ffn);
-  matmul(partial_.data(), gate_.data(), w.w_down.data(), T, layout_.ffn, dim);
-  if (layout_.tp > 1) KVS_RETURN_IF_ERROR(comm_->AllReduceSum(partial_.data(), T * dim));
-  for (int64_t i = 0; i < T * dim; ++i) x_[i] += partial_[i];
-  return Status::Ok();
-}
-
-Status ShardModel::Logits(const StepPlan& plan, std::vector<float>* logits) {
-  const int64_t L = static_cast<int64_t>(plan.logits_rows.size());
-  if (L == 0) return Status::Ok();
-  const int64_t dim = config_.dim, V = config_.vocab_size;
-  for (int64_t i = 0; i < L; ++i) {
-    rmsnorm(xn_.data() + i * dim, x_.data() + plan.logits_rows[i] * dim, weights_.final_norm.data(),
-            1, dim, config_.rms_norm_eps);
-  }
-  matmul(local_logits_.data(), xn_.data(), weights_.lm_head.data(), L, dim, layout_.vocab);
-  const bool root = comm_->rank() == 0;
-  if (root) logits->resize(L * V);
-  if (layout_.tp == 1) {
-    std::memcpy(logits->data(), local_logits_.data(), L * V * sizeof(float));
+  KVS_RETURN_IF_ERROR(
+      StageStepInputs(plan, tables_, inputs_layout_, StepPadding{}, inputs_.data(), &staged_));
+  const StepInputs in = StepInputs::At(inputs_.data(), inputs_layout_);
+  const ProgramStep step{staged_.tokens, staged_.rows};
+  const float* result = nullptr;
+  auto run = [&](auto kv_tag) -> Status {
+    CpuOps<decltype(kv_tag)> ops(*this, in);
+    KVS_RETURN_IF_ERROR(RunLayerProgram(ops, *comm_, config_, layout_, step, &gather_counts_));
+    result = ops.result();
     return Status::Ok();
+  };
+  switch (options_.kv_dtype) {
+    case DType::kF32: KVS_RETURN_IF_ERROR(run(float{})); break;
+    case DType::kF16: KVS_RETURN_IF_ERROR(run(f16_t{})); break;
+    case DType::kBF16: KVS_RETURN_IF_ERROR(run(bf16_t{})); break;
   }
-  for (int r = 0; r < layout_.tp; ++r) {
-    gather_counts_[r] = layout_.vocab_counts[r] * static_cast<int>(L);
-  }
-  KVS_RETURN_IF_ERROR(comm_->GatherV(local_logits_.data(), static_cast<int>(L * layout_.vocab),
-                                     root ? gathered_.data() : nullptr, gather_counts_, 0));
-  if (root) {
-    // Rank-major [rank][row][slice] to row-major [row][vocab].
-    int64_t off = 0, col0 = 0;
-    for (int r = 0; r < layout_.tp; ++r) {
-      const int64_t n = layout_.vocab_counts[r];
-      for (int64_t i = 0; i < L; ++i) {
-        std::memcpy(logits->data() + i * V + col0, gathered_.data() + off + i * n,
-                    n * sizeof(float));
-      }
-      off += L * n;
-      col0 += n;
-    }
-  }
+  if (comm_->rank() != 0 || step.rows == 0) return Status::Ok();
+  logits->resize(staged_.result_rows.size() * config_.vocab_size);
+  UnpackLogits(result, layout_, step.rows, staged_.result_rows, config_.vocab_size, logits->data());
   return Status::Ok();
 }
 

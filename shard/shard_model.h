@@ -1,5 +1,6 @@
-// What one rank owns and does: its weight slice, its KV pool and the layer forward of a step
-// plan. It knows its local head counts, never request state.
+// What one rank owns on the CPU: its weight slice, its KV pool and the workspace of a step. The
+// forward itself is shard/layer_program.h's; this backend supplies its ops (kernels/cpu). It
+// knows its local head counts, never request state.
 #pragma once
 
 #include <memory>
@@ -12,6 +13,7 @@
 #include "shard/kv_pool.h"
 #include "shard/model_config.h"
 #include "shard/shard_backend.h"
+#include "shard/step_inputs.h"
 #include "shard/tp_layout.h"
 #include "shard/weights.h"
 #include "transport/communicator.h"
@@ -55,9 +57,9 @@ class ShardModel : public ShardBackend {
   int64_t kv_bytes() const override { return kv_->shape().total_bytes(); }
 
  private:
+  template <typename KV>
+  friend class CpuOps;
   ShardModel() = default;
-  Status Layer(int64_t layer, const StepPlan& plan, int64_t T);
-  Status Logits(const StepPlan& plan, std::vector<float>* logits);
 
   ModelConfig config_;
   TpLayout layout_;
@@ -78,12 +80,13 @@ class ShardModel : public ShardBackend {
   std::vector<float> gate_;          // f32 [T, ffn]
   std::vector<float> up_;            // f32 [T, ffn]
   std::vector<float> partial_;       // f32 [T, dim] this rank's share before the all-reduce
+  std::vector<float> rows_;          // f32 [T, dim] the final-normed rows that get logits
   std::vector<float> local_logits_;  // f32 [T, vocab_slice]
   std::vector<float> gathered_;      // f32 [T * vocab] rank-major, on rank 0
-  std::vector<int64_t> slots_;       // [T] KV slot of each token
-  std::vector<int32_t> table_rows_;  // [T + 1] start of each sequence's table in tables_
-  std::vector<int32_t> token_seq_;   // [T] sequence of each token
-  std::vector<int> gather_counts_;   // [tp] floats each rank sends in the logits gather
+  StepInputsLayout inputs_layout_;
+  std::vector<std::byte> inputs_;  // the step's inputs (shard/step_inputs.h)
+  StagedStep staged_;
+  std::vector<int> gather_counts_;  // [tp] floats each rank sends in the logits gather
 };
 
 }  // namespace kvshard

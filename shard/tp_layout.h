@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "plan/paged_kv.h"  // the kernel limits a layout is checked against
 #include "shard/model_config.h"
 
 namespace kvshard {
@@ -21,10 +22,6 @@ struct TpLayout {
   int64_t vocab = 0, vocab0 = 0;       // this rank's rows of the output head
   std::vector<int> vocab_counts;       // every rank's vocabulary slice size
 };
-
-// Kernel limits of this build, checked when a layout is made.
-inline constexpr int64_t kMaxHeadDim = 512;
-inline constexpr int64_t kMaxQueryGroup = 128;
 
 // The layout of `rank` among `tp` ranks, or an error that says why the model cannot be split that
 // way and which tensor-parallel sizes would work.

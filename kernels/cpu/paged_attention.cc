@@ -11,9 +11,6 @@
 namespace kvshard {
 namespace {
 
-constexpr int64_t kMaxHeadDim = 512;
-constexpr int64_t kMaxGroup = 128;
-
 // Row of a KV pool as f32: f32 pools are used in place, 16-bit pools are widened into scratch.
 template <typename KV>
 inline const float* row_f32(const KV* row, int64_t n, float* scratch) {
@@ -48,24 +45,23 @@ void paged_attention(float* out, const float* q, const KV* k_cache, const KV* v_
                      float scale) {
   const int64_t group = q_heads / kv_heads;
   const int64_t kv_row = kv_heads * head_dim;
-  const int64_t bs = view.block_size;
   // One task per (token, KV head): the group's query heads share every K/V row they read.
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t task = 0; task < tokens * kv_heads; ++task) {
     const int64_t t = task / kv_heads;
     const int64_t kvh = task % kv_heads;
-    const int32_t* table = view.block_indices + view.block_indptr[token_seq[t]];
+    const int32_t* table = view.Table(token_seq[t]);
     const int64_t len = static_cast<int64_t>(positions[t]) + 1;
     const float* qg = q + (t * q_heads + kvh * group) * head_dim;  // [group, head_dim]
-    float acc[kMaxGroup * kMaxHeadDim];
-    float m[kMaxGroup], l[kMaxGroup];
+    float acc[kMaxQueryGroup * kMaxHeadDim];
+    float m[kMaxQueryGroup], l[kMaxQueryGroup];
     float kbuf[kMaxHeadDim], vbuf[kMaxHeadDim];
-    float s[kMaxGroup];
+    float s[kMaxQueryGroup];
     std::fill(acc, acc + group * head_dim, 0.0f);
     std::fill(m, m + group, -std::numeric_limits<float>::infinity());
     std::fill(l, l + group, 0.0f);
     for (int64_t p = 0; p < len; ++p) {
-      const int64_t slot = static_cast<int64_t>(table[p / bs]) * bs + p % bs;
+      const int64_t slot = view.geometry.Slot(table, p);
       const float* kr = row_f32(k_cache + slot * kv_row + kvh * head_dim, head_dim, kbuf);
       const float* vr = row_f32(v_cache + slot * kv_row + kvh * head_dim, head_dim, vbuf);
       for (int64_t g = 0; g < group; ++g) {

@@ -1,21 +1,13 @@
 // Attention over a paged KV cache (the CPU reference and production path).
 //
-// The cache of one layer on one rank is a pool of blocks: K and V each
-//   KV [num_blocks, block_size, kv_heads, head_dim]
-// A sequence's positions 0..n-1 live in the blocks listed by its block table; position p is slot
-// p % block_size of block table[p / block_size]. The batch's tables are one FlashInfer-style view
-// (indptr + indices) built once per step and used by every layer.
+// The pool layout and position -> slot mapping are plan/paged_kv.h's.
 #pragma once
 
 #include <cstdint>
 
-namespace kvshard {
+#include "plan/paged_kv.h"
 
-struct PagedKvView {
-  const int32_t* block_indptr;   // [seqs + 1]: sequence s owns indices[indptr[s], indptr[s+1])
-  const int32_t* block_indices;  // [nnz_blocks]
-  int64_t block_size;
-};
+namespace kvshard {
 
 // Writes each token's K and V into its slot. slots: [tokens], slot = block * block_size + offset.
 // k, v: f32 [tokens, kv_heads, head_dim]; k_cache, v_cache: KV [num_blocks * block_size, ...].

@@ -7,11 +7,7 @@
 #include <string>
 #include <vector>
 
-#if defined(__CUDACC__)
-#define KVS_HOST_DEVICE __host__ __device__
-#else
-#define KVS_HOST_DEVICE
-#endif
+#include "plan/paged_kv.h"  // KVS_HOST_DEVICE
 
 namespace kvshard::cuda {
 

@@ -13,11 +13,10 @@ constexpr int kMergeThreads = 128;
 template <typename KV>
 __global__ void __launch_bounds__(kAttentionThreads)
     paged_attention_kernel(float* out, float* partial_out, float* partial_lse, const float* q,
-                           const KV* k_cache, const KV* v_cache, const int32_t* block_indptr,
-                           const int32_t* block_indices, int block_size, const int32_t* tiles,
-                           const int32_t* token_seq, const int32_t* positions, int q_heads,
-                           int kv_heads, int head_dim, int tile_tokens, int kv_tile, int num_splits,
-                           float scale) {
+                           const KV* k_cache, const KV* v_cache, const PagedKvView view,
+                           const int32_t* tiles, const int32_t* token_seq, const int32_t* positions,
+                           int q_heads, int kv_heads, int head_dim, int tile_tokens, int kv_tile,
+                           int num_splits, float scale) {
   const int kvh = blockIdx.y;
   const int split = blockIdx.z;
   const int group = q_heads / kv_heads;
@@ -62,11 +61,11 @@ __global__ void __launch_bounds__(kAttentionThreads)
 
   // This split's share of the tile's KV: whole blocks, cut at the longest causal reach.
   const int kv_len = kv_len_s;
-  const int64_t n_blocks = (kv_len + block_size - 1) / block_size;
-  const BlockRange range = SplitBlocks(n_blocks, num_splits, split);
+  const int64_t block_size = view.geometry.block_size;
+  const BlockRange range = SplitBlocks(view.geometry.BlocksFor(kv_len), num_splits, split);
   const int p_begin = static_cast<int>(range.begin * block_size);
   const int p_end = static_cast<int>(min(range.end * block_size, static_cast<int64_t>(kv_len)));
-  const int32_t* table = block_indices + block_indptr[token_seq[t0]];
+  const int32_t* table = view.Table(token_seq[t0]);
   const int64_t kv_row = static_cast<int64_t>(kv_heads) * head_dim;
   const KV* k_head = k_cache + static_cast<int64_t>(kvh) * head_dim;
   const KV* v_head = v_cache + static_cast<int64_t>(kvh) * head_dim;
@@ -83,8 +82,7 @@ __global__ void __launch_bounds__(kAttentionThreads)
       const int p = p0 + j;
       float kx = 0.0f, vx = 0.0f;
       if (p < p_end) {
-        const int64_t slot =
-            static_cast<int64_t>(table[p / block_size]) * block_size + p % block_size;
+        const int64_t slot = view.geometry.Slot(table, p);
         kx = to_f32(k_head[slot * kv_row + d]);
         vx = to_f32(v_head[slot * kv_row + d]);
       }
@@ -185,7 +183,10 @@ __global__ void __launch_bounds__(kMergeThreads)
 
 bool LaunchIsValid(const AttentionLaunch& l, int64_t q_heads, int64_t kv_heads, int64_t head_dim,
                    int64_t block_size, int64_t num_tiles, int64_t tokens, const float* workspace) {
-  if (kv_heads <= 0 || q_heads % kv_heads != 0 || head_dim <= 0 || block_size <= 0) return false;
+  if (kv_heads <= 0 || q_heads % kv_heads != 0 || head_dim <= 0 || block_size <= 0 ||
+      block_size > kMaxKvBlockSize) {
+    return false;
+  }
   const int64_t group = q_heads / kv_heads;
   const int64_t rows = l.tile_tokens * group;
   return l.tile_tokens >= 1 && l.tile_tokens <= kAttentionMaxTileTokens && l.kv_tile >= 1 &&
@@ -193,8 +194,7 @@ bool LaunchIsValid(const AttentionLaunch& l, int64_t q_heads, int64_t kv_heads, 
          l.num_splits >= 1 && l.num_splits <= kAttentionMaxSplits &&
          l.smem_bytes == AttentionSmemBytes(rows, l.kv_tile, head_dim) &&
          l.smem_bytes <= kAttentionSmemBudget && kv_heads <= 65535 && num_tiles <= INT32_MAX &&
-         tokens * q_heads <= INT32_MAX && block_size <= INT32_MAX &&
-         (l.num_splits == 1 || workspace != nullptr);
+         tokens * q_heads <= INT32_MAX && (l.num_splits == 1 || workspace != nullptr);
 }
 
 }  // namespace
@@ -206,8 +206,8 @@ cudaError_t paged_attention(float* out, const float* q, const KV* k_cache, const
                             int64_t q_heads, int64_t kv_heads, int64_t head_dim, float scale,
                             const AttentionLaunch& launch, float* workspace, cudaStream_t stream) {
   if (tokens <= 0 || num_tiles <= 0) return cudaSuccess;
-  if (!LaunchIsValid(launch, q_heads, kv_heads, head_dim, view.block_size, num_tiles, tokens,
-                     workspace)) {
+  if (!LaunchIsValid(launch, q_heads, kv_heads, head_dim, view.geometry.block_size, num_tiles,
+                     tokens, workspace)) {
     return cudaErrorInvalidValue;
   }
   const int64_t splits = launch.num_splits;
@@ -216,10 +216,10 @@ cudaError_t paged_attention(float* out, const float* q, const KV* k_cache, const
   const dim3 grid(static_cast<unsigned>(num_tiles), static_cast<unsigned>(kv_heads),
                   static_cast<unsigned>(splits));
   KVS_LAUNCH(grid, kAttentionThreads, launch.smem_bytes, stream, paged_attention_kernel<KV>)
-  (out, partial_out, partial_lse, q, k_cache, v_cache, view.block_indptr, view.block_indices,
-   static_cast<int>(view.block_size), tiles, token_seq, positions, static_cast<int>(q_heads),
-   static_cast<int>(kv_heads), static_cast<int>(head_dim), static_cast<int>(launch.tile_tokens),
-   static_cast<int>(launch.kv_tile), static_cast<int>(splits), scale);
+  (out, partial_out, partial_lse, q, k_cache, v_cache, view, tiles, token_seq, positions,
+   static_cast<int>(q_heads), static_cast<int>(kv_heads), static_cast<int>(head_dim),
+   static_cast<int>(launch.tile_tokens), static_cast<int>(launch.kv_tile), static_cast<int>(splits),
+   scale);
   const cudaError_t rc = cudaGetLastError();
   if (rc != cudaSuccess || splits == 1) return rc;
   KVS_LAUNCH(static_cast<unsigned>(tokens * q_heads), kMergeThreads, 0, stream,

@@ -20,8 +20,8 @@
 
 #include <cstdint>
 
-#include "kernels/cpu/paged_attention.h"
 #include "kernels/cuda/launch_config.h"
+#include "plan/paged_kv.h"
 
 namespace kvshard::cuda {
 

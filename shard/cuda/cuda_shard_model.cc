@@ -12,6 +12,7 @@
 #include "kernels/cuda/paged_attention.h"
 #include "kernels/cuda/rmsnorm.h"
 #include "kernels/cuda/rope.h"
+#include "shard/layer_program.h"
 #include "shard/rope_frequencies.h"
 #include "shard/safetensors.h"
 
@@ -65,13 +66,12 @@ StatusOr<std::unique_ptr<CudaShardModel>> CudaShardModel::Create(const ModelConf
   // Graphs cannot capture the legacy default stream, nor host-staged collectives.
   m->use_graphs_ = options.cuda_graphs && comm->capturable() && m->stream_ != nullptr;
 
-  m->stage_.block_size = options.block_size;
   m->stage_.kv_heads = l.kv_heads;
   m->stage_.group = l.q_heads / l.kv_heads;
   m->stage_.head_dim = config.head_dim;
-  m->stage_.max_kv_blocks = (config.max_seq_len + options.block_size - 1) / options.block_size;
+  m->stage_.max_kv_blocks = PagedKvGeometry{options.block_size}.BlocksFor(config.max_seq_len);
   m->stage_.sm_count = sm_count;
-  m->stage_.pad_decode = m->use_graphs_;
+  m->stage_.padding.pad_decode = m->use_graphs_;
 
   // What this process holds on the device is measured from here (cuBLAS, weights, workspaces),
   // so ranks sharing a GPU each count only their own memory against their share.
@@ -128,7 +128,8 @@ Status CudaShardModel::AllocateWorkspaces() {
         std::max(attention_floats, AttentionWorkspaceFloats(t, l.q_heads, hd, a.num_splits));
   }
   KVS_ASSIGN_OR_RETURN(attention_ws_, Floats(attention_floats, "attention split-K partials"));
-  plan_layout_ = DevicePlanLayout::Make(T);
+  plan_layout_ = StepInputsLayout::Make(T);
+  shape_.result_rows.reserve(T);
   KVS_ASSIGN_OR_RETURN(plan_host_, PinnedBuffer::Allocate(plan_layout_.bytes, "step plan"));
   KVS_ASSIGN_OR_RETURN(plan_device_, DeviceBuffer::Allocate(plan_layout_.bytes, "step plan"));
   KVS_ASSIGN_OR_RETURN(
@@ -163,7 +164,7 @@ Status CudaShardModel::AllocateKv() {
   }
   blocks = std::min<int64_t>(blocks, INT32_MAX - 1);
   num_blocks_ = blocks;
-  stage_.scratch_block = static_cast<int32_t>(blocks);
+  stage_.padding.scratch_block = static_cast<int32_t>(blocks);
   kv_layer_bytes_ =
       static_cast<size_t>(blocks + 1) * options_.block_size * row * DTypeSize(options_.kv_dtype);
   KVS_ASSIGN_OR_RETURN(
@@ -184,15 +185,17 @@ Status CudaShardModel::AgreeOnBlocks() {
 Status CudaShardModel::CreateTables() {
   const int64_t stride = std::max<int64_t>(stage_.max_kv_blocks, 1);
   if (options_.max_seqs <= 0) return InvalidArgument("max_seqs must be positive");
-  KVS_ASSIGN_OR_RETURN(tables_, BlockTables::Create(BlockTableShape{
-                                    options_.max_seqs, stride, num_blocks_, options_.block_size}));
-  stage_.scratch_slot = static_cast<int32_t>(options_.max_seqs);
+  KVS_ASSIGN_OR_RETURN(tables_,
+                       BlockTables::Create(BlockTableShape{options_.max_seqs, stride, num_blocks_,
+                                                           PagedKvGeometry{options_.block_size}}));
+  stage_.padding.scratch_slot = static_cast<int32_t>(options_.max_seqs);
   const size_t bytes = static_cast<size_t>((options_.max_seqs + 1) * stride) * sizeof(int32_t);
   KVS_ASSIGN_OR_RETURN(tables_device_, DeviceBuffer::Allocate(bytes, "block tables"));
   KVS_RETURN_IF_ERROR(KVS_CUDA(cudaMemset(tables_device_.get(), 0, bytes)));
   // The scratch row: its first block is the scratch block, where padding tokens live.
   return KVS_CUDA(cudaMemcpy(tables_device_.as<int32_t>() + options_.max_seqs * stride,
-                             &stage_.scratch_block, sizeof(int32_t), cudaMemcpyHostToDevice));
+                             &stage_.padding.scratch_block, sizeof(int32_t),
+                             cudaMemcpyHostToDevice));
 }
 
 Status CudaShardModel::UploadAppends(const StepPlan& plan) {
@@ -233,27 +236,16 @@ Status CudaShardModel::Forward(const StepPlan& plan, std::vector<float>* logits)
   KVS_RETURN_IF_ERROR(tables_.Apply(plan, config_.vocab_size, options_.max_tokens_per_step));
   KVS_RETURN_IF_ERROR(UploadAppends(plan));
   // The staging buffer is free: the previous step ended with a Synchronize.
-  KVS_ASSIGN_OR_RETURN(const StepShape shape,
-                       StagePlan(plan, tables_, plan_layout_, stage_, plan_host_.get()));
+  StepShape& shape = shape_;
+  KVS_RETURN_IF_ERROR(StagePlan(plan, tables_, plan_layout_, stage_, plan_host_.get(), &shape));
   KVS_RETURN_IF_ERROR(KVS_CUDA(cudaMemcpyAsync(
       plan_device_.get(), plan_host_.get(), shape.upload_bytes, cudaMemcpyHostToDevice, stream_)));
   KVS_RETURN_IF_ERROR(shape.padded ? RunDecodeGraph(shape) : Enqueue(shape));
   KVS_RETURN_IF_ERROR(comm_->Synchronize());
-  const int64_t L = static_cast<int64_t>(shape.result_rows.size());
-  if (comm_->rank() != 0 || L == 0) return Status::Ok();
-  // Rank-major [rank][row][slice] (one rank: [row][vocab]) to row-major [row][vocab].
-  const int64_t V = config_.vocab_size;
-  const float* host = logits_host_.as<float>();
-  logits->resize(L * V);
-  int64_t off = 0, col0 = 0;
-  for (int r = 0; r < layout_.tp; ++r) {
-    const int64_t n = layout_.vocab_counts[r];
-    for (int64_t i = 0; i < L; ++i) {
-      std::copy_n(host + off + shape.result_rows[i] * n, n, logits->data() + i * V + col0);
-    }
-    off += shape.rows * n;
-    col0 += n;
-  }
+  if (comm_->rank() != 0 || shape.result_rows.empty()) return Status::Ok();
+  logits->resize(shape.result_rows.size() * config_.vocab_size);
+  UnpackLogits(logits_host_.as<float>(), layout_, shape.rows, shape.result_rows, config_.vocab_size,
+               logits->data());
   return Status::Ok();
 }
 
@@ -306,100 +298,143 @@ Status CudaShardModel::Enqueue(const StepShape& shape) {
   return Internal("unknown dtype");
 }
 
+// The CUDA kernels and cuBLAS as the layer program's ops (shard/layer_program.h): every op
+// enqueues on the model's stream; nothing waits.
+template <typename Act, typename KV>
+class CudaOps {
+ public:
+  CudaOps(CudaShardModel& m, const StepShape& s)
+      : m_(m),
+        c_(m.config_),
+        l_(m.layout_),
+        s_(s),
+        p_(StepInputs::At(m.plan_device_.get(), m.plan_layout_)),
+        st_(m.stream_) {}
+
+  Status Embed(int64_t T) {
+    return KVS_CUDA(
+        embedding<Act>(F(Buf::kX), m_.weights_.embedding.as<Act>(), p_.tokens, T, c_.dim, st_));
+  }
+  Status Norm(int64_t layer, NormWeight w, int64_t T) {
+    return KVS_CUDA(
+        rmsnorm<Act>(A(Buf::kXn), F(Buf::kX), NormOf(layer, w), T, c_.dim, c_.rms_norm_eps, st_));
+  }
+  Status AddNorm(int64_t layer, NormWeight w, int64_t T) {
+    return KVS_CUDA(add_rmsnorm<Act>(F(Buf::kX), F(Buf::kPartial), A(Buf::kXn), NormOf(layer, w), T,
+                                     c_.dim, c_.rms_norm_eps, st_));
+  }
+  Status Gemm(Buf out, Buf in, int64_t layer, Proj p, int64_t T, int64_t k, int64_t n) {
+    return KVS_CUBLAS(
+        matmul<Act>(*m_.blas_, F(out), A(in), WeightOf(layer, p), T, k, n, false, st_));
+  }
+  Status GemmInput(Buf a, int64_t n) {
+    if constexpr (kF32) {
+      return Status::Ok();
+    } else {
+      return KVS_CUDA(convert_from_f32<Act>(A(a), F(a), n, st_));
+    }
+  }
+  Status Rope(Buf a, int64_t heads, int64_t T) {
+    return KVS_CUDA(rope(F(a), p_.positions, m_.inv_freq_.template as<float>(), T, heads,
+                         c_.head_dim, RopePairing::kHalf, st_));
+  }
+  Status KvAppend(int64_t layer, int64_t T) {
+    return KVS_CUDA(kv_append<KV>(m_.template KvLayer<KV>(layer, 0),
+                                  m_.template KvLayer<KV>(layer, 1), F(Buf::kK), F(Buf::kV),
+                                  p_.slots, T, l_.kv_heads, c_.head_dim, st_));
+  }
+  Status Attention(int64_t layer, int64_t T) {
+    const PagedKvView view{p_.block_indptr, m_.tables_device_.template as<int32_t>(),
+                           m_.tables_.shape().geometry};
+    return KVS_CUDA(paged_attention<KV>(
+        F(Buf::kAtt), F(Buf::kQ), m_.template KvLayer<KV>(layer, 0),
+        m_.template KvLayer<KV>(layer, 1), view, p_.tiles, s_.num_tiles, p_.token_seq, p_.positions,
+        T, l_.q_heads, l_.kv_heads, c_.head_dim, 1.0f / std::sqrt(static_cast<float>(c_.head_dim)),
+        s_.attention, m_.attention_ws_.template as<float>(), st_));
+  }
+  Status SiluMul(int64_t n) {
+    return KVS_CUDA(silu_mul<Act>(A(Buf::kMlp), F(Buf::kGate), F(Buf::kUp), n, st_));
+  }
+  Status GatherRows(int64_t rows) {
+    return KVS_CUDA(
+        embedding<Act>(F(Buf::kLogitsIn), A(Buf::kXn), p_.logits_rows, rows, c_.dim, st_));
+  }
+  Status Output(Buf a, int64_t rows) {
+    return KVS_CUDA(cudaMemcpyAsync(m_.logits_host_.get(), F(a),
+                                    rows * c_.vocab_size * sizeof(float), cudaMemcpyDeviceToHost,
+                                    st_));
+  }
+  float* Data(Buf a) { return F(a); }
+
+ private:
+  static constexpr bool kF32 = std::is_same_v<Act, float>;
+
+  // An activation's f32 buffer.
+  float* F(Buf a) const {
+    switch (a) {
+      case Buf::kX: return m_.x_.template as<float>();
+      case Buf::kXn: return nullptr;  // held only as Act
+      case Buf::kQ: return m_.q_.template as<float>();
+      case Buf::kK: return m_.k_.template as<float>();
+      case Buf::kV: return m_.v_.template as<float>();
+      case Buf::kAtt: return m_.att_.template as<float>();
+      case Buf::kPartial: return m_.partial_.template as<float>();
+      case Buf::kGate: return m_.gate_.template as<float>();
+      case Buf::kUp: return m_.up_.template as<float>();
+      case Buf::kMlp: return nullptr;  // held only as Act
+      case Buf::kLogitsIn: return m_.rows_.template as<float>();
+      case Buf::kLogits: return m_.local_logits_.template as<float>();
+      case Buf::kGathered: return m_.gathered_.template as<float>();
+    }
+    return nullptr;
+  }
+  // An activation as a GEMM input: in the weights' dtype (for f32 weights, the f32 buffer).
+  Act* A(Buf a) const {
+    switch (a) {
+      case Buf::kXn: return m_.xn_.template as<Act>();
+      case Buf::kMlp: return m_.act_.template as<Act>();
+      case Buf::kAtt: return kF32 ? reinterpret_cast<Act*>(F(a)) : m_.att_act_.template as<Act>();
+      case Buf::kLogitsIn:
+        return kF32 ? reinterpret_cast<Act*>(F(a)) : m_.rows_act_.template as<Act>();
+      default: return reinterpret_cast<Act*>(F(a));
+    }
+  }
+  const float* NormOf(int64_t layer, NormWeight w) const {
+    switch (w) {
+      case NormWeight::kAttention: return m_.weights_.layers[layer].attn_norm.template as<float>();
+      case NormWeight::kMlp: return m_.weights_.layers[layer].ffn_norm.template as<float>();
+      case NormWeight::kFinal: return m_.weights_.final_norm.template as<float>();
+    }
+    return nullptr;
+  }
+  const Act* WeightOf(int64_t layer, Proj p) const {
+    const DeviceLayerWeights& w = m_.weights_.layers[layer];
+    switch (p) {
+      case Proj::kQ: return w.wq.template as<Act>();
+      case Proj::kK: return w.wk.template as<Act>();
+      case Proj::kV: return w.wv.template as<Act>();
+      case Proj::kO: return w.wo.template as<Act>();
+      case Proj::kGate: return w.w_gate.template as<Act>();
+      case Proj::kUp: return w.w_up.template as<Act>();
+      case Proj::kDown: return w.w_down.template as<Act>();
+      case Proj::kLmHead: return m_.weights_.lm_head.template as<Act>();
+    }
+    return nullptr;
+  }
+
+  CudaShardModel& m_;
+  const ModelConfig& c_;
+  const TpLayout& l_;
+  const StepShape& s_;
+  const StepInputs p_;  // device pointers
+  cudaStream_t st_;
+};
+
 template <typename Act, typename KV>
 Status CudaShardModel::EnqueueStep(const StepShape& s) {
-  const ModelConfig& c = config_;
-  const TpLayout& l = layout_;
-  const int64_t T = s.tokens, dim = c.dim, hd = c.head_dim, ffn = l.ffn;
-  const int64_t q_width = l.q_heads * hd, kv_width = l.kv_heads * hd;
-  const float eps = c.rms_norm_eps, scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  const DevicePlanView p = DevicePlanView::At(plan_device_.get(), plan_layout_);
-  const PagedKvView view{p.block_indptr, tables_device_.as<int32_t>(), options_.block_size};
-  constexpr bool kF32 = std::is_same_v<Act, float>;
-  float* x = x_.as<float>();
-  Act* xn = xn_.as<Act>();
-  float *q = q_.as<float>(), *k = k_.as<float>(), *v = v_.as<float>();
-  float* att = att_.as<float>();
-  Act* att_act = kF32 ? reinterpret_cast<Act*>(att) : att_act_.as<Act>();
-  float* partial = partial_.as<float>();
-  float *gate = gate_.as<float>(), *up = up_.as<float>();
-  Act* act = act_.as<Act>();
-  const float* inv_freq = inv_freq_.as<float>();
-  const CublasHandle& blas = *blas_;
-  cudaStream_t st = stream_;
-
-  KVS_RETURN_IF_ERROR(
-      KVS_CUDA(embedding<Act>(x, weights_.embedding.as<Act>(), p.tokens, T, dim, st)));
-  KVS_RETURN_IF_ERROR(
-      KVS_CUDA(rmsnorm<Act>(xn, x, weights_.layers[0].attn_norm.as<float>(), T, dim, eps, st)));
-  for (int64_t i = 0; i < c.n_layers; ++i) {
-    const DeviceLayerWeights& w = weights_.layers[i];
-    // Attention: column-split QKV, this rank's heads only, row-split output projection.
-    KVS_RETURN_IF_ERROR(
-        KVS_CUBLAS(matmul<Act>(blas, q, xn, w.wq.as<Act>(), T, dim, q_width, false, st)));
-    KVS_RETURN_IF_ERROR(
-        KVS_CUBLAS(matmul<Act>(blas, k, xn, w.wk.as<Act>(), T, dim, kv_width, false, st)));
-    KVS_RETURN_IF_ERROR(
-        KVS_CUBLAS(matmul<Act>(blas, v, xn, w.wv.as<Act>(), T, dim, kv_width, false, st)));
-    KVS_RETURN_IF_ERROR(
-        KVS_CUDA(rope(q, p.positions, inv_freq, T, l.q_heads, hd, RopePairing::kHalf, st)));
-    KVS_RETURN_IF_ERROR(
-        KVS_CUDA(rope(k, p.positions, inv_freq, T, l.kv_heads, hd, RopePairing::kHalf, st)));
-    KV* kc = KvLayer<KV>(i, 0);
-    KV* vc = KvLayer<KV>(i, 1);
-    KVS_RETURN_IF_ERROR(KVS_CUDA(kv_append<KV>(kc, vc, k, v, p.slots, T, l.kv_heads, hd, st)));
-    KVS_RETURN_IF_ERROR(KVS_CUDA(paged_attention<KV>(
-        att, q, kc, vc, view, p.tiles, s.num_tiles, p.token_seq, p.positions, T, l.q_heads,
-        l.kv_heads, hd, scale, s.attention, attention_ws_.as<float>(), st)));
-    if constexpr (!kF32) {
-      KVS_RETURN_IF_ERROR(KVS_CUDA(convert_from_f32<Act>(att_act, att, T * q_width, st)));
-    }
-    KVS_RETURN_IF_ERROR(KVS_CUBLAS(
-        matmul<Act>(blas, partial, att_act, w.wo.as<Act>(), T, q_width, dim, false, st)));
-    if (l.tp > 1) KVS_RETURN_IF_ERROR(comm_->AllReduceSum(partial, T * dim));
-    KVS_RETURN_IF_ERROR(
-        KVS_CUDA(add_rmsnorm<Act>(x, partial, xn, w.ffn_norm.as<float>(), T, dim, eps, st)));
-
-    // MLP: column-split gate/up, row-split down projection.
-    KVS_RETURN_IF_ERROR(
-        KVS_CUBLAS(matmul<Act>(blas, gate, xn, w.w_gate.as<Act>(), T, dim, ffn, false, st)));
-    KVS_RETURN_IF_ERROR(
-        KVS_CUBLAS(matmul<Act>(blas, up, xn, w.w_up.as<Act>(), T, dim, ffn, false, st)));
-    KVS_RETURN_IF_ERROR(KVS_CUDA(silu_mul<Act>(act, gate, up, T * ffn, st)));
-    KVS_RETURN_IF_ERROR(
-        KVS_CUBLAS(matmul<Act>(blas, partial, act, w.w_down.as<Act>(), T, ffn, dim, false, st)));
-    if (l.tp > 1) KVS_RETURN_IF_ERROR(comm_->AllReduceSum(partial, T * dim));
-    // The residual add, fused with the next norm: the next layer's, or the final one.
-    const float* next_norm = i + 1 < c.n_layers ? weights_.layers[i + 1].attn_norm.as<float>()
-                                                : weights_.final_norm.as<float>();
-    KVS_RETURN_IF_ERROR(KVS_CUDA(add_rmsnorm<Act>(x, partial, xn, next_norm, T, dim, eps, st)));
-  }
-  if (s.rows == 0) return Status::Ok();
-
-  // Logits: gather the wanted rows of the final-normed activations, multiply by this rank's
-  // vocabulary slice, gather the slices on rank 0 and copy them to the host there.
-  float* rows = rows_.as<float>();
-  Act* rows_act = kF32 ? reinterpret_cast<Act*>(rows) : rows_act_.as<Act>();
-  KVS_RETURN_IF_ERROR(KVS_CUDA(embedding<Act>(rows, xn, p.logits_rows, s.rows, dim, st)));
-  if constexpr (!kF32) {
-    KVS_RETURN_IF_ERROR(KVS_CUDA(convert_from_f32<Act>(rows_act, rows, s.rows * dim, st)));
-  }
-  float* local = local_logits_.as<float>();
-  KVS_RETURN_IF_ERROR(KVS_CUBLAS(matmul<Act>(blas, local, rows_act, weights_.lm_head.as<Act>(),
-                                             s.rows, dim, l.vocab, false, st)));
-  const bool root = comm_->rank() == 0;
-  const float* result = local;
-  if (l.tp > 1) {
-    for (int r = 0; r < l.tp; ++r) {
-      gather_counts_[r] = l.vocab_counts[r] * static_cast<int>(s.rows);
-    }
-    KVS_RETURN_IF_ERROR(comm_->GatherV(local, static_cast<int>(s.rows * l.vocab),
-                                       root ? gathered_.as<float>() : nullptr, gather_counts_, 0));
-    result = gathered_.as<float>();
-  }
-  if (!root) return Status::Ok();
-  return KVS_CUDA(cudaMemcpyAsync(logits_host_.get(), result, s.rows * c.vocab_size * sizeof(float),
-                                  cudaMemcpyDeviceToHost, st));
+  CudaOps<Act, KV> ops(*this, s);
+  return RunLayerProgram(ops, *comm_, config_, layout_, ProgramStep{s.tokens, s.rows},
+                         &gather_counts_);
 }
 
 }  // namespace kvshard::cuda

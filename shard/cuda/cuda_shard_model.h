@@ -1,6 +1,7 @@
-// The device twin of shard/shard_model.h: one rank's weight slice, KV pool and layer forward on
-// its GPU, with the same tensor-parallel plan (column-split QKV/gate/up, row-split o/down, one
-// all-reduce after each, a vocabulary slice of the output head gathered to rank 0).
+// The device twin of shard/shard_model.h: one rank's weight slice, KV pool and workspaces on its
+// GPU. The forward is shard/layer_program.h's, the same program as the CPU backend's; this
+// backend supplies its ops (kernels/cuda and cuBLAS), fusing each residual add with the next
+// norm.
 //
 // Everything is allocated in Create: weights, workspaces for max_tokens_per_step, the plan
 // staging buffers, and then the KV pool from what memory_fraction leaves (or exactly num_blocks).
@@ -88,6 +89,8 @@ class CudaShardModel : public ShardBackend {
   size_t graphs() const { return graphs_.size(); }  // decode graphs captured so far
 
  private:
+  template <typename Act, typename KV>
+  friend class CudaOps;
   CudaShardModel() = default;
   Status AllocateWorkspaces();
   Status AllocateKv();
@@ -140,7 +143,8 @@ class CudaShardModel : public ShardBackend {
   DeviceBuffer attention_ws_;   // f32 split-K partials of the largest decode step
   BlockTables tables_;          // the running sequences' block tables (host copy)
   DeviceBuffer tables_device_;  // int32 [max_seqs + 1, stride]: the same rows, plus scratch
-  DevicePlanLayout plan_layout_;
+  StepInputsLayout plan_layout_;
+  StepShape shape_;           // the step being run (reused: no allocation per step)
   PinnedBuffer plan_host_;    // the step plan, staged
   DeviceBuffer plan_device_;  // its device mirror
   PinnedBuffer logits_host_;  // f32 [T * vocab] on rank 0

@@ -13,19 +13,26 @@ namespace {
 
 StageConfig Config(bool pad) {
   StageConfig c;
-  c.block_size = 4;
-  c.scratch_block = 99;
-  c.scratch_slot = 4;
+  c.padding.scratch_block = 99;
+  c.padding.scratch_slot = 4;
   c.kv_heads = 2;
   c.group = 4;
   c.head_dim = 64;
   c.max_kv_blocks = 8;
   c.sm_count = 132;
-  c.pad_decode = pad;
+  c.padding.pad_decode = pad;
   return c;
 }
 
-// Four table slots of 8 blocks (the device adds the scratch row, slot 4), 100 KV blocks.
+StatusOr<StepShape> Stage(const StepPlan& plan, const BlockTables& tables,
+                          const StepInputsLayout& layout, const StageConfig& config, void* base) {
+  StepShape shape;
+  KVS_RETURN_IF_ERROR(StagePlan(plan, tables, layout, config, base, &shape));
+  return shape;
+}
+
+// Four table slots of 8 blocks of 4 tokens (the device adds the scratch row, slot 4), 100 KV
+// blocks.
 BlockTables Tables() { return std::move(BlockTables::Create({4, 8, 100, 4})).value(); }
 
 // Two sequences: 6 prompt tokens in slot 2 on blocks {3, 1}, and 1 decode token at position 9
@@ -44,13 +51,13 @@ StepPlan MixedPlan() {
 }
 
 TEST(DeviceStepPlan, StagesSlotsSequencesAndTiles) {
-  const DevicePlanLayout layout = DevicePlanLayout::Make(16);
+  const StepInputsLayout layout = StepInputsLayout::Make(16);
   std::vector<std::byte> buffer(layout.bytes);
   BlockTables tables = Tables();
   ASSERT_TRUE(tables.Apply(MixedPlan(), 100, 16).ok());
-  auto shape = StagePlan(MixedPlan(), tables, layout, Config(true), buffer.data());
+  auto shape = Stage(MixedPlan(), tables, layout, Config(true), buffer.data());
   ASSERT_TRUE(shape.ok()) << shape.status().ToString();
-  const DevicePlanView v = DevicePlanView::At(buffer.data(), layout);
+  const StepInputs v = StepInputs::At(buffer.data(), layout);
   EXPECT_FALSE(shape->decode);
   EXPECT_FALSE(shape->padded);  // a prefill step is never padded
   EXPECT_EQ(shape->tokens, 7);
@@ -95,13 +102,13 @@ StepPlan DecodePlan(int seqs) {
 }
 
 TEST(DeviceStepPlan, DecodePadsToTheBucketOnTheScratchBlock) {
-  const DevicePlanLayout layout = DevicePlanLayout::Make(16);
+  const StepInputsLayout layout = StepInputsLayout::Make(16);
   std::vector<std::byte> buffer(layout.bytes);
   BlockTables tables = Tables();
   ASSERT_TRUE(tables.Apply(DecodePlan(3), 200, 16).ok());
-  auto shape = StagePlan(DecodePlan(3), tables, layout, Config(true), buffer.data());
+  auto shape = Stage(DecodePlan(3), tables, layout, Config(true), buffer.data());
   ASSERT_TRUE(shape.ok()) << shape.status().ToString();
-  const DevicePlanView v = DevicePlanView::At(buffer.data(), layout);
+  const StepInputs v = StepInputs::At(buffer.data(), layout);
   EXPECT_TRUE(shape->decode);
   EXPECT_TRUE(shape->padded);
   EXPECT_EQ(shape->tokens, 4);
@@ -124,7 +131,7 @@ TEST(DeviceStepPlan, DecodePadsToTheBucketOnTheScratchBlock) {
   EXPECT_EQ(shape->upload_bytes, layout.logits_rows + 4 * sizeof(int32_t));
 
   // Without graphs, no padding.
-  shape = StagePlan(DecodePlan(3), tables, layout, Config(false), buffer.data());
+  shape = Stage(DecodePlan(3), tables, layout, Config(false), buffer.data());
   ASSERT_TRUE(shape.ok());
   EXPECT_TRUE(shape->decode);
   EXPECT_FALSE(shape->padded);
@@ -137,11 +144,11 @@ TEST(DeviceStepPlan, BucketsAndCapacity) {
   EXPECT_EQ(DecodeBucket(64, 512), 64);
   EXPECT_EQ(DecodeBucket(65, 512), 128);
   EXPECT_EQ(DecodeBucket(300, 300), 300);
-  const DevicePlanLayout small = DevicePlanLayout::Make(4);
+  const StepInputsLayout small = StepInputsLayout::Make(4);
   std::vector<std::byte> buffer(small.bytes);
   BlockTables tables = Tables();
   ASSERT_TRUE(tables.Apply(MixedPlan(), 100, 16).ok());
-  const auto shape = StagePlan(MixedPlan(), tables, small, Config(true), buffer.data());
+  const auto shape = Stage(MixedPlan(), tables, small, Config(true), buffer.data());
   EXPECT_EQ(shape.status().code(), StatusCode::kInvalidArgument);
 }
 

@@ -11,6 +11,7 @@
 #include <numeric>
 #include <random>
 
+#include "kernels/cpu/paged_attention.h"
 #include "kernels/cuda/kv_append.h"
 #include "tests/gpu/gpu_test_util.h"
 

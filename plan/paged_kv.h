@@ -1,0 +1,66 @@
+// The paged KV cache's geometry, defined once for the host (block manager, block tables, step
+// staging, the backends' checks at load) and the kernels (CPU and CUDA, host and device code).
+//
+// The cache of one layer on one rank is a pool of blocks: K and V each
+//   KV [num_blocks, block_size, kv_heads, head_dim]
+// A sequence's positions 0..n-1 live in the blocks its table lists: position p is offset
+// p % block_size of block table[p / block_size], the pool row (slot) block * block_size + offset.
+// A batch's tables are one FlashInfer-style view (indptr + indices) read by every layer.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#if defined(__CUDACC__)
+#define KVS_HOST_DEVICE __host__ __device__
+#else
+#define KVS_HOST_DEVICE
+#endif
+
+namespace kvshard {
+
+// The kernels index a block's offsets, a step's tokens and a table's entries with 32-bit ints.
+inline constexpr int64_t kMaxKvBlockSize = int64_t{1} << 16;
+inline constexpr int64_t kMaxKvPositions = (int64_t{1} << 31) - 1;  // per sequence
+inline constexpr int64_t kMaxKvBlocks = (int64_t{1} << 31) - 2;     // per pool (and a scratch one)
+// The attention kernels keep one KV head's query group (kMaxQueryGroup heads of kMaxHeadDim) in
+// registers or on the stack; the CUDA kernel has tighter limits of its own (AttentionSupported).
+inline constexpr int64_t kMaxHeadDim = 512;
+inline constexpr int64_t kMaxQueryGroup = 128;
+
+struct PagedKvGeometry {
+  int64_t block_size = 16;
+
+  // Blocks that hold positions [0, tokens).
+  KVS_HOST_DEVICE int64_t BlocksFor(int64_t tokens) const {
+    return (tokens + block_size - 1) / block_size;
+  }
+  // Whether a table of `blocks` blocks covers position `pos`.
+  KVS_HOST_DEVICE bool Covers(int64_t blocks, int64_t pos) const {
+    return pos >= 0 && pos / block_size < blocks;
+  }
+  // The pool row of offset `offset` in block `block`.
+  KVS_HOST_DEVICE int64_t SlotOf(int32_t block, int64_t offset) const {
+    return static_cast<int64_t>(block) * block_size + offset;
+  }
+  // The pool row of position `pos` of the sequence whose table is `table`.
+  KVS_HOST_DEVICE int64_t Slot(const int32_t* table, int64_t pos) const {
+    return SlotOf(table[pos / block_size], pos % block_size);
+  }
+
+  // Empty when the kernels handle this geometry for a pool of `num_blocks` blocks and sequences
+  // of `max_positions`; otherwise what is out of range.
+  std::string Check(int64_t num_blocks, int64_t max_positions) const;
+};
+
+struct PagedKvView {
+  const int32_t* block_indptr;   // [seqs + 1]: sequence s owns indices[indptr[s], indptr[s+1])
+  const int32_t* block_indices;  // [nnz_blocks]
+  PagedKvGeometry geometry;
+
+  KVS_HOST_DEVICE const int32_t* Table(int64_t seq) const {
+    return block_indices + block_indptr[seq];
+  }
+};
+
+}  // namespace kvshard
