@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "plan/paged_kv.h"
 
 namespace kvshard {
 
@@ -33,7 +34,7 @@ class BlockManager {
   int64_t free_blocks() const { return static_cast<int64_t>(free_.size() + lru_.size()); }
   // Free blocks that still hold a reusable prefix.
   int64_t cached_blocks() const { return static_cast<int64_t>(lru_.size()); }
-  int64_t BlocksFor(int64_t tokens) const { return (tokens + block_size_ - 1) / block_size_; }
+  int64_t BlocksFor(int64_t tokens) const { return PagedKvGeometry{block_size_}.BlocksFor(tokens); }
 
   // Grows `seq`'s table to cover `tokens` positions. All or nothing: ResourceExhausted (with the
   // numbers) when the free blocks do not suffice, and then nothing was taken.
