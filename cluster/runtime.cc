@@ -169,6 +169,8 @@ Status LoadShard(const ShardFlags& flags, int64_t min_kv_tokens, Runtime* rt) {
   KVS_ASSIGN_OR_RETURN(options.kv_dtype, ParseDType(flags.kv_dtype));
   options.max_tokens_per_step = flags.max_tokens_per_step;
   options.max_seqs = flags.max_seqs;
+  // --threads N fixes the team size; the default (0) lets the shard tune it while decoding.
+  options.tune_threads = flags.threads > 0 ? 0 : rt->threads;
   const int64_t tokens = min_kv_tokens > 0 ? min_kv_tokens : rt->config.max_seq_len;
   options.num_blocks =
       flags.kv_blocks > 0 ? flags.kv_blocks : (tokens + flags.block_size - 1) / flags.block_size;

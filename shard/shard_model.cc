@@ -1,5 +1,9 @@
 #include "shard/shard_model.h"
 
+#include <omp.h>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <new>
@@ -154,6 +158,10 @@ StatusOr<std::unique_ptr<ShardModel>> ShardModel::Load(const std::string& model_
           options.max_seqs, PagedKvGeometry{options.block_size}.BlocksFor(config.max_seq_len),
           options.num_blocks, PagedKvGeometry{options.block_size}}));
   m->inv_freq_ = RopeInverseFrequencies(config);
+  if (options.tune_threads > 0) {
+    m->tuner_ = std::make_unique<ThreadTuner>(options.tune_threads);
+    omp_set_num_threads(m->tuner_->threads());
+  }
 
   const TpLayout& l = m->layout_;
   const int64_t T = options.max_tokens_per_step;
@@ -181,7 +189,10 @@ StatusOr<std::unique_ptr<ShardModel>> ShardModel::Load(const std::string& model_
   return m;
 }
 
+int ShardModel::threads() const { return tuner_ ? tuner_->threads() : omp_get_max_threads(); }
+
 Status ShardModel::Forward(const StepPlan& plan, std::vector<float>* logits) {
+  const auto t0 = std::chrono::steady_clock::now();
   KVS_RETURN_IF_ERROR(tables_.Apply(plan, config_.vocab_size, options_.max_tokens_per_step));
   KVS_RETURN_IF_ERROR(
       StageStepInputs(plan, tables_, inputs_layout_, StepPadding{}, inputs_.data(), &staged_));
@@ -198,6 +209,16 @@ Status ShardModel::Forward(const StepPlan& plan, std::vector<float>* logits) {
     case DType::kF32: KVS_RETURN_IF_ERROR(run(float{})); break;
     case DType::kF16: KVS_RETURN_IF_ERROR(run(f16_t{})); break;
     case DType::kBF16: KVS_RETURN_IF_ERROR(run(bf16_t{})); break;
+  }
+  if (tuner_ && plan.num_tokens() == plan.num_seqs()) {  // a decode step: tune the team size
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const int before = tuner_->threads();
+    if (tuner_->Record(plan.num_tokens(), seconds)) {
+      omp_set_num_threads(tuner_->threads());
+      spdlog::debug("rank {}: decode threads {} -> {} (last step {:.3f} ms)", comm_->rank(), before,
+                    tuner_->threads(), seconds * 1e3);
+    }
   }
   if (comm_->rank() != 0 || step.rows == 0) return Status::Ok();
   logits->resize(staged_.result_rows.size() * config_.vocab_size);

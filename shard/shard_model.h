@@ -14,6 +14,7 @@
 #include "shard/model_config.h"
 #include "shard/shard_backend.h"
 #include "shard/step_inputs.h"
+#include "shard/thread_tuner.h"
 #include "shard/tp_layout.h"
 #include "shard/weights.h"
 #include "transport/communicator.h"
@@ -26,6 +27,8 @@ struct ShardOptions {
   DType kv_dtype = DType::kF32;       // KV cache storage
   int64_t max_tokens_per_step = 512;  // workspace size: the most tokens one step may carry
   int64_t max_seqs = 256;             // block table slots: sequences running at once
+  int tune_threads = 0;  // > 0: pick the OpenMP team size in 1..tune_threads by measurement
+                         // while decoding (shard/thread_tuner.h); 0: leave it as it is
 };
 
 class ShardModel : public ShardBackend {
@@ -51,6 +54,7 @@ class ShardModel : public ShardBackend {
   int64_t block_size() const override { return options_.block_size; }
   int64_t max_tokens_per_step() const override { return options_.max_tokens_per_step; }
   int64_t max_seqs() const override { return options_.max_seqs; }
+  int threads() const;  // the OpenMP team size steps run with now
   int64_t weight_bytes() const override { return weights_.bytes(); }
   int64_t decode_read_bytes() const override { return weights_.decode_read_bytes(config_.dim); }
   int64_t kv_bytes_per_token() const override { return kv_->shape().bytes_per_token(); }
@@ -66,7 +70,8 @@ class ShardModel : public ShardBackend {
   ShardOptions options_;
   ShardWeights weights_;
   std::unique_ptr<KvPool> kv_;
-  BlockTables tables_;  // the running sequences' block tables, kept between steps
+  BlockTables tables_;                  // the running sequences' block tables, kept between steps
+  std::unique_ptr<ThreadTuner> tuner_;  // when options.tune_threads > 0
   Communicator* comm_ = nullptr;
   std::vector<float> inv_freq_;  // f32 [head_dim / 2]
 

@@ -43,7 +43,9 @@ void matmul_impl(float* out, const float* x, const float* w, int64_t tokens, int
   const int64_t tiles = (n_out + 3) / 4;
   for (int64_t t0 = 0; t0 < tokens; t0 += kTokenBlock) {
     const int64_t t1 = std::min(tokens, t0 + kTokenBlock);
-#pragma omp parallel for schedule(static)
+    // A small product runs on the calling thread: a team's fork and barrier would cost more than
+    // it saves, and beside a busy process each barrier may wait for a descheduled thread.
+#pragma omp parallel for schedule(static) if ((t1 - t0) * in * n_out >= kParallelMacs)
     for (int64_t tile = 0; tile < tiles; ++tile) {
       const int64_t n0 = tile * 4;
       const int64_t rows = std::min<int64_t>(4, n_out - n0);

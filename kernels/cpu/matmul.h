@@ -1,11 +1,15 @@
 // out[t, n] = sum_k x[t, k] * w[n, k]: a linear layer with Hugging Face's [out, in] weight layout.
 // Decode (t = 1) is a matrix-vector product bound by reading w once; prefill reuses each tile of w
-// across all tokens. Threads split the output features (OpenMP).
+// across all tokens. Threads split the output features (OpenMP), for products of kParallelMacs or
+// more.
 #pragma once
 
 #include <cstdint>
 
 namespace kvshard {
+
+// Multiply-adds below which a CPU kernel runs on the calling thread rather than an OpenMP team.
+inline constexpr int64_t kParallelMacs = int64_t{1} << 16;
 
 // out: f32 [tokens, out_features]; x: f32 [tokens, in_features]; w: f32 [out_features, in_features]
 void matmul(float* out, const float* x, const float* w, int64_t tokens, int64_t in_features,

@@ -45,8 +45,11 @@ void paged_attention(float* out, const float* q, const KV* k_cache, const KV* v_
                      float scale) {
   const int64_t group = q_heads / kv_heads;
   const int64_t kv_row = kv_heads * head_dim;
-  // One task per (token, KV head): the group's query heads share every K/V row they read.
-#pragma omp parallel for schedule(dynamic, 1)
+  // One task per (token, KV head): the group's query heads share every K/V row they read. A
+  // small step (a tiny model's decode) runs on the calling thread, as small matmuls do.
+  const int64_t reach = tokens > 0 ? static_cast<int64_t>(positions[tokens - 1]) + 1 : 0;
+  const bool parallel = tokens * q_heads * head_dim * reach >= kParallelMacs;
+#pragma omp parallel for schedule(dynamic, 1) if (parallel)
   for (int64_t task = 0; task < tokens * kv_heads; ++task) {
     const int64_t t = task / kv_heads;
     const int64_t kvh = task % kv_heads;
