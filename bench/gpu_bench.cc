@@ -16,9 +16,6 @@
 //
 // On the CPU emulator (kvshard_gpu_bench_emu) it runs the same code at toy sizes (--smoke): a test
 // that the program works, not a measurement.
-// clang-format off
-#include "kernels/cuda/launch.cuh"  // first: the device vocabulary of the CPU emulator
-// clang-format on
 #include <fmt/format.h>
 #include <mpi.h>
 
@@ -31,8 +28,8 @@
 #include <string>
 #include <vector>
 
+#include "common/cuda/cuda_check.h"
 #include "kernels/cuda/copy_bandwidth.h"
-#include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/launch_config.h"
 #include "kernels/cuda/paged_attention.h"
@@ -73,7 +70,7 @@ void Check(const Status& st) {
   }
 }
 
-// A typed view of a DeviceBuffer (shard/cuda/device_buffer.h) of `count` elements of T.
+// A typed view of a DeviceBuffer (common/cuda/device_buffer.h) of `count` elements of T.
 template <typename T>
 struct Device {
   DeviceBuffer buffer;

@@ -9,7 +9,7 @@
 
 #include "shard/shard_model.h"
 #ifdef KVSHARD_HAVE_CUDA
-#include "kernels/cuda/cuda_check.h"
+#include "common/cuda/cuda_check.h"
 #include "shard/cuda/cuda_shard_model.h"
 #include "transport/cuda/nccl_communicator.h"
 #include "transport/cuda/staged_device_communicator.h"

@@ -43,7 +43,7 @@ if(KVSHARD_NATIVE)
 endif()
 
 file(GLOB KVSHARD_CUDA_SOURCES CONFIGURE_DEPENDS
-  kernels/cuda/*.cu kernels/cuda/*.cc transport/cuda/*.cc shard/cuda/*.cc shard/cuda/*.cu)
+  common/cuda/*.cc kernels/cuda/*.cu kernels/cuda/*.cc transport/cuda/*.cc shard/cuda/*.cc shard/cuda/*.cu)
 add_library(kvshard_cuda STATIC ${KVSHARD_CUDA_SOURCES})
 set_property(TARGET kvshard_cuda PROPERTY COMPILE_OPTIONS ${KVSHARD_CUDA_TARGET_OPTIONS})
 target_include_directories(kvshard_cuda PUBLIC ${CMAKE_CURRENT_SOURCE_DIR} ${NCCL_INCLUDE_DIR})
@@ -55,14 +55,13 @@ set_target_properties(kvshard_cuda PROPERTIES
 
 # `kvshard --device cuda` (cluster/runtime.cc compiles its CUDA path under KVSHARD_HAVE_CUDA). The
 # CLI objects see the CUDA headers but link no backend: `kvshard` gets the real one, `kvshard_emu`
-# the emulator (cmake/cuda_emu.cmake).
+# the emulator (tests/emu/emu.cmake, built only with the tests).
 target_include_directories(kvshard_cli PUBLIC ${CUDAToolkit_INCLUDE_DIRS} ${NCCL_INCLUDE_DIR})
 target_compile_definitions(kvshard_cli PUBLIC KVSHARD_HAVE_CUDA=1)
 target_link_libraries(kvshard PRIVATE kvshard_cuda)
 
-include(cmake/cuda_emu.cmake)
-
 if(KVSHARD_BUILD_TESTS)
+  include(tests/emu/emu.cmake)
   add_subdirectory(tests/gpu ${CMAKE_BINARY_DIR}/tests/gpu)
 endif()
 

@@ -4,23 +4,22 @@
 
 #include <algorithm>
 
-#include "kernels/cuda/cuda_check.h"
+#include "common/cuda/cuda_check.h"
+#include "common/cuda/device_buffer.h"
 
 namespace kvshard::cuda {
 
 StatusOr<double> MeasureDeviceCopyGbs(size_t bytes, int repeats) {
-  void* src = nullptr;
-  void* dst = nullptr;
+  KVS_ASSIGN_OR_RETURN(DeviceBuffer src_buffer, DeviceBuffer::Allocate(bytes, "copy source"));
+  KVS_ASSIGN_OR_RETURN(DeviceBuffer dst_buffer, DeviceBuffer::Allocate(bytes, "copy target"));
+  void* src = src_buffer.get();
+  void* dst = dst_buffer.get();
   cudaEvent_t start = nullptr, stop = nullptr;
   auto release = [&] {
-    if (src) cudaFree(src);
-    if (dst) cudaFree(dst);
     if (start) cudaEventDestroy(start);
     if (stop) cudaEventDestroy(stop);
   };
-  Status st = KVS_CUDA(cudaMalloc(&src, bytes));
-  if (st.ok()) st = KVS_CUDA(cudaMalloc(&dst, bytes));
-  if (st.ok()) st = KVS_CUDA(cudaMemset(src, 1, bytes));
+  Status st = KVS_CUDA(cudaMemset(src, 1, bytes));
   if (st.ok()) st = KVS_CUDA(cudaEventCreate(&start));
   if (st.ok()) st = KVS_CUDA(cudaEventCreate(&stop));
   double best_ms = 1e30;

@@ -2,13 +2,12 @@
 // f32, as on the CPU, kernels/cpu/half.h) and warp/block reductions.
 #pragma once
 
-// clang-format off
-#include "kernels/cuda/launch.cuh"  // first: the device vocabulary of the CPU emulator
-// clang-format on
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <cstdint>
+
+#include "kernels/cuda/launch.cuh"
 
 namespace kvshard::cuda {
 
@@ -49,7 +48,7 @@ __device__ __forceinline__ float warp_max(float v) {
 // most 1024) and every thread of the block must call it (it synchronises).
 template <typename T>
 __device__ __forceinline__ T block_sum(T v) {
-  __shared__ T partial[32];
+  KVS_SHARED(T, partial, 32);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   v = warp_sum(v);
   __syncthreads();  // a previous call's readers are done with `partial`
@@ -61,7 +60,7 @@ __device__ __forceinline__ T block_sum(T v) {
 
 // Maximum over the thread block, returned to every thread; same rules as block_sum.
 __device__ __forceinline__ float block_max(float v) {
-  __shared__ float partial[32];
+  KVS_SHARED(float, partial, 32);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   v = warp_max(v);
   __syncthreads();
@@ -85,8 +84,8 @@ __device__ __forceinline__ void argmax_combine(float& value, int32_t& index, flo
 // Argmax over the thread block of each thread's candidate, returned to every thread; same rules
 // as block_sum. A thread with no candidate passes (-inf, INT32_MAX).
 __device__ __forceinline__ int32_t block_argmax(float value, int32_t index) {
-  __shared__ float values[32];
-  __shared__ int32_t indices[32];
+  KVS_SHARED(float, values, 32);
+  KVS_SHARED(int32_t, indices, 32);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   for (int offset = 16; offset > 0; offset >>= 1) {
     argmax_combine(value, index, __shfl_xor_sync(0xffffffffu, value, offset),

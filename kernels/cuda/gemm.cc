@@ -3,7 +3,7 @@
 #include <climits>
 #include <type_traits>
 
-#include "kernels/cuda/cuda_check.h"
+#include "common/cuda/cuda_check.h"
 
 namespace kvshard::cuda {
 namespace {
@@ -29,15 +29,14 @@ StatusOr<std::unique_ptr<CublasHandle>> CublasHandle::Create(size_t workspace_by
   // CUBLAS_TF32_TENSOR_OP_MATH) and uses tensor cores for f16/bf16 inputs.
   KVS_RETURN_IF_ERROR(KVS_CUBLAS(cublasSetMathMode(h->handle_, CUBLAS_DEFAULT_MATH)));
   if (workspace_bytes > 0) {
-    KVS_RETURN_IF_ERROR(KVS_CUDA(cudaMalloc(&h->workspace_, workspace_bytes)));
-    h->workspace_bytes_ = workspace_bytes;
+    KVS_ASSIGN_OR_RETURN(h->workspace_,
+                         DeviceBuffer::Allocate(workspace_bytes, "cuBLAS workspace"));
   }
   return h;
 }
 
 CublasHandle::~CublasHandle() {
   if (handle_) cublasDestroy(handle_);
-  if (workspace_) cudaFree(workspace_);
 }
 
 template <typename T>

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <memory>
 
+#include "common/cuda/device_buffer.h"
 #include "common/status.h"
 
 namespace kvshard::cuda {
@@ -27,14 +28,13 @@ class CublasHandle {
   CublasHandle& operator=(const CublasHandle&) = delete;
 
   cublasHandle_t get() const { return handle_; }
-  void* workspace() const { return workspace_; }
-  size_t workspace_bytes() const { return workspace_bytes_; }
+  void* workspace() const { return workspace_.get(); }
+  size_t workspace_bytes() const { return workspace_.bytes(); }
 
  private:
   CublasHandle() = default;
   cublasHandle_t handle_ = nullptr;
-  void* workspace_ = nullptr;
-  size_t workspace_bytes_ = 0;
+  DeviceBuffer workspace_;
 };
 
 // out: f32 [tokens, out_features]; x: T [tokens, in_features]; w: T [out_features, in_features];

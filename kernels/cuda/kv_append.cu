@@ -1,8 +1,6 @@
-// clang-format off
-#include "kernels/cuda/launch.cuh"  // first: the device vocabulary of the CPU emulator
-// clang-format on
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/kv_append.h"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/launch_config.h"
 
 namespace kvshard::cuda {

@@ -1,7 +1,5 @@
-// clang-format off
-#include "kernels/cuda/launch.cuh"  // first: the device vocabulary of the CPU emulator
-// clang-format on
 #include "kernels/cuda/device_math.cuh"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/paged_attention.h"
 
 namespace kvshard::cuda {
@@ -36,8 +34,8 @@ __global__ void __launch_bounds__(kAttentionThreads)
   float* m_s = p_s + max_rows * kv_tile;   // f32 [max_rows] running max of the scores
   float* l_s = m_s + max_rows;             // f32 [max_rows] running sum of exp(score - max)
   float* c_s = l_s + max_rows;             // f32 [max_rows] this pass's rescale of the output
-  __shared__ int32_t pos_s[kAttentionMaxTileTokens];
-  __shared__ int32_t kv_len_s;
+  KVS_SHARED(int32_t, pos_s, kAttentionMaxTileTokens);
+  KVS_SHARED(int32_t, kv_len_s, 1);  // one value: kv_len_s[0]
 
   if (threadIdx.x < n_tokens) pos_s[threadIdx.x] = positions[t0 + threadIdx.x];
   for (int e = threadIdx.x; e < rows * head_dim; e += kAttentionThreads) {
@@ -55,12 +53,12 @@ __global__ void __launch_bounds__(kAttentionThreads)
   if (threadIdx.x == 0) {
     int32_t last = 0;
     for (int i = 0; i < n_tokens; ++i) last = max(last, pos_s[i]);
-    kv_len_s = last + 1;
+    kv_len_s[0] = last + 1;
   }
   __syncthreads();
 
   // This split's share of the tile's KV: whole blocks, cut at the longest causal reach.
-  const int kv_len = kv_len_s;
+  const int kv_len = kv_len_s[0];
   const int64_t block_size = view.geometry.block_size;
   const BlockRange range = SplitBlocks(view.geometry.BlocksFor(kv_len), num_splits, split);
   const int p_begin = static_cast<int>(range.begin * block_size);

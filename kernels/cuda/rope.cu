@@ -1,6 +1,4 @@
-// clang-format off
-#include "kernels/cuda/launch.cuh"  // first: the device vocabulary of the CPU emulator
-// clang-format on
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/launch_config.h"
 #include "kernels/cuda/rope.h"
 

@@ -4,9 +4,9 @@
 #include <cmath>
 #include <type_traits>
 
+#include "common/cuda/cuda_check.h"
 #include "kernels/cuda/activation.h"
 #include "kernels/cuda/convert.h"
-#include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/embedding.h"
 #include "kernels/cuda/kv_append.h"
 #include "kernels/cuda/paged_attention.h"

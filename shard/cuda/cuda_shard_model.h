@@ -19,11 +19,11 @@
 #include <string>
 #include <vector>
 
+#include "common/cuda/device_buffer.h"
 #include "common/status.h"
 #include "kernels/cuda/gemm.h"
 #include "plan/step_plan.h"
 #include "shard/block_tables.h"
-#include "shard/cuda/device_buffer.h"
 #include "shard/cuda/device_step_plan.h"
 #include "shard/cuda/device_weights.h"
 #include "shard/dtype.h"

@@ -2,7 +2,7 @@
 
 #include <string>
 
-#include "kernels/cuda/cuda_check.h"
+#include "common/cuda/cuda_check.h"
 
 namespace kvshard::cuda {
 namespace {

@@ -7,8 +7,8 @@
 
 #include <vector>
 
+#include "common/cuda/device_buffer.h"
 #include "common/status.h"
-#include "shard/cuda/device_buffer.h"
 #include "shard/dtype.h"
 #include "shard/weights.h"
 

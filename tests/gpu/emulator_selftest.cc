@@ -3,9 +3,6 @@
 // turn into errors rather than wrong answers or hangs (divergent barriers, traps, bad launches,
 // copies outside an allocation or in the wrong direction, synchronous calls during a capture).
 // Built into the emulated test binary only.
-// clang-format off
-#include "kernels/cuda/launch.cuh"  // first: the device vocabulary of the CPU emulator
-// clang-format on
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -13,7 +10,8 @@
 #include <vector>
 
 #include "kernels/cuda/device_math.cuh"
-#include "kernels/cuda/emu/emu_state.h"
+#include "kernels/cuda/launch.cuh"
+#include "tests/emu/emu_state.h"
 #include "tests/gpu/gpu_test_util.h"
 
 namespace kvshard::cuda {
@@ -28,7 +26,7 @@ struct ClearSticky {
 
 template <bool kBarrier>
 __global__ void ReverseInBlock(int* out, const int* in) {
-  __shared__ int tile[256];
+  KVS_SHARED(int, tile, 256);
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   tile[threadIdx.x] = in[i];
   if (kBarrier) __syncthreads();
@@ -55,6 +53,24 @@ TEST(CudaEmulator, SharedMemoryNeedsTheBarrier) {
   }
   // Without the barrier a thread reads its partner's slot before the partner wrote it.
   EXPECT_NE(Reverse(false), with);
+}
+
+__global__ void FirstBlockWritesShared(int* out) {
+  KVS_SHARED(int, value, 1);
+  if (blockIdx.x == 0 && threadIdx.x == 0) value[0] = 42;
+  __syncthreads();
+  if (threadIdx.x == 0) out[blockIdx.x] = value[0];
+}
+
+TEST(CudaEmulator, StaticSharedMemoryIsPoisonedForEveryBlock) {
+  DeviceArray<int> out(std::vector<int>(4, 0));
+  KVS_LAUNCH(4, 32, 0, nullptr, FirstBlockWritesShared)(out.get());
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const std::vector<int> host = out.ToHost();
+  // Blocks run in either order (KVSHARD_EMU_ORDER); a block that did not write reads the poison,
+  // never the value block 0 left.
+  EXPECT_EQ(host[0], 42);
+  for (int b = 1; b < 4; ++b) EXPECT_EQ(host[b], -1) << "block " << b;
 }
 
 __global__ void WarpSums(float* out, const float* in) {

@@ -13,13 +13,13 @@
 #include <string>
 #include <vector>
 
+#include "common/cuda/cuda_check.h"
 #include "kernels/cpu/half.h"
-#include "kernels/cuda/cuda_check.h"
 
 namespace kvshard::cuda::testing {
 
 // Whether this test binary runs on the CPU emulator of the CUDA execution model
-// (kernels/cuda/emu): the same tests, with the few that would take minutes there made smaller.
+// (tests/emu): the same tests, with the few that would take minutes there made smaller.
 #ifdef KVSHARD_CUDA_EMU
 inline constexpr bool kEmulated = true;
 #else

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/cuda/cuda_check.h"
+#include "common/cuda/cuda_check.h"
 #include "kernels/cuda/sampling.h"
 #include "transport/cuda/nccl_communicator.h"
 

@@ -4,7 +4,7 @@
 #include <chrono>
 #include <thread>
 
-#include "kernels/cuda/cuda_check.h"
+#include "common/cuda/cuda_check.h"
 
 namespace kvshard::cuda {
 

@@ -5,7 +5,7 @@
 #include <climits>
 #include <thread>
 
-#include "kernels/cuda/cuda_check.h"
+#include "common/cuda/cuda_check.h"
 
 namespace kvshard::cuda {
 namespace {
@@ -20,13 +20,6 @@ struct IdMessage {
 };
 
 }  // namespace
-
-Status NcclStatus(ncclResult_t rc, const char* call, const char* file, int line, ncclComm_t comm) {
-  if (rc == ncclSuccess) return Status::Ok();
-  const char* detail = ncclGetLastError(comm);
-  return Unavailable("{} failed at {}:{} on {}: {}{}{}", call, file, line, WhereAmI(),
-                     ncclGetErrorString(rc), detail && *detail ? ": " : "", detail ? detail : "");
-}
 
 NcclCommunicator::NcclCommunicator(MpiCommunicator* control, cudaStream_t stream,
                                    const NcclOptions& options)

@@ -14,15 +14,10 @@
 #include <string>
 #include <vector>
 
+#include "common/cuda/cuda_check.h"  // KVS_NCCL
 #include "transport/cuda/device_communicator.h"
 
 namespace kvshard::cuda {
-
-// An NCCL result as a Status naming the call, file:line, rank, host and device, with NCCL's own
-// last error message for `comm` (DESIGN.md §5.3).
-Status NcclStatus(ncclResult_t rc, const char* call, const char* file, int line,
-                  ncclComm_t comm = nullptr);
-#define KVS_NCCL(call) ::kvshard::cuda::NcclStatus((call), #call, __FILE__, __LINE__)
 
 struct NcclOptions {
   double timeout_s = 120;  // for the initialisation, every NCCL call and every Synchronize()

@@ -7,7 +7,7 @@
 #include <memory>
 #include <vector>
 
-#include "shard/cuda/device_buffer.h"
+#include "common/cuda/device_buffer.h"
 #include "transport/cuda/device_communicator.h"
 
 namespace kvshard::cuda {

@@ -17,8 +17,8 @@
 #include <string>
 #include <vector>
 
-#include "kernels/cuda/emu/emu_device.h"
-#include "kernels/cuda/emu/emu_state.h"
+#include "tests/emu/emu_device.h"
+#include "tests/emu/emu_state.h"
 
 namespace kvshard::emu {
 namespace detail {
@@ -101,6 +101,10 @@ struct Block {
   // others (released from a barrier before they have read), never two.
   std::vector<uint64_t> exchange;
   std::vector<unsigned char> dynamic_smem;
+  // Static shared memory (KVS_SHARED): every declaration's bytes in one arena, found by site.
+  std::vector<unsigned char> static_smem = std::vector<unsigned char>(48 << 10);
+  size_t static_smem_used = 0;
+  std::vector<std::pair<const void*, size_t>> static_sites;  // site -> offset in the arena
   std::vector<Fiber> fibers;
   Fiber* current = nullptr;
   uint64_t progress = 0;
@@ -230,6 +234,8 @@ bool RunBlock(Block& b) {
   b.warp_members.assign(warps, 0);
   b.exchange.assign(2 * static_cast<size_t>(b.threads), 0);
   std::fill(b.dynamic_smem.begin(), b.dynamic_smem.end(), 0xff);
+  b.static_smem_used = 0;
+  b.static_sites.clear();
   b.fibers.resize(b.threads);
   for (int i = 0; i < b.threads; ++i) {
     Fiber& f = b.fibers[i];
@@ -341,6 +347,21 @@ void Trap(const char* file, int line) {
 void* DynamicSharedMemory() {
   Block& b = *tls_block;
   return b.dynamic_smem.empty() ? nullptr : b.dynamic_smem.data();
+}
+
+void* StaticSharedMemory(const void* site, size_t bytes, size_t align) {
+  Block& b = *tls_block;
+  for (const auto& [s, offset] : b.static_sites) {
+    if (s == site) return b.static_smem.data() + offset;
+  }
+  const size_t offset = (b.static_smem_used + align - 1) / align * align;
+  if (offset + bytes + b.dynamic_smem.size() > b.static_smem.size()) {
+    Fail(b, *b.current, "static and dynamic shared memory exceed the 48 KiB of a block");
+  }
+  std::fill(b.static_smem.begin() + offset, b.static_smem.begin() + offset + bytes, 0xff);
+  b.static_smem_used = offset + bytes;
+  b.static_sites.emplace_back(site, offset);
+  return b.static_smem.data() + offset;
 }
 
 namespace {

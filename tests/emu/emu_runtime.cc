@@ -24,7 +24,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/cuda/emu/emu_state.h"
+#include "tests/emu/emu_state.h"
 
 struct CUstream_st {
   unsigned flags = 0;

@@ -11,7 +11,8 @@
 // shuffles over absent lanes, and bad launch configurations. It says nothing about speed, the
 // memory model between blocks, or code generation by nvcc: those need a GPU.
 //
-// Include order: this header first (kernels/cuda/launch.cuh does it), before any CUDA header.
+// The emulated build includes this header ahead of every source file (tests/emu/emu.cmake), so
+// kernel sources need no include order of their own.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -47,6 +48,10 @@ void SyncWarp();
 [[noreturn]] void Trap(const char* file, int line);
 // The launch's dynamic shared memory (poisoned with 0xff bytes before every block).
 void* DynamicSharedMemory();
+// The block's static shared memory of the declaration `site` (KVS_SHARED): the same bytes for
+// every thread of the block, fresh and poisoned with 0xff bytes for every block, so a block that
+// reads what it did not write sees the poison, never another block's values.
+void* StaticSharedMemory(const void* site, size_t bytes, size_t align);
 
 template <typename T>
 T ShflXor(unsigned mask, T value, int lane_mask, int width = 32) {
@@ -108,8 +113,11 @@ Launcher<P...> Launch(const char* name, dim3 grid, dim3 block, size_t smem, cuda
 #define __forceinline__ inline
 #undef __noinline__
 #define __noinline__
+// Shared memory is declared with KVS_DYNAMIC_SMEM and KVS_SHARED (kernels/cuda/launch.cuh); a
+// bare __shared__ does not compile here.
 #undef __shared__
-#define __shared__ static thread_local
+#define __shared__ \
+  static_assert(false, "declare shared memory with KVS_SHARED or KVS_DYNAMIC_SMEM");
 #undef __launch_bounds__
 #define __launch_bounds__(...)
 

@@ -1,6 +1,6 @@
-#include "shard/cuda/device_buffer.h"
+#include "common/cuda/device_buffer.h"
 
-#include "kernels/cuda/cuda_check.h"
+#include "common/cuda/cuda_check.h"
 
 namespace kvshard::cuda {
 

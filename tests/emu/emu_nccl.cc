@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/cuda/emu/emu_state.h"
+#include "tests/emu/emu_state.h"
 
 struct ncclComm {
   int nranks = 1;

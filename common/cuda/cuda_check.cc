@@ -1,4 +1,4 @@
-#include "kernels/cuda/cuda_check.h"
+#include "common/cuda/cuda_check.h"
 
 #include <mpi.h>
 #include <unistd.h>
@@ -64,6 +64,13 @@ int UsableDeviceCount(std::string* why) {
   }
   if (count == 0 && why) *why = "cudaGetDeviceCount found no device";
   return count;
+}
+
+Status NcclStatus(ncclResult_t rc, const char* call, const char* file, int line, ncclComm_t comm) {
+  if (rc == ncclSuccess) return Status::Ok();
+  const char* detail = ncclGetLastError(comm);
+  return Unavailable("{} failed at {}:{} on {}: {}{}{}", call, file, line, WhereAmI(),
+                     ncclGetErrorString(rc), detail && *detail ? ": " : "", detail ? detail : "");
 }
 
 }  // namespace kvshard::cuda

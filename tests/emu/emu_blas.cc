@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "kernels/cuda/emu/emu_state.h"
+#include "tests/emu/emu_state.h"
 
 struct cublasContext {
   cudaStream_t stream = nullptr;
