@@ -37,11 +37,12 @@ bool ThreadTuner::Record(int64_t tokens, double seconds) {
   const int window = probing_ ? kProbeSteps : kWindow;
   // A probe already slower than a whole probe's worth at the current count has lost: stop paying
   // for it (beside a busy process one step at the wrong count can cost a hundred good ones).
-  // So has one whose first window is clearly slower than staying.
+  // So has one whose first steps are clearly slower than staying (on idle cores, half the team
+  // is about twice as slow: two steps tell).
   const double stay = est_[current_];
   const bool lost =
       probing_ && stay > 0 &&
-      (sum_ > kProbeSteps * stay || (steps_ >= kWindow && sum_ > steps_ * stay / kBetter));
+      (sum_ > kProbeSteps * stay || (steps_ >= 2 && sum_ > steps_ * stay * kClearlySlower));
   if (steps_ < window && !lost) return false;
   const int before = threads_;
   EndWindow(sum_ / steps_, steps_, sum_);

@@ -25,12 +25,13 @@ class ThreadTuner {
  public:
   static constexpr int kWindow = 8;              // decode steps per window at the current count
   static constexpr int kProbeSteps = 32;         // decode steps of a probe
+  static constexpr double kClearlySlower = 1.3;  // a probe this much slower stops after two steps
   static constexpr double kRise = 0.5;           // weight of a slower window in a count's estimate
   static constexpr double kFall = 0.2;           // and of a faster one
   static constexpr double kBetter = 0.92;        // move when the other estimate is this much lower
   static constexpr double kLoadArrived = 1.8;    // a window this much over the estimate: probe now
   static constexpr int kMaxProbeGap = 128;       // windows between probes, doubling up to this
-  static constexpr double kProbeBudget = 0.05;   // of the decode time failed probes may cost
+  static constexpr double kProbeBudget = 0.01;   // of the decode time failed probes may cost
   static constexpr int kMaxProbeWait = 1 << 16;  // windows between probes, whatever their cost
 
   // Team sizes 1..max_threads; starts at max_threads (what the runtime set).

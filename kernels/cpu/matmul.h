@@ -9,7 +9,7 @@
 namespace kvshard {
 
 // Multiply-adds below which a CPU kernel runs on the calling thread rather than an OpenMP team.
-inline constexpr int64_t kParallelMacs = int64_t{1} << 16;
+inline constexpr int64_t kParallelMacs = int64_t{1} << 14;
 
 // out: f32 [tokens, out_features]; x: f32 [tokens, in_features]; w: f32 [out_features, in_features]
 void matmul(float* out, const float* x, const float* w, int64_t tokens, int64_t in_features,
