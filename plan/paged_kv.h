@@ -6,6 +6,11 @@
 // A sequence's positions 0..n-1 live in the blocks its table lists: position p is offset
 // p % block_size of block table[p / block_size], the pool row (slot) block * block_size + offset.
 // A batch's tables are one FlashInfer-style view (indptr + indices) read by every layer.
+//
+// Positions may also be sharded (the long-context layout): the sequence's blocks of positions are
+// dealt round-robin over `seq_shards` pools, so global block b lives on shard b % seq_shards as
+// that shard's local block b / seq_shards, and a shard's table lists only its local blocks. With
+// one shard (the default) local and global blocks are the same.
 #pragma once
 
 #include <cstdint>
@@ -30,22 +35,38 @@ inline constexpr int64_t kMaxQueryGroup = 128;
 
 struct PagedKvGeometry {
   int64_t block_size = 16;
+  int64_t seq_shards = 1;  // pools the positions are dealt over, block by block
+  int64_t shard = 0;       // which of them this pool is
 
-  // Blocks that hold positions [0, tokens).
+  // This pool's (local) blocks that hold its share of positions [0, tokens).
   KVS_HOST_DEVICE int64_t BlocksFor(int64_t tokens) const {
-    return (tokens + block_size - 1) / block_size;
+    const int64_t global = (tokens + block_size - 1) / block_size;
+    if (seq_shards == 1) return global;
+    return global > shard ? (global - shard + seq_shards - 1) / seq_shards : 0;
   }
-  // Whether a table of `blocks` blocks covers position `pos`.
+  // Whether position `pos` lives in this pool.
+  KVS_HOST_DEVICE bool Owns(int64_t pos) const {
+    return seq_shards == 1 || (pos / block_size) % seq_shards == shard;
+  }
+  // The index in this pool's table of the block that holds `pos` (a position it owns).
+  KVS_HOST_DEVICE int64_t LocalBlock(int64_t pos) const {
+    return seq_shards == 1 ? pos / block_size : pos / block_size / seq_shards;
+  }
+  // The first global position of local block `local`.
+  KVS_HOST_DEVICE int64_t BlockStart(int64_t local) const {
+    return (local * seq_shards + shard) * block_size;
+  }
+  // Whether a table of `blocks` local blocks covers position `pos` (which this pool owns).
   KVS_HOST_DEVICE bool Covers(int64_t blocks, int64_t pos) const {
-    return pos >= 0 && pos / block_size < blocks;
+    return pos >= 0 && Owns(pos) && LocalBlock(pos) < blocks;
   }
   // The pool row of offset `offset` in block `block`.
   KVS_HOST_DEVICE int64_t SlotOf(int32_t block, int64_t offset) const {
     return static_cast<int64_t>(block) * block_size + offset;
   }
-  // The pool row of position `pos` of the sequence whose table is `table`.
+  // The pool row of position `pos` (owned here) of the sequence whose table is `table`.
   KVS_HOST_DEVICE int64_t Slot(const int32_t* table, int64_t pos) const {
-    return SlotOf(table[pos / block_size], pos % block_size);
+    return SlotOf(table[LocalBlock(pos)], pos % block_size);
   }
 
   // Empty when the kernels handle this geometry for a pool of `num_blocks` blocks and sequences

@@ -42,8 +42,9 @@ template <typename KV>
 void paged_attention(float* out, const float* q, const KV* k_cache, const KV* v_cache,
                      const PagedKvView& view, const int32_t* token_seq, const int32_t* positions,
                      int64_t tokens, int64_t q_heads, int64_t kv_heads, int64_t head_dim,
-                     float scale) {
+                     float scale, float* lse) {
   const int64_t group = q_heads / kv_heads;
+  const PagedKvGeometry geometry = view.geometry;  // a copy: no reload inside the loops
   const int64_t kv_row = kv_heads * head_dim;
   // One task per (token, KV head): the group's query heads share every K/V row they read. A
   // small step (a tiny model's decode) runs on the calling thread, as small matmuls do.
@@ -63,32 +64,70 @@ void paged_attention(float* out, const float* q, const KV* k_cache, const KV* v_
     std::fill(acc, acc + group * head_dim, 0.0f);
     std::fill(m, m + group, -std::numeric_limits<float>::infinity());
     std::fill(l, l + group, 0.0f);
-    for (int64_t p = 0; p < len; ++p) {
-      const int64_t slot = view.geometry.Slot(table, p);
-      const float* kr = row_f32(k_cache + slot * kv_row + kvh * head_dim, head_dim, kbuf);
-      const float* vr = row_f32(v_cache + slot * kv_row + kvh * head_dim, head_dim, vbuf);
-      for (int64_t g = 0; g < group; ++g) {
-        s[g] = dot_f32(qg + g * head_dim, kr, head_dim) * scale;
-      }
-      // Online softmax: rescale what was accumulated when the running max grows.
-      for (int64_t g = 0; g < group; ++g) {
-        float* a = acc + g * head_dim;
-        if (s[g] > m[g]) {
-          const float correction = std::exp(m[g] - s[g]);
-          l[g] *= correction;
-          for (int64_t i = 0; i < head_dim; ++i) a[i] *= correction;
-          m[g] = s[g];
+    // Block by block over this pool's share of positions [0, len), in position order.
+    for (int64_t b = 0;; ++b) {
+      const int64_t p0 = geometry.BlockStart(b);
+      if (p0 >= len) break;
+      const int64_t p1 = std::min(len, p0 + geometry.block_size);
+      const int64_t base = geometry.SlotOf(table[b], 0);
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t slot = base + (p - p0);
+        const float* kr = row_f32(k_cache + slot * kv_row + kvh * head_dim, head_dim, kbuf);
+        const float* vr = row_f32(v_cache + slot * kv_row + kvh * head_dim, head_dim, vbuf);
+        for (int64_t g = 0; g < group; ++g) {
+          s[g] = dot_f32(qg + g * head_dim, kr, head_dim) * scale;
         }
-        const float w = std::exp(s[g] - m[g]);
-        l[g] += w;
-        for (int64_t i = 0; i < head_dim; ++i) a[i] += w * vr[i];
+        // Online softmax: rescale what was accumulated when the running max grows.
+        for (int64_t g = 0; g < group; ++g) {
+          float* a = acc + g * head_dim;
+          if (s[g] > m[g]) {
+            const float correction = std::exp(m[g] - s[g]);
+            l[g] *= correction;
+            for (int64_t i = 0; i < head_dim; ++i) a[i] *= correction;
+            m[g] = s[g];
+          }
+          const float w = std::exp(s[g] - m[g]);
+          l[g] += w;
+          for (int64_t i = 0; i < head_dim; ++i) a[i] += w * vr[i];
+        }
       }
     }
     float* o = out + (t * q_heads + kvh * group) * head_dim;
     for (int64_t g = 0; g < group; ++g) {
+      if (l[g] == 0.0f) {  // none of this pool's positions is within reach
+        std::fill(o + g * head_dim, o + (g + 1) * head_dim, 0.0f);
+        if (lse) lse[t * q_heads + kvh * group + g] = -std::numeric_limits<float>::infinity();
+        continue;
+      }
       const float inv = 1.0f / l[g];
       for (int64_t i = 0; i < head_dim; ++i) o[g * head_dim + i] = acc[g * head_dim + i] * inv;
+      if (lse) lse[t * q_heads + kvh * group + g] = m[g] + std::log(l[g]);
     }
+  }
+}
+
+void merge_attention(float* out, float* lse, const float* partial_out, const float* partial_lse,
+                     int64_t shards, int64_t rows, int64_t head_dim) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float m = -std::numeric_limits<float>::infinity();
+    for (int64_t s = 0; s < shards; ++s) m = std::max(m, partial_lse[s * rows + r]);
+    float* o = out + r * head_dim;
+    std::fill(o, o + head_dim, 0.0f);
+    if (m == -std::numeric_limits<float>::infinity()) {  // no shard reached a position
+      if (lse) lse[r] = m;
+      continue;
+    }
+    float total = 0;
+    for (int64_t s = 0; s < shards; ++s) {
+      const float w = std::exp(partial_lse[s * rows + r] - m);  // 0 for an empty shard
+      if (w == 0.0f) continue;
+      total += w;
+      const float* po = partial_out + (s * rows + r) * head_dim;
+      for (int64_t i = 0; i < head_dim; ++i) o[i] += w * po[i];
+    }
+    const float inv = 1.0f / total;
+    for (int64_t i = 0; i < head_dim; ++i) o[i] *= inv;
+    if (lse) lse[r] = m + std::log(total);
   }
 }
 
@@ -122,7 +161,7 @@ void contiguous_attention(float* out, const float* q, const float* k, const floa
                               int64_t, int64_t);                                                 \
   template void paged_attention<KV>(float*, const float*, const KV*, const KV*,                  \
                                     const PagedKvView&, const int32_t*, const int32_t*, int64_t, \
-                                    int64_t, int64_t, int64_t, float);
+                                    int64_t, int64_t, int64_t, float, float*);
 KVSHARD_INSTANTIATE_ATTENTION(float)
 KVSHARD_INSTANTIATE_ATTENTION(f16_t)
 KVSHARD_INSTANTIATE_ATTENTION(bf16_t)

@@ -15,15 +15,26 @@ template <typename KV>
 void kv_append(KV* k_cache, KV* v_cache, const float* k, const float* v, const int64_t* slots,
                int64_t tokens, int64_t kv_heads, int64_t head_dim);
 
-// Causal attention of each query token over positions 0..positions[t] of its sequence.
+// Causal attention of each query token over positions 0..positions[t] of its sequence, those of
+// them this pool holds (view.geometry: all of them unless positions are sharded).
 // out, q: f32 [tokens, q_heads, head_dim]; token_seq: [tokens] sequence index of each token;
 // positions: [tokens]. q_heads must be a multiple of kv_heads (grouped-query attention: the
 // q_heads / kv_heads query heads of a group read their KV head's blocks once, together).
+// lse, when given: f32 [tokens, q_heads], the natural log of each row's softmax denominator (its
+// scores' log-sum-exp), so that the outputs of pools holding disjoint positions merge exactly
+// (merge_attention). A row that reaches none of this pool's positions gets out = 0, lse = -inf.
 template <typename KV>
 void paged_attention(float* out, const float* q, const KV* k_cache, const KV* v_cache,
                      const PagedKvView& view, const int32_t* token_seq, const int32_t* positions,
                      int64_t tokens, int64_t q_heads, int64_t kv_heads, int64_t head_dim,
-                     float scale);
+                     float scale, float* lse = nullptr);
+
+// The exact softmax attention over the union of `shards` disjoint sets of positions, from each
+// set's normalised output and log-sum-exp: out = sum_s exp(lse_s - m) o_s / sum_s exp(lse_s - m)
+// with m the largest lse. partial_out: f32 [shards, rows, head_dim], partial_lse: f32 [shards,
+// rows]; out: f32 [rows, head_dim]; lse (optional): the merged [rows].
+void merge_attention(float* out, float* lse, const float* partial_out, const float* partial_lse,
+                     int64_t shards, int64_t rows, int64_t head_dim);
 
 // The contiguous reference the paged kernel is tested against: k, v: f32 [len, kv_heads,
 // head_dim] for one sequence, q: f32 [q_heads, head_dim] at position len - 1.

@@ -204,6 +204,7 @@ cudaError_t paged_attention(float* out, const float* q, const KV* k_cache, const
                             int64_t q_heads, int64_t kv_heads, int64_t head_dim, float scale,
                             const AttentionLaunch& launch, float* workspace, cudaStream_t stream) {
   if (tokens <= 0 || num_tiles <= 0) return cudaSuccess;
+  if (view.geometry.seq_shards != 1) return cudaErrorInvalidValue;  // positions sharded: not yet
   if (!LaunchIsValid(launch, q_heads, kv_heads, head_dim, view.geometry.block_size, num_tiles,
                      tokens, workspace)) {
     return cudaErrorInvalidValue;

@@ -1,0 +1,141 @@
+// Attention over positions sharded block-round-robin across pools (plan/paged_kv.h), merged with
+// each pool's log-sum-exp (merge_attention), against the one-pool kernel: the same outputs and
+// log-sum-exps for every token of a batch whose sequences end at the ownership edges (length 1,
+// S*block - 1, S*block, S*block + 1, shorter than one block per shard) and beyond, for 2, 3 and 4
+// shards; a shard that holds none of a row's positions contributes nothing.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "kernels/cpu/paged_attention.h"
+
+namespace kvshard {
+namespace {
+
+constexpr int64_t kBlock = 4, kQHeads = 8, kKvHeads = 2, kHeadDim = 16;
+constexpr int64_t kRow = kKvHeads * kHeadDim;
+
+struct Batch {
+  std::vector<int64_t> lens;
+  std::vector<std::vector<float>> k, v;  // per sequence [len, kRow]
+  std::vector<float> q;                  // [tokens, kQHeads, kHeadDim]: every position of every
+  std::vector<int32_t> token_seq, positions;  // sequence, as one causal prefill step
+  int64_t tokens = 0;
+};
+
+Batch MakeBatch(const std::vector<int64_t>& lens, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  Batch b;
+  b.lens = lens;
+  for (size_t s = 0; s < lens.size(); ++s) {
+    b.k.emplace_back(lens[s] * kRow);
+    b.v.emplace_back(lens[s] * kRow);
+    for (float& x : b.k.back()) x = normal(rng);
+    for (float& x : b.v.back()) x = normal(rng);
+    for (int64_t p = 0; p < lens[s]; ++p) {
+      b.token_seq.push_back(static_cast<int32_t>(s));
+      b.positions.push_back(static_cast<int32_t>(p));
+    }
+  }
+  b.tokens = static_cast<int64_t>(b.positions.size());
+  b.q.resize(b.tokens * kQHeads * kHeadDim);
+  for (float& x : b.q) x = normal(rng);
+  return b;
+}
+
+// One pool with `geometry`: each sequence's local blocks, in reverse order in the pool (as a
+// used pool looks), its owned positions appended; then attention of every token with its lse.
+void Attend(const Batch& b, const PagedKvGeometry& geometry, float* out, float* lse) {
+  std::vector<int32_t> indptr = {0}, ids;
+  int64_t blocks = 0;
+  for (int64_t len : b.lens) blocks += geometry.BlocksFor(len);
+  for (int64_t len : b.lens) {
+    for (int64_t i = 0; i < geometry.BlocksFor(len); ++i) {
+      ids.push_back(static_cast<int32_t>(blocks - 1 - static_cast<int64_t>(ids.size())));
+    }
+    indptr.push_back(static_cast<int32_t>(ids.size()));
+  }
+  std::vector<float> kc((blocks + 1) * kBlock * kRow, NAN), vc((blocks + 1) * kBlock * kRow, NAN);
+  for (size_t s = 0; s < b.lens.size(); ++s) {
+    for (int64_t p = 0; p < b.lens[s]; ++p) {
+      if (!geometry.Owns(p)) continue;
+      ASSERT_TRUE(geometry.Covers(indptr[s + 1] - indptr[s], p));
+      const int64_t slot = geometry.Slot(ids.data() + indptr[s], p);
+      kv_append<float>(kc.data(), vc.data(), b.k[s].data() + p * kRow, b.v[s].data() + p * kRow,
+                       &slot, 1, kKvHeads, kHeadDim);
+    }
+  }
+  const PagedKvView view{indptr.data(), ids.data(), geometry};
+  paged_attention<float>(out, b.q.data(), kc.data(), vc.data(), view, b.token_seq.data(),
+                         b.positions.data(), b.tokens, kQHeads, kKvHeads, kHeadDim,
+                         1.0f / std::sqrt(static_cast<float>(kHeadDim)), lse);
+}
+
+TEST(SeqShardedAttention, MergedShardsEqualOnePool) {
+  for (int64_t S : {2, 3, 4}) {
+    const Batch b = MakeBatch({1, S * kBlock - 1, S * kBlock, S * kBlock + 1, 3, 37}, 7 + S);
+    const int64_t rows = b.tokens * kQHeads;
+    std::vector<float> want(rows * kHeadDim), want_lse(rows);
+    Attend(b, PagedKvGeometry{kBlock, 1, 0}, want.data(), want_lse.data());
+
+    std::vector<float> partial(S * rows * kHeadDim), partial_lse(S * rows);
+    for (int64_t shard = 0; shard < S; ++shard) {
+      Attend(b, PagedKvGeometry{kBlock, S, shard}, partial.data() + shard * rows * kHeadDim,
+             partial_lse.data() + shard * rows);
+    }
+    std::vector<float> got(rows * kHeadDim), got_lse(rows);
+    merge_attention(got.data(), got_lse.data(), partial.data(), partial_lse.data(), S, rows,
+                    kHeadDim);
+    for (int64_t i = 0; i < rows * kHeadDim; ++i) {
+      ASSERT_NEAR(got[i], want[i], 1e-5) << S << " shards, element " << i;
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      ASSERT_NEAR(got_lse[r], want_lse[r], 1e-5) << S << " shards, row " << r;
+    }
+    // The first token of every sequence reaches only position 0, on shard 0: every other shard
+    // returns zeros and -inf for its rows.
+    for (int64_t shard = 1; shard < S; ++shard) {
+      for (int64_t h = 0; h < kQHeads; ++h) {
+        EXPECT_EQ(partial_lse[shard * rows + h], -std::numeric_limits<float>::infinity());
+        EXPECT_EQ(partial[(shard * rows + h) * kHeadDim], 0.0f);
+      }
+    }
+  }
+}
+
+TEST(SeqShardedAttention, GeometryDealsBlocksRoundRobin) {
+  const PagedKvGeometry g{4, 3, 1};  // block size 4, shard 1 of 3: global blocks 1, 4, 7, ...
+  EXPECT_EQ(g.BlocksFor(0), 0);
+  EXPECT_EQ(g.BlocksFor(4), 0);  // only global block 0 (shard 0's)
+  EXPECT_EQ(g.BlocksFor(5), 1);
+  EXPECT_EQ(g.BlocksFor(17), 2);  // global blocks 0..4: 1 and 4 are here
+  EXPECT_FALSE(g.Owns(3));
+  EXPECT_TRUE(g.Owns(4));
+  EXPECT_TRUE(g.Owns(19));
+  EXPECT_EQ(g.LocalBlock(19), 1);
+  EXPECT_EQ(g.BlockStart(1), 16);
+  const int32_t table[] = {9, 2};
+  EXPECT_EQ(g.Slot(table, 18), 2 * 4 + 2);
+  EXPECT_TRUE(g.Covers(2, 18));
+  EXPECT_FALSE(g.Covers(1, 18));
+  EXPECT_FALSE(g.Covers(2, 8));  // shard 2's
+  EXPECT_NE(PagedKvGeometry({4, 3, 3}).Check(10, 100), "");
+  EXPECT_EQ(g.Check(10, 100), "");
+}
+
+TEST(SeqShardedAttention, MergeOfNothingIsEmpty) {
+  const float po[2 * 4] = {1, 2, 3, 4, 5, 6, 7, 8};
+  const float inf = std::numeric_limits<float>::infinity();
+  const float plse[2] = {-inf, -inf};
+  float out[4] = {9, 9, 9, 9}, lse = 0;
+  merge_attention(out, &lse, po, plse, 2, 1, 4);
+  for (float x : out) EXPECT_EQ(x, 0.0f);
+  EXPECT_EQ(lse, -inf);
+}
+
+}  // namespace
+}  // namespace kvshard
