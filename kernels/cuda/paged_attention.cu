@@ -10,11 +10,11 @@ constexpr int kMergeThreads = 128;
 
 template <typename KV>
 __global__ void __launch_bounds__(kAttentionThreads)
-    paged_attention_kernel(float* out, float* partial_out, float* partial_lse, const float* q,
-                           const KV* k_cache, const KV* v_cache, const PagedKvView view,
-                           const int32_t* tiles, const int32_t* token_seq, const int32_t* positions,
-                           int q_heads, int kv_heads, int head_dim, int tile_tokens, int kv_tile,
-                           int num_splits, float scale) {
+    paged_attention_kernel(float* out, float* out_lse, float* partial_out, float* partial_lse,
+                           const float* q, const KV* k_cache, const KV* v_cache,
+                           const PagedKvView view, const int32_t* tiles, const int32_t* token_seq,
+                           const int32_t* positions, int q_heads, int kv_heads, int head_dim,
+                           int tile_tokens, int kv_tile, int num_splits, float scale) {
   const int kvh = blockIdx.y;
   const int split = blockIdx.z;
   const int group = q_heads / kv_heads;
@@ -57,12 +57,21 @@ __global__ void __launch_bounds__(kAttentionThreads)
   }
   __syncthreads();
 
-  // This split's share of the tile's KV: whole blocks, cut at the longest causal reach.
+  // This split's share of the tile's KV: whole blocks of this pool, cut at the longest causal
+  // reach. Positions are counted locally (this pool's positions in order: all of them unless
+  // positions are sharded), and mapped to global positions for the causal mask.
   const int kv_len = kv_len_s[0];
-  const int64_t block_size = view.geometry.block_size;
-  const BlockRange range = SplitBlocks(view.geometry.BlocksFor(kv_len), num_splits, split);
+  const PagedKvGeometry g = view.geometry;
+  const int64_t block_size = g.block_size;
+  const int64_t local_blocks = g.BlocksFor(kv_len);
+  const int64_t local_len =
+      local_blocks == 0
+          ? 0
+          : (local_blocks - 1) * block_size +
+                min(block_size, static_cast<int64_t>(kv_len) - g.BlockStart(local_blocks - 1));
+  const BlockRange range = SplitBlocks(local_blocks, num_splits, split);
   const int p_begin = static_cast<int>(range.begin * block_size);
-  const int p_end = static_cast<int>(min(range.end * block_size, static_cast<int64_t>(kv_len)));
+  const int p_end = static_cast<int>(min(range.end * block_size, local_len));
   const int32_t* table = view.Table(token_seq[t0]);
   const int64_t kv_row = static_cast<int64_t>(kv_heads) * head_dim;
   const KV* k_head = k_cache + static_cast<int64_t>(kvh) * head_dim;
@@ -77,10 +86,10 @@ __global__ void __launch_bounds__(kAttentionThreads)
   for (int p0 = p_begin; p0 < p_end; p0 += kv_tile) {
     for (int e = threadIdx.x; e < kv_tile * head_dim; e += kAttentionThreads) {
       const int j = e / head_dim, d = e - j * head_dim;
-      const int p = p0 + j;
+      const int p = p0 + j;  // local
       float kx = 0.0f, vx = 0.0f;
       if (p < p_end) {
-        const int64_t slot = view.geometry.Slot(table, p);
+        const int64_t slot = g.SlotOf(table[p / block_size], p % block_size);
         kx = to_f32(k_head[slot * kv_row + d]);
         vx = to_f32(v_head[slot * kv_row + d]);
       }
@@ -90,9 +99,9 @@ __global__ void __launch_bounds__(kAttentionThreads)
     __syncthreads();
     for (int e = threadIdx.x; e < rows * kv_tile; e += kAttentionThreads) {
       const int r = e / kv_tile, j = e - r * kv_tile;
-      const int p = p0 + j;
+      const int p = p0 + j;  // local
       float s = -INFINITY;
-      if (p < p_end && p <= pos_s[r / group]) {
+      if (p < p_end && g.BlockStart(p / block_size) + p % block_size <= pos_s[r / group]) {
         const float* qr = q_s + r * head_dim;
         const float* kr = k_s + j * kv_stride;
         float dot = 0.0f;
@@ -142,6 +151,9 @@ __global__ void __launch_bounds__(kAttentionThreads)
       const float o = l > 0.0f ? acc[i] / l : 0.0f;
       if (num_splits == 1) {
         out[row * head_dim + d] = o;
+        if (out_lse != nullptr && d == 0) {
+          out_lse[row] = l > 0.0f ? m_s[r] + logf(l) : -INFINITY;
+        }
       } else {
         partial_out[(row * num_splits + split) * head_dim + d] = o;
       }
@@ -158,8 +170,8 @@ __global__ void __launch_bounds__(kAttentionThreads)
 // One CTA per (token, query head): the exact log-sum-exp merge of the splits. Empty splits have
 // lse = -inf and weigh nothing.
 __global__ void __launch_bounds__(kMergeThreads)
-    attention_merge_kernel(float* out, const float* partial_out, const float* partial_lse,
-                           int num_splits, int head_dim) {
+    attention_merge_kernel(float* out, float* out_lse, const float* partial_out,
+                           const float* partial_lse, int num_splits, int head_dim) {
   const int64_t row = blockIdx.x;
   const float* lse = partial_lse + row * num_splits;
   float mx = -INFINITY;
@@ -176,6 +188,9 @@ __global__ void __launch_bounds__(kMergeThreads)
       }
     }
     out[row * head_dim + d] = denom > 0.0f ? o / denom : 0.0f;
+  }
+  if (out_lse != nullptr && threadIdx.x == 0) {
+    out_lse[row] = denom > 0.0f ? mx + logf(denom) : -INFINITY;
   }
 }
 
@@ -202,9 +217,9 @@ cudaError_t paged_attention(float* out, const float* q, const KV* k_cache, const
                             const PagedKvView& view, const int32_t* tiles, int64_t num_tiles,
                             const int32_t* token_seq, const int32_t* positions, int64_t tokens,
                             int64_t q_heads, int64_t kv_heads, int64_t head_dim, float scale,
-                            const AttentionLaunch& launch, float* workspace, cudaStream_t stream) {
+                            const AttentionLaunch& launch, float* workspace, cudaStream_t stream,
+                            float* lse) {
   if (tokens <= 0 || num_tiles <= 0) return cudaSuccess;
-  if (view.geometry.seq_shards != 1) return cudaErrorInvalidValue;  // positions sharded: not yet
   if (!LaunchIsValid(launch, q_heads, kv_heads, head_dim, view.geometry.block_size, num_tiles,
                      tokens, workspace)) {
     return cudaErrorInvalidValue;
@@ -215,7 +230,7 @@ cudaError_t paged_attention(float* out, const float* q, const KV* k_cache, const
   const dim3 grid(static_cast<unsigned>(num_tiles), static_cast<unsigned>(kv_heads),
                   static_cast<unsigned>(splits));
   KVS_LAUNCH(grid, kAttentionThreads, launch.smem_bytes, stream, paged_attention_kernel<KV>)
-  (out, partial_out, partial_lse, q, k_cache, v_cache, view, tiles, token_seq, positions,
+  (out, lse, partial_out, partial_lse, q, k_cache, v_cache, view, tiles, token_seq, positions,
    static_cast<int>(q_heads), static_cast<int>(kv_heads), static_cast<int>(head_dim),
    static_cast<int>(launch.tile_tokens), static_cast<int>(launch.kv_tile), static_cast<int>(splits),
    scale);
@@ -223,7 +238,7 @@ cudaError_t paged_attention(float* out, const float* q, const KV* k_cache, const
   if (rc != cudaSuccess || splits == 1) return rc;
   KVS_LAUNCH(static_cast<unsigned>(tokens * q_heads), kMergeThreads, 0, stream,
              attention_merge_kernel)
-  (out, partial_out, partial_lse, static_cast<int>(splits), static_cast<int>(head_dim));
+  (out, lse, partial_out, partial_lse, static_cast<int>(splits), static_cast<int>(head_dim));
   return cudaGetLastError();
 }
 
@@ -231,7 +246,7 @@ cudaError_t paged_attention(float* out, const float* q, const KV* k_cache, const
   template cudaError_t paged_attention<KV>(                                                    \
       float*, const float*, const KV*, const KV*, const PagedKvView&, const int32_t*, int64_t, \
       const int32_t*, const int32_t*, int64_t, int64_t, int64_t, int64_t, float,               \
-      const AttentionLaunch&, float*, cudaStream_t);
+      const AttentionLaunch&, float*, cudaStream_t, float*);
 KVSHARD_INSTANTIATE_ATTENTION(float)
 KVSHARD_INSTANTIATE_ATTENTION(__half)
 KVSHARD_INSTANTIATE_ATTENTION(__nv_bfloat16)

@@ -31,13 +31,16 @@ namespace kvshard::cuda {
 // most launch.tile_tokens long; token_seq, positions: [tokens]; workspace: f32
 // [AttentionWorkspaceFloats(tokens, q_heads, head_dim, launch.num_splits)] (may be null when that
 // is 0). Every token attends to positions 0..positions[t] of its sequence, which the plan must
-// cover with blocks (ValidateStepPlan). Returns cudaErrorInvalidValue for a launch plan the
-// kernel cannot run (see AttentionSupported).
+// cover with blocks (BlockTables::Apply), those of them this pool holds when positions are sharded
+// (view.geometry). lse, when given: f32 [tokens, q_heads], each row's log-sum-exp, -inf (with
+// out = 0) for a row that reaches none of this pool's positions, as the CPU kernel gives it.
+// Returns cudaErrorInvalidValue for a launch plan the kernel cannot run (see AttentionSupported).
 template <typename KV>
 cudaError_t paged_attention(float* out, const float* q, const KV* k_cache, const KV* v_cache,
                             const PagedKvView& view, const int32_t* tiles, int64_t num_tiles,
                             const int32_t* token_seq, const int32_t* positions, int64_t tokens,
                             int64_t q_heads, int64_t kv_heads, int64_t head_dim, float scale,
-                            const AttentionLaunch& launch, float* workspace, cudaStream_t stream);
+                            const AttentionLaunch& launch, float* workspace, cudaStream_t stream,
+                            float* lse = nullptr);
 
 }  // namespace kvshard::cuda
