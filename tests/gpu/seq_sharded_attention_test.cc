@@ -122,6 +122,7 @@ void ExpectSame(const Result& r, const char* what) {
 }
 
 TEST(CudaSeqShardedAttention, MatchesCpuPerShardAndMergesToOnePool) {
+  KVS_REQUIRE_GPU();
   for (int64_t S : {1, 2, 4}) {
     const std::vector<int64_t> lens = {1, S * kBlock - 1, S * kBlock, S * kBlock + 1, 3, 45};
     for (int64_t fresh : {int64_t{1}, int64_t{3}}) {
