@@ -171,10 +171,7 @@ int RunServe(const ServeFlags& f) {
     spdlog::error("not serving: {}", st.ToString());
     AbortJob(1);
   }
-  StepPlan stop;
-  stop.kind = StepPlan::Kind::kShutdown;
-  std::vector<int32_t> payload;
-  const Status down = BroadcastStepPlan(*rt->comm, &stop, 0, &payload);
+  const Status down = BroadcastShutdown(*rt->comm);
   if (!down.ok()) {
     spdlog::error("shutdown: {}", down.ToString());
     AbortJob(1);

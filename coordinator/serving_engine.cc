@@ -393,11 +393,7 @@ StatusOr<GenerationResult> ServingEngine::Generate(RequestSpec spec,
   return result;
 }
 
-Status ServingEngine::Shutdown() {
-  StepPlan stop;
-  stop.kind = StepPlan::Kind::kShutdown;
-  return BroadcastStepPlan(model_->comm(), &stop, 0, &payload_);
-}
+Status ServingEngine::Shutdown() { return BroadcastShutdown(model_->comm()); }
 
 void ServingEngine::RefreshSnapshot() {
   const Clock::time_point now = Clock::now();

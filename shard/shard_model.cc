@@ -189,8 +189,6 @@ StatusOr<std::unique_ptr<ShardModel>> ShardModel::Load(const std::string& model_
   return m;
 }
 
-int ShardModel::threads() const { return tuner_ ? tuner_->threads() : omp_get_max_threads(); }
-
 Status ShardModel::Forward(const StepPlan& plan, std::vector<float>* logits) {
   const auto t0 = std::chrono::steady_clock::now();
   KVS_RETURN_IF_ERROR(tables_.Apply(plan, config_.vocab_size, options_.max_tokens_per_step));

@@ -54,7 +54,6 @@ class ShardModel : public ShardBackend {
   int64_t block_size() const override { return options_.block_size; }
   int64_t max_tokens_per_step() const override { return options_.max_tokens_per_step; }
   int64_t max_seqs() const override { return options_.max_seqs; }
-  int threads() const;  // the OpenMP team size steps run with now
   int64_t weight_bytes() const override { return weights_.bytes(); }
   int64_t decode_read_bytes() const override { return weights_.decode_read_bytes(config_.dim); }
   int64_t kv_bytes_per_token() const override { return kv_->shape().bytes_per_token(); }

@@ -20,4 +20,11 @@ Status BroadcastStepPlan(Communicator& comm, StepPlan* plan, int root,
   return Status::Ok();
 }
 
+Status BroadcastShutdown(Communicator& comm) {
+  StepPlan stop;
+  stop.kind = StepPlan::Kind::kShutdown;
+  std::vector<int32_t> payload;
+  return BroadcastStepPlan(comm, &stop, 0, &payload);
+}
+
 }  // namespace kvshard

@@ -12,4 +12,7 @@ namespace kvshard {
 Status BroadcastStepPlan(Communicator& comm, StepPlan* plan, int root,
                          std::vector<int32_t>* payload);
 
+// Rank 0 tells every worker to leave its loop (RunShardWorker): the last plan of a job.
+Status BroadcastShutdown(Communicator& comm);
+
 }  // namespace kvshard
