@@ -16,6 +16,8 @@ struct ShardFlags {
   int threads = 0;        // per rank; 0 = this host's cores / ranks on this host
   int64_t kv_blocks = 0;  // 0 = enough for one sequence of the model's whole context
   int64_t block_size = 16;
+  int seq_shards = 1;     // seq shards per head group: the grid is (ranks / seq_shards) x this
+  std::string kv_memory;  // KV pool per rank, e.g. "2GiB" (sizes the pool; "" = --kv-blocks)
   std::string kv_dtype = "f32";
   int64_t max_tokens_per_step = 512;
   int64_t max_seqs = 1;              // block table slots on every rank (serve: its --max-seqs)

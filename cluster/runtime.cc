@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <thread>
 
+#include "common/byte_size.h"
 #include "shard/shard_model.h"
 #ifdef KVSHARD_HAVE_CUDA
 #include "common/cuda/cuda_check.h"
@@ -24,6 +25,13 @@ void AddShardFlags(CLI::App* cmd, ShardFlags* f) {
   cmd->add_option("--kv-blocks", f->kv_blocks,
                   "KV blocks per rank (0 = one sequence of the whole context)");
   cmd->add_option("--block-size", f->block_size, "Tokens per KV block")->check(CLI::Range(1, 4096));
+  cmd->add_option("--seq-shards", f->seq_shards,
+                  "Seq shards per head group: the ranks form a grid of (ranks / S) head groups x "
+                  "S seq shards, each shard holding a disjoint share of every sequence's KV")
+      ->check(CLI::Range(1, static_cast<int>(kMaxMergeShards)));
+  cmd->add_option("--kv-memory", f->kv_memory,
+                  "KV cache memory per rank, e.g. 512MiB or 2GiB (sizes the pool; overrides "
+                  "--kv-blocks)");
   cmd->add_option("--kv-dtype", f->kv_dtype, "KV cache dtype: f32, f16 or bf16");
   cmd->add_option("--max-tokens-per-step", f->max_tokens_per_step,
                   "Largest prefill chunk (tokens per step)")
@@ -104,6 +112,12 @@ Status SelectDevice(CudaRuntime* cuda, bool* shares_gpu) {
 // selection and config; the device communicator, NCCL when no GPU is shared by two ranks
 // anywhere, else host staging; the model; the block count, the smallest over the ranks.
 Status StartCuda(const ShardFlags& flags, int64_t min_kv_tokens, Runtime* rt) {
+  if (flags.seq_shards > 1) {
+    return AgreeOnStatus(
+        *rt->comm, FailedPrecondition("--seq-shards {} with --device cuda: the CUDA backend runs "
+                                      "heads-only grids so far; run seq shards with --device cpu",
+                                      flags.seq_shards));
+  }
   auto cuda = std::make_unique<CudaRuntime>();
   bool shares_gpu = false;
   Status local = SelectDevice(cuda.get(), &shares_gpu);
@@ -127,6 +141,11 @@ Status StartCuda(const ShardFlags& flags, int64_t min_kv_tokens, Runtime* rt) {
   }
   cuda::CudaShardOptions options;
   options.num_blocks = flags.kv_blocks;  // 0: what the memory fraction leaves
+  if (!flags.kv_memory.empty()) {
+    auto blocks = KvBlocksPerRank(flags, rt->config, rt->comm->size(), min_kv_tokens);
+    KVS_RETURN_IF_ERROR(AgreeOnStatus(*rt->comm, blocks.status()));
+    options.num_blocks = *blocks;
+  }
   // Ranks sharing a GPU split its memory fraction.
   options.memory_fraction = flags.gpu_memory_fraction / cuda->ranks_per_gpu;
   options.block_size = flags.block_size;
@@ -162,21 +181,89 @@ Status StartCuda(const ShardFlags& flags, int64_t min_kv_tokens, Runtime* rt) {
 }
 #endif
 
+}  // namespace
+
+StatusOr<int64_t> KvBlocksPerRank(const ShardFlags& flags, const ModelConfig& config, int world,
+                                  int64_t min_kv_tokens) {
+  KVS_ASSIGN_OR_RETURN(const TpLayout layout, MakeTpLayout(config, world, 0, flags.seq_shards));
+  KVS_ASSIGN_OR_RETURN(const DType kv_dtype, ParseDType(flags.kv_dtype));
+  KvPoolShape shape;
+  shape.layers = config.n_layers;
+  shape.block_size = flags.block_size;
+  shape.kv_heads = layout.kv_heads;
+  shape.head_dim = config.head_dim;
+  shape.dtype = kv_dtype;
+  if (!flags.kv_memory.empty()) {
+    KVS_ASSIGN_OR_RETURN(const int64_t bytes, ParseByteSize(flags.kv_memory));
+    const int64_t blocks = bytes / shape.bytes_per_block();
+    if (blocks < 1) {
+      return InvalidArgument(
+          "--kv-memory {} holds no KV block: one block of {} tokens takes {} on each rank",
+          flags.kv_memory, flags.block_size, FormatBytes(shape.bytes_per_block()));
+    }
+    return blocks;
+  }
+  if (flags.kv_blocks > 0) return flags.kv_blocks;
+  // One block id covers block_size positions on each of the group's seq shards.
+  const int64_t logical = flags.block_size * flags.seq_shards;
+  const int64_t tokens = min_kv_tokens > 0 ? min_kv_tokens : config.max_seq_len;
+  return (tokens + logical - 1) / logical;
+}
+
+namespace {
+
 Status LoadShard(const ShardFlags& flags, int64_t min_kv_tokens, Runtime* rt) {
   KVS_ASSIGN_OR_RETURN(rt->config, LoadModelConfig(flags.model_dir));
   ShardOptions options;
   options.block_size = flags.block_size;
+  options.seq_shards = flags.seq_shards;
   KVS_ASSIGN_OR_RETURN(options.kv_dtype, ParseDType(flags.kv_dtype));
   options.max_tokens_per_step = flags.max_tokens_per_step;
   options.max_seqs = flags.max_seqs;
   // --threads N fixes the team size; the default (0) lets the shard tune it while decoding.
   options.tune_threads = flags.threads > 0 ? 0 : rt->threads;
-  const int64_t tokens = min_kv_tokens > 0 ? min_kv_tokens : rt->config.max_seq_len;
-  options.num_blocks =
-      flags.kv_blocks > 0 ? flags.kv_blocks : (tokens + flags.block_size - 1) / flags.block_size;
+  KVS_ASSIGN_OR_RETURN(options.num_blocks,
+                       KvBlocksPerRank(flags, rt->config, rt->comm->size(), min_kv_tokens));
   KVS_ASSIGN_OR_RETURN(rt->model,
                        ShardModel::Load(flags.model_dir, rt->config, options, rt->comm.get()));
   return Status::Ok();
+}
+
+}  // namespace
+
+int64_t RequestCapacityTokens(const ShardBackend& model) {
+  return model.num_blocks() * model.logical_block_size();
+}
+
+std::vector<std::string> DescribeRanks(const Runtime& rt) {
+  const TpLayout& l = rt.model->layout();
+  std::vector<std::string> out;
+  for (int r = 0; r < l.tp; ++r) {
+    out.push_back(fmt::format("{} -> (head group {}, seq shard {})", rt.comm->Where(r),
+                              r / l.seq_shards, r % l.seq_shards));
+  }
+  return out;
+}
+
+namespace {
+
+// The start-up log (rank 0): the grid, what rank 0 holds, one request's KV capacity, and where
+// every rank lives in the grid.
+void LogLayout(const Runtime& rt) {
+  if (!rt.is_root()) return;
+  const TpLayout& l = rt.model->layout();
+  const ShardBackend& m = *rt.model;
+  spdlog::info(
+      "{} ranks on {} ({} threads each) as {} head groups x {} seq shards; rank 0 holds {} query "
+      "heads, {} KV heads (x{} replicas), {} of weights, {} KV blocks of {} tokens = {} KV ({} "
+      "B/token)",
+      l.tp, rt.device_name == "cuda" ? "GPUs" : "CPUs", rt.threads, l.head_groups, l.seq_shards,
+      l.q_heads, l.kv_heads, l.kv_replicas, FormatBytes(m.weight_bytes()), m.num_blocks(),
+      m.block_size(), FormatBytes(m.kv_bytes()), m.kv_bytes_per_token());
+  spdlog::info(
+      "KV capacity of one request: {} tokens ({} blocks of {} tokens across {} seq shards)",
+      RequestCapacityTokens(m), m.num_blocks(), m.logical_block_size(), l.seq_shards);
+  for (const std::string& line : DescribeRanks(rt)) spdlog::info("  {}", line);
 }
 
 }  // namespace
@@ -201,15 +288,7 @@ StatusOr<Runtime> StartRuntime(const ShardFlags& flags, int64_t min_kv_tokens) {
   if (resolved.device == "cuda") {
 #ifdef KVSHARD_HAVE_CUDA
     KVS_RETURN_IF_ERROR(StartCuda(resolved, min_kv_tokens, &rt));
-    if (rt.is_root()) {
-      const TpLayout& l = rt.model->layout();
-      spdlog::info(
-          "{} ranks on GPUs; rank 0 holds {} query heads, {} KV heads (x{} replicas), {:.1f} MiB "
-          "of weights, {} KV blocks of {} tokens = {:.1f} MiB KV ({} B/token)",
-          l.tp, l.q_heads, l.kv_heads, l.kv_replicas, rt.model->weight_bytes() / 1048576.0,
-          rt.model->num_blocks(), rt.model->block_size(), rt.model->kv_bytes() / 1048576.0,
-          rt.model->kv_bytes_per_token());
-    }
+    LogLayout(rt);
     return rt;
 #else
     return AgreeOnStatus(*rt.comm, FailedPrecondition("--device cuda: this kvshard was built "
@@ -218,15 +297,7 @@ StatusOr<Runtime> StartRuntime(const ShardFlags& flags, int64_t min_kv_tokens) {
   }
   const Status local = LoadShard(resolved, min_kv_tokens, &rt);
   KVS_RETURN_IF_ERROR(AgreeOnStatus(*rt.comm, local));
-  if (rt.is_root()) {
-    const TpLayout& l = rt.model->layout();
-    spdlog::info(
-        "{} ranks, {} threads each; rank 0 holds {} query heads, {} KV heads (x{} replicas), "
-        "{:.1f} MiB of weights, {} KV blocks of {} tokens = {:.1f} MiB KV ({} B/token)",
-        l.tp, rt.threads, l.q_heads, l.kv_heads, l.kv_replicas,
-        rt.model->weight_bytes() / 1048576.0, rt.model->num_blocks(), rt.model->block_size(),
-        rt.model->kv_bytes() / 1048576.0, rt.model->kv_bytes_per_token());
-  }
+  LogLayout(rt);
   return rt;
 }
 

@@ -5,6 +5,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "cluster/commands.h"
 #include "common/status.h"
@@ -44,6 +45,16 @@ struct Runtime {
 // Loads every rank's shard. `min_kv_tokens` is the context the KV pool must hold when
 // flags.kv_blocks is 0 (the model's whole context when 0 too).
 StatusOr<Runtime> StartRuntime(const ShardFlags& flags, int64_t min_kv_tokens = 0);
+
+// KV blocks per rank: what --kv-memory holds (whole blocks), else --kv-blocks, else enough for
+// `min_kv_tokens` (the model's context when 0) in one request across the grid's seq shards.
+StatusOr<int64_t> KvBlocksPerRank(const ShardFlags& flags, const ModelConfig& config, int world,
+                                  int64_t min_kv_tokens);
+
+// One request's KV capacity in tokens: every block id, on every seq shard of its group.
+int64_t RequestCapacityTokens(const ShardBackend& model);
+// "rank R on HOST -> (head group G, seq shard S)" for every rank.
+std::vector<std::string> DescribeRanks(const Runtime& rt);
 
 // Prints `status` as the job's error (rank 0, or any rank when it is rank-local) and returns 1.
 int ReportFailure(const Status& status, int rank);

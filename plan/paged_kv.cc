@@ -8,7 +8,7 @@ std::string PagedKvGeometry::Check(int64_t num_blocks, int64_t max_positions) co
   if (block_size <= 0 || block_size > kMaxKvBlockSize) {
     return fmt::format("KV block size must be in [1, {}], got {}", kMaxKvBlockSize, block_size);
   }
-  if (seq_shards < 1 || shard < 0 || shard >= seq_shards) {
+  if (seq_shards < 1 || seq_shards > kMaxMergeShards || shard < 0 || shard >= seq_shards) {
     return fmt::format("KV shard {} of {} seq shards", shard, seq_shards);
   }
   if (num_blocks < 0 || num_blocks > kMaxKvBlocks) {

@@ -32,6 +32,8 @@ inline constexpr int64_t kMaxKvBlocks = (int64_t{1} << 31) - 2;     // per pool 
 // registers or on the stack; the CUDA kernel has tighter limits of its own (AttentionSupported).
 inline constexpr int64_t kMaxHeadDim = 512;
 inline constexpr int64_t kMaxQueryGroup = 128;
+// Seq shards one head group may have (the merge keeps one weight per shard on the stack).
+inline constexpr int64_t kMaxMergeShards = 256;
 
 struct PagedKvGeometry {
   int64_t block_size = 16;
@@ -59,6 +61,12 @@ struct PagedKvGeometry {
   // Whether a table of `blocks` local blocks covers position `pos` (which this pool owns).
   KVS_HOST_DEVICE bool Covers(int64_t blocks, int64_t pos) const {
     return pos >= 0 && Owns(pos) && LocalBlock(pos) < blocks;
+  }
+  // Whether a table of `blocks` entries covers position `pos` on every shard: each entry is one
+  // block id used by every shard's pool, so it spans block_size * seq_shards positions (the
+  // block manager's logical block).
+  KVS_HOST_DEVICE bool CoversEverywhere(int64_t blocks, int64_t pos) const {
+    return pos >= 0 && pos / (block_size * seq_shards) < blocks;
   }
   // The pool row of offset `offset` in block `block`.
   KVS_HOST_DEVICE int64_t SlotOf(int32_t block, int64_t offset) const {

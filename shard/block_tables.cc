@@ -9,8 +9,8 @@ StatusOr<BlockTables> BlockTables::Create(const BlockTableShape& shape) {
     return InvalidArgument("block tables need positive slots ({}) and stride ({})", shape.slots,
                            shape.stride);
   }
-  const std::string why =
-      shape.geometry.Check(shape.num_blocks, shape.stride * shape.geometry.block_size);
+  const std::string why = shape.geometry.Check(
+      shape.num_blocks, shape.stride * shape.geometry.block_size * shape.geometry.seq_shards);
   if (!why.empty()) return InvalidArgument("block tables: {}", why);
   if (shape.slots * shape.stride > (int64_t{1} << 31) - 1) {
     return InvalidArgument("{} table slots of {} blocks do not fit 32-bit offsets", shape.slots,
@@ -106,7 +106,7 @@ Status BlockTables::Apply(const StepPlan& plan, int64_t vocab_size, int64_t max_
     }
     for (int32_t t = q0; t < q1; ++t) {
       const int64_t p = plan.positions[t];
-      if (!shape_.geometry.Covers(len, p)) {
+      if (!shape_.geometry.CoversEverywhere(len, p)) {
         return InvalidArgument("position {} of sequence {} is not covered by its {} KV blocks", p,
                                s, len);
       }
@@ -139,7 +139,7 @@ void BlockTables::Slots(const StepPlan& plan, int64_t* slots) const {
     const int32_t* row = tables_.data() + plan.seq_slots[s] * shape_.stride;
     for (int32_t t = plan.qo_indptr[s]; t < plan.qo_indptr[s + 1]; ++t) {
       const int64_t p = plan.positions[t];
-      slots[t] = shape_.geometry.Slot(row, p);
+      slots[t] = shape_.geometry.Owns(p) ? shape_.geometry.Slot(row, p) : -1;
     }
   }
 }

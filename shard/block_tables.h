@@ -15,7 +15,7 @@ namespace kvshard {
 
 struct BlockTableShape {
   int64_t slots = 0;       // sequences that may hold a table at once
-  int64_t stride = 0;      // blocks one table may hold: the model's context in blocks
+  int64_t stride = 0;      // blocks one table may hold: the model's context in (logical) blocks
   int64_t num_blocks = 0;  // KV block ids are in [0, num_blocks)
   PagedKvGeometry geometry;
 };
@@ -38,7 +38,8 @@ class BlockTables {
   // Start of each sequence's table row for `plan` (ints from tables()), [S + 1] with the last
   // entry one row past the end; for a PagedKvView's indptr.
   void RowOffsets(const StepPlan& plan, int32_t* offsets) const;
-  // KV slot (block * block_size + offset) of every token of an applied plan: [T].
+  // KV slot (block * block_size + offset) of every token of an applied plan: [T]; -1 for a
+  // token whose position another seq shard's pool holds.
   void Slots(const StepPlan& plan, int64_t* slots) const;
 
  private:

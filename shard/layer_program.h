@@ -4,11 +4,17 @@
 // and the gather of its vocabulary slices. It is the only layer loop and the only place that runs
 // the layer collectives.
 //
-// The tensor-parallel plan, declared once here (Megatron-style, as in gpt-fast):
-//   wq, wk, wv, w_gate, w_up  column-split: each rank computes its heads / MLP columns;
-//   wo, w_down                row-split: each rank a partial sum of the full width, summed by
-//                             one all-reduce of [T, dim] after each;
-//   lm_head                   split by vocabulary rows, the slices gathered to rank 0.
+// The parallel plan, declared once here (Megatron-style tensor parallelism as in gpt-fast, over
+// a grid of head groups x seq shards as in TensorRT-LLM's Helix; shard/tp_layout.h):
+//   wq, wk, wv                column-split over head groups: each group computes its heads;
+//   KV, attention             each seq shard of a group holds and attends over its own positions;
+//                             with more than one, an all-gather inside the group brings every
+//                             shard's [output | log-sum-exp] and each rank merges the columns it
+//                             feeds to wo (exact: rescale and sum);
+//   w_gate, w_up              column-split over every rank;
+//   wo, w_down                row-split over every rank: each a partial sum of the full width,
+//                             summed by one all-reduce of [T, dim] after each;
+//   lm_head                   split by vocabulary rows over every rank, gathered to rank 0.
 // The widths below are this rank's (TpLayout); the weights behind them are its slices.
 //
 // A backend supplies `Ops`, a class with the members below (a template argument, not virtual
@@ -23,7 +29,11 @@
 //                                    the weights' dtype where it differs from f32; else nothing)
 //   Rope(a, heads, T)                rotary embedding of kQ or kK in place, at the step's positions
 //   KvAppend(layer, T)               k, v into this layer's KV pool at the step's slots
-//   Attention(layer, T)              att = paged attention of q over this layer's KV pool
+//   Attention(layer, T)              att = paged attention of q over this layer's KV pool (this
+//                                    shard's positions); with seq shards, each row's log-sum-exp
+//                                    [T, q_heads] follows the output in kAtt
+//   MergeAttention(T)                att_merged[T, o_cols] = the exact merge of kAttParts'
+//                                    shards, columns [o_col0, o_col0 + o_cols)
 //   SiluMul(T)                       mlp = silu(gate) * up
 //   GatherRows(rows)                 logits_in[rows, dim] = xn[the step's logits rows]
 //   Output(a, rows)                  the rows x vocabulary floats of `a` are the step's result
@@ -41,19 +51,22 @@
 namespace kvshard {
 
 enum class Buf {
-  kX,         // f32 [T, dim] residual stream
-  kXn,        // [T, dim] normalised
-  kQ,         // f32 [T, q_heads * head_dim]
-  kK,         // f32 [T, kv_heads * head_dim]
-  kV,         // f32 [T, kv_heads * head_dim]
-  kAtt,       // f32 [T, q_heads * head_dim] attention output
-  kPartial,   // f32 [T, dim] this rank's share of a row-split GEMM
-  kGate,      // f32 [T, ffn]
-  kUp,        // f32 [T, ffn]
-  kMlp,       // [T, ffn] silu(gate) * up
-  kLogitsIn,  // [rows, dim] the final-normed rows that get logits
-  kLogits,    // f32 [rows, vocab slice] this rank's logits
-  kGathered,  // f32 [rank][rows][slice] every rank's logits, on rank 0
+  kX,          // f32 [T, dim] residual stream
+  kXn,         // [T, dim] normalised
+  kQ,          // f32 [T, q_heads * head_dim]
+  kK,          // f32 [T, kv_heads * head_dim]
+  kV,          // f32 [T, kv_heads * head_dim]
+  kAtt,        // f32 [T, q_heads * head_dim] attention output (then [T, q_heads] log-sum-exp
+               //     when there are seq shards)
+  kAttParts,   // f32 [seq_shards][T * q_heads * (head_dim + 1)] every shard's kAtt (seq shards)
+  kAttMerged,  // f32 [T, o_cols] the merged columns this rank feeds to wo (seq shards)
+  kPartial,    // f32 [T, dim] this rank's share of a row-split GEMM
+  kGate,       // f32 [T, ffn]
+  kUp,         // f32 [T, ffn]
+  kMlp,        // [T, ffn] silu(gate) * up
+  kLogitsIn,   // [rows, dim] the final-normed rows that get logits
+  kLogits,     // f32 [rows, vocab slice] this rank's logits
+  kGathered,   // f32 [rank][rows][slice] every rank's logits, on rank 0
 };
 
 enum class Proj { kQ, kK, kV, kO, kGate, kUp, kDown, kLmHead };
@@ -87,8 +100,16 @@ Status RunLayerProgram(Ops& ops, Communicator& comm, const ModelConfig& c, const
     KVS_RETURN_IF_ERROR(ops.Rope(Buf::kK, l.kv_heads, T));
     KVS_RETURN_IF_ERROR(ops.KvAppend(i, T));
     KVS_RETURN_IF_ERROR(ops.Attention(i, T));
-    KVS_RETURN_IF_ERROR(ops.GemmInput(Buf::kAtt, T * q_width));
-    KVS_RETURN_IF_ERROR(ops.Gemm(Buf::kPartial, Buf::kAtt, i, Proj::kO, T, q_width, dim));
+    Buf o_in = Buf::kAtt;
+    if (l.seq_shards > 1) {  // the group's shards' partials, merged into this rank's columns
+      KVS_RETURN_IF_ERROR(comm.AllGatherInGroups(ops.Data(Buf::kAtt),
+                                                 static_cast<size_t>(T * (q_width + l.q_heads)),
+                                                 ops.Data(Buf::kAttParts), l.seq_shards));
+      KVS_RETURN_IF_ERROR(ops.MergeAttention(T));
+      o_in = Buf::kAttMerged;
+    }
+    KVS_RETURN_IF_ERROR(ops.GemmInput(o_in, T * l.o_cols));
+    KVS_RETURN_IF_ERROR(ops.Gemm(Buf::kPartial, o_in, i, Proj::kO, T, l.o_cols, dim));
     KVS_RETURN_IF_ERROR(all_reduce());
     KVS_RETURN_IF_ERROR(ops.AddNorm(i, NormWeight::kMlp, T));
 

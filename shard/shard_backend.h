@@ -26,7 +26,10 @@ class ShardBackend {
   // The group's communicator; its control plane (Broadcast, liveness) is host memory over MPI.
   virtual Communicator& comm() = 0;
   virtual int64_t num_blocks() const = 0;  // KV blocks per layer the block manager may hand out
-  virtual int64_t block_size() const = 0;
+  virtual int64_t block_size() const = 0;  // tokens per block of one seq shard's pool
+  // Tokens one block id covers: the same id is a block in every seq shard's pool, so one logical
+  // block of the block manager is block_size() x seq_shards positions (plan/paged_kv.h).
+  int64_t logical_block_size() const { return block_size() * layout().seq_shards; }
   virtual int64_t max_tokens_per_step() const = 0;
   virtual int64_t max_seqs() const = 0;      // block table slots: sequences that may run at once
   virtual int64_t weight_bytes() const = 0;  // this rank's weights in memory

@@ -56,9 +56,15 @@ class CpuOps {
   }
   Status Attention(int64_t layer, int64_t T) {
     const PagedKvView view{in_.block_indptr, m_.tables_.tables(), m_.tables_.shape().geometry};
+    float* lse = l_.seq_shards > 1 ? m_.att_.data() + T * l_.q_heads * c_.head_dim : nullptr;
     paged_attention<KV>(m_.att_.data(), m_.q_.data(), Pool(layer, 0), Pool(layer, 1), view,
                         in_.token_seq, in_.positions, T, l_.q_heads, l_.kv_heads, c_.head_dim,
-                        1.0f / std::sqrt(static_cast<float>(c_.head_dim)));
+                        1.0f / std::sqrt(static_cast<float>(c_.head_dim)), lse);
+    return Status::Ok();
+  }
+  Status MergeAttention(int64_t T) {
+    merge_attention_columns(m_.att_merged_.data(), m_.att_parts_.data(), l_.seq_shards, T,
+                            l_.q_heads, c_.head_dim, l_.o_col0, l_.o_cols);
     return Status::Ok();
   }
   Status SiluMul(int64_t n) {
@@ -84,6 +90,8 @@ class CpuOps {
       case Buf::kK: return m_.k_.data();
       case Buf::kV: return m_.v_.data();
       case Buf::kAtt: return m_.att_.data();
+      case Buf::kAttParts: return m_.att_parts_.data();
+      case Buf::kAttMerged: return m_.att_merged_.data();
       case Buf::kPartial: return m_.partial_.data();
       case Buf::kGate: return m_.gate_.data();
       case Buf::kUp: return m_.up_.data();
@@ -138,7 +146,8 @@ StatusOr<std::unique_ptr<ShardModel>> ShardModel::Load(const std::string& model_
   m->config_ = config;
   m->options_ = options;
   m->comm_ = comm;
-  KVS_ASSIGN_OR_RETURN(m->layout_, MakeTpLayout(config, comm->size(), comm->rank()));
+  KVS_ASSIGN_OR_RETURN(m->layout_,
+                       MakeTpLayout(config, comm->size(), comm->rank(), options.seq_shards));
   if (options.max_tokens_per_step <= 0) {
     return InvalidArgument("max tokens per step must be positive");
   }
@@ -152,11 +161,12 @@ StatusOr<std::unique_ptr<ShardModel>> ShardModel::Load(const std::string& model_
   shape.head_dim = config.head_dim;
   shape.dtype = options.kv_dtype;
   KVS_ASSIGN_OR_RETURN(m->kv_, KvPool::Create(shape));
-  KVS_ASSIGN_OR_RETURN(
-      m->tables_,
-      BlockTables::Create(BlockTableShape{
-          options.max_seqs, PagedKvGeometry{options.block_size}.BlocksFor(config.max_seq_len),
-          options.num_blocks, PagedKvGeometry{options.block_size}}));
+  // A table entry is one block id on every seq shard: it spans block_size * seq_shards positions.
+  const int64_t logical = options.block_size * options.seq_shards;
+  KVS_ASSIGN_OR_RETURN(m->tables_,
+                       BlockTables::Create(BlockTableShape{
+                           options.max_seqs, (config.max_seq_len + logical - 1) / logical,
+                           options.num_blocks, m->layout_.Geometry(options.block_size)}));
   m->inv_freq_ = RopeInverseFrequencies(config);
   if (options.tune_threads > 0) {
     m->tuner_ = std::make_unique<ThreadTuner>(options.tune_threads);
@@ -172,7 +182,11 @@ StatusOr<std::unique_ptr<ShardModel>> ShardModel::Load(const std::string& model_
     m->q_.resize(T * l.q_heads * hd);
     m->k_.resize(T * l.kv_heads * hd);
     m->v_.resize(T * l.kv_heads * hd);
-    m->att_.resize(T * l.q_heads * hd);
+    m->att_.resize(T * l.q_heads * (hd + 1));  // output, then the log-sum-exp (seq shards)
+    if (l.seq_shards > 1) {
+      m->att_parts_.resize(l.seq_shards * T * l.q_heads * (hd + 1));
+      m->att_merged_.resize(T * l.o_cols);
+    }
     m->gate_.resize(T * l.ffn);
     m->up_.resize(T * l.ffn);
     m->partial_.resize(T * config.dim);

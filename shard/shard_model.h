@@ -23,7 +23,8 @@ namespace kvshard {
 
 struct ShardOptions {
   int64_t num_blocks = 0;             // KV blocks per layer on every rank
-  int64_t block_size = 16;            // tokens per KV block
+  int64_t block_size = 16;            // tokens per KV block (of one seq shard's pool)
+  int seq_shards = 1;                 // seq shards per head group (shard/tp_layout.h)
   DType kv_dtype = DType::kF32;       // KV cache storage
   int64_t max_tokens_per_step = 512;  // workspace size: the most tokens one step may carry
   int64_t max_seqs = 256;             // block table slots: sequences running at once
@@ -80,7 +81,9 @@ class ShardModel : public ShardBackend {
   std::vector<float> q_;             // f32 [T, q_heads, head_dim]
   std::vector<float> k_;             // f32 [T, kv_heads, head_dim]
   std::vector<float> v_;             // f32 [T, kv_heads, head_dim]
-  std::vector<float> att_;           // f32 [T, q_heads, head_dim]
+  std::vector<float> att_;           // f32 [T, q_heads, head_dim] then the lse [T, q_heads]
+  std::vector<float> att_parts_;     // f32 [seq_shards][att_] every shard's, gathered
+  std::vector<float> att_merged_;    // f32 [T, o_cols] the merged columns this rank feeds to wo
   std::vector<float> gate_;          // f32 [T, ffn]
   std::vector<float> up_;            // f32 [T, ffn]
   std::vector<float> partial_;       // f32 [T, dim] this rank's share before the all-reduce

@@ -38,8 +38,9 @@ StatusOr<LayerWeights> LoadLayer(const Checkpoint& ckpt, const ModelConfig& c, c
                                        l.kv_head0 * hd, (l.kv_head0 + l.kv_heads) * hd, 0, c.dim));
   KVS_ASSIGN_OR_RETURN(w.wv, ReadSlice(ckpt, p + "self_attn.v_proj.weight", kv_rows, c.dim,
                                        l.kv_head0 * hd, (l.kv_head0 + l.kv_heads) * hd, 0, c.dim));
+  const int64_t o0 = l.q_head0 * hd + l.o_col0;  // this rank's columns of its group's heads
   KVS_ASSIGN_OR_RETURN(w.wo, ReadSlice(ckpt, p + "self_attn.o_proj.weight", c.dim, q_rows, 0, c.dim,
-                                       l.q_head0 * hd, (l.q_head0 + l.q_heads) * hd));
+                                       o0, o0 + l.o_cols));
   KVS_ASSIGN_OR_RETURN(w.ffn_norm, ReadVector(ckpt, p + "post_attention_layernorm.weight", c.dim));
   KVS_ASSIGN_OR_RETURN(w.w_gate, ReadSlice(ckpt, p + "mlp.gate_proj.weight", c.hidden_dim, c.dim,
                                            l.ffn0, l.ffn0 + l.ffn, 0, c.dim));

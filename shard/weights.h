@@ -18,7 +18,7 @@ struct LayerWeights {
   std::vector<float> wq;         // f32 [q_heads * head_dim, dim]   rows of this rank's heads
   std::vector<float> wk;         // f32 [kv_heads * head_dim, dim]
   std::vector<float> wv;         // f32 [kv_heads * head_dim, dim]
-  std::vector<float> wo;         // f32 [dim, q_heads * head_dim]   columns of this rank's heads
+  std::vector<float> wo;         // f32 [dim, o_cols]   this rank's columns of its group's heads
   std::vector<float> ffn_norm;   // f32 [dim]
   std::vector<float> w_gate;     // f32 [ffn, dim]
   std::vector<float> w_up;       // f32 [ffn, dim]

@@ -33,6 +33,11 @@ class Communicator {
   // Concatenates every rank's `send` (counts[r] floats from rank r) into `recv` on root.
   virtual Status GatherV(const float* send, int count, float* recv, const std::vector<int>& counts,
                          int root) = 0;
+  // Within groups of `group_size` consecutive ranks ([g * group_size, (g + 1) * group_size)):
+  // every member's `count` floats of `send`, concatenated in rank order into `recv` [group_size
+  // * count] on every member. Same deadlines as the other collectives. Every rank calls it.
+  virtual Status AllGatherInGroups(const float* send, size_t count, float* recv,
+                                   int group_size) = 0;
   // Each rank's string, on root (empty elsewhere). Used to report which rank failed and why.
   virtual StatusOr<std::vector<std::string>> GatherStrings(const std::string& mine, int root) = 0;
   virtual Status Barrier() = 0;

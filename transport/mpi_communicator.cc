@@ -94,8 +94,8 @@ Status MpiCommunicator::Broken() const {
   return Unavailable("{}", broken_);
 }
 
-Status MpiCommunicator::Wait(MPI_Request* request, const char* what, double timeout_s) {
-  if (!heartbeat_) return KVS_MPI(MPI_Wait(request, MPI_STATUS_IGNORE));
+Status MpiCommunicator::WaitAll(MPI_Request* requests, int n, const char* what, double timeout_s) {
+  if (!heartbeat_) return KVS_MPI(MPI_Waitall(n, requests, MPI_STATUSES_IGNORE));
   // Inside a step the peers' share usually arrives within a millisecond: spin that long. An
   // idle wait (no deadline) spins briefly and then sleeps.
   const auto spin =
@@ -104,7 +104,7 @@ Status MpiCommunicator::Wait(MPI_Request* request, const char* what, double time
   auto pause = std::chrono::microseconds(20);
   for (;;) {
     int done = 0;
-    const int rc = MPI_Test(request, &done, MPI_STATUS_IGNORE);
+    const int rc = MPI_Testall(n, requests, &done, MPI_STATUSES_IGNORE);
     if (rc != MPI_SUCCESS) {
       broken_ = MpiStatus(rc, what, __FILE__, __LINE__).message();
       return Broken();
@@ -216,6 +216,34 @@ Status MpiCommunicator::GatherV(const float* send, int count, float* recv,
   KVS_RETURN_IF_ERROR(KVS_MPI(MPI_Igatherv(send, count, MPI_FLOAT, recv, counts.data(),
                                            displs.data(), MPI_FLOAT, root, comm_, &r)));
   return Wait(&r, "logits gather", step_timeout_s_);
+}
+
+Status MpiCommunicator::AllGatherInGroups(const float* send, size_t count, float* recv,
+                                          int group_size) {
+  if (count > static_cast<size_t>(INT_MAX))
+    return InvalidArgument("all-gather of {} floats", count);
+  if (group_size < 1 || size_ % group_size != 0) {
+    return InvalidArgument("groups of {} ranks do not divide {} ranks", group_size, size_);
+  }
+  KVS_RETURN_IF_ERROR(Broken());
+  const int first = rank_ / group_size * group_size, me = rank_ - first;
+  const int n = static_cast<int>(count);
+  std::copy(send, send + count, recv + static_cast<size_t>(me) * count);
+  if (group_size == 1) return Status::Ok();
+  constexpr int kTag = 7301;
+  group_requests_.resize(2 * (group_size - 1));
+  int k = 0;
+  for (int i = 0; i < group_size; ++i) {
+    if (i == me) continue;
+    KVS_RETURN_IF_ERROR(KVS_MPI(MPI_Irecv(recv + static_cast<size_t>(i) * count, n, MPI_FLOAT,
+                                          first + i, kTag, comm_, &group_requests_[k++])));
+  }
+  for (int i = 0; i < group_size; ++i) {
+    if (i == me) continue;
+    KVS_RETURN_IF_ERROR(
+        KVS_MPI(MPI_Isend(send, n, MPI_FLOAT, first + i, kTag, comm_, &group_requests_[k++])));
+  }
+  return WaitAll(group_requests_.data(), k, "attention all-gather", step_timeout_s_);
 }
 
 StatusOr<std::vector<std::string>> MpiCommunicator::GatherStrings(const std::string& mine,

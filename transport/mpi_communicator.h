@@ -35,6 +35,9 @@ class MpiCommunicator : public Communicator {
   Status BroadcastIdle(void* data, size_t bytes, int root) override;
   Status GatherV(const float* send, int count, float* recv, const std::vector<int>& counts,
                  int root) override;
+  // Point-to-point inside the group (no sub-communicator to create: a split is a blocking
+  // collective that a dead rank would hang), waited on with the step deadline.
+  Status AllGatherInGroups(const float* send, size_t count, float* recv, int group_size) override;
   StatusOr<std::vector<std::string>> GatherStrings(const std::string& mine, int root) override;
   Status Barrier() override;
 
@@ -51,7 +54,10 @@ class MpiCommunicator : public Communicator {
   MpiCommunicator(MPI_Comm comm, std::vector<std::string> hosts);
   // Waits for a non-blocking collective: spins briefly, then polls with short sleeps, pumping
   // heartbeats; fails past `timeout_s` (<= 0: no deadline, but a silent root fails it).
-  Status Wait(MPI_Request* request, const char* what, double timeout_s);
+  Status Wait(MPI_Request* request, const char* what, double timeout_s) {
+    return WaitAll(request, 1, what, timeout_s);
+  }
+  Status WaitAll(MPI_Request* requests, int n, const char* what, double timeout_s);
   Status Broken() const;
   // BroadcastIdle without liveness: polls with sleeps so an idle rank does not spin.
   Status PollWithoutSpinning(MPI_Request* request);
@@ -62,6 +68,7 @@ class MpiCommunicator : public Communicator {
   std::unique_ptr<Heartbeat> heartbeat_;  // null until EnableLiveness
   double step_timeout_s_ = 0;
   std::atomic<double> deadline_cap_s_{1e30};
+  std::vector<MPI_Request> group_requests_;  // AllGatherInGroups' sends and receives
   std::string broken_;  // why the communicator can no longer be used ("" while healthy)
 };
 

@@ -29,6 +29,7 @@ void kv_append(KV* k_cache, KV* v_cache, const float* k, const float* v, const i
                int64_t tokens, int64_t kv_heads, int64_t head_dim) {
   const int64_t row = kv_heads * head_dim;
   for (int64_t t = 0; t < tokens; ++t) {
+    if (slots[t] < 0) continue;  // another seq shard holds this position
     KV* kd = k_cache + slots[t] * row;
     KV* vd = v_cache + slots[t] * row;
     for (int64_t i = 0; i < row; ++i) {
@@ -128,6 +129,43 @@ void merge_attention(float* out, float* lse, const float* partial_out, const flo
     const float inv = 1.0f / total;
     for (int64_t i = 0; i < head_dim; ++i) o[i] *= inv;
     if (lse) lse[r] = m + std::log(total);
+  }
+}
+
+void merge_attention_columns(float* out, const float* parts, int64_t shards, int64_t tokens,
+                             int64_t q_heads, int64_t head_dim, int64_t col0, int64_t cols) {
+  const int64_t width = q_heads * head_dim;
+  const int64_t part = tokens * (width + q_heads);
+  const int64_t h0 = col0 / head_dim, h1 = (col0 + cols + head_dim - 1) / head_dim;
+  float w[kMaxMergeShards];
+  for (int64_t t = 0; t < tokens; ++t) {
+    float* o = out + t * cols;
+    for (int64_t h = h0; h < h1; ++h) {
+      // The shards' weights for this row and head: exp(lse_s - max), normalised.
+      float m = -std::numeric_limits<float>::infinity();
+      for (int64_t s = 0; s < shards; ++s) {
+        m = std::max(m, parts[s * part + tokens * width + t * q_heads + h]);
+      }
+      const int64_t c0 = std::max(col0, h * head_dim),
+                    c1 = std::min(col0 + cols, (h + 1) * head_dim);
+      if (m == -std::numeric_limits<float>::infinity()) {  // no shard reached a position
+        std::fill(o + (c0 - col0), o + (c1 - col0), 0.0f);
+        continue;
+      }
+      float total = 0;
+      for (int64_t s = 0; s < shards; ++s) {
+        w[s] = std::exp(parts[s * part + tokens * width + t * q_heads + h] - m);
+        total += w[s];
+      }
+      const float inv = 1.0f / total;
+      for (int64_t c = c0; c < c1; ++c) {
+        float acc = 0;
+        for (int64_t s = 0; s < shards; ++s) {
+          if (w[s] != 0.0f) acc += w[s] * parts[s * part + t * width + c];
+        }
+        o[c - col0] = acc * inv;
+      }
+    }
   }
 }
 

@@ -9,7 +9,8 @@
 
 namespace kvshard {
 
-// Writes each token's K and V into its slot. slots: [tokens], slot = block * block_size + offset.
+// Writes each token's K and V into its slot. slots: [tokens], slot = block * block_size + offset,
+// or -1 for a token this pool does not hold (another seq shard's position).
 // k, v: f32 [tokens, kv_heads, head_dim]; k_cache, v_cache: KV [num_blocks * block_size, ...].
 template <typename KV>
 void kv_append(KV* k_cache, KV* v_cache, const float* k, const float* v, const int64_t* slots,
@@ -35,6 +36,13 @@ void paged_attention(float* out, const float* q, const KV* k_cache, const KV* v_
 // rows]; out: f32 [rows, head_dim]; lse (optional): the merged [rows].
 void merge_attention(float* out, float* lse, const float* partial_out, const float* partial_lse,
                      int64_t shards, int64_t rows, int64_t head_dim);
+
+// The same merge as the layer program needs it, for columns [col0, col0 + cols) of a step's
+// attention output: parts holds every shard's kernel output followed by its log-sum-exp,
+//   parts[s] = f32 [tokens, q_heads * head_dim] then f32 [tokens, q_heads], at s * part_floats,
+// part_floats = tokens * q_heads * (head_dim + 1). out: f32 [tokens, cols].
+void merge_attention_columns(float* out, const float* parts, int64_t shards, int64_t tokens,
+                             int64_t q_heads, int64_t head_dim, int64_t col0, int64_t cols);
 
 // The contiguous reference the paged kernel is tested against: k, v: f32 [len, kv_heads,
 // head_dim] for one sequence, q: f32 [q_heads, head_dim] at position len - 1.

@@ -12,6 +12,7 @@ __global__ void kv_append_kernel(KV* k_cache, KV* v_cache, const float* k, const
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < n;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t t = idx / row, i = idx % row;
+    if (slots[t] < 0) continue;  // another seq shard holds this position
     const int64_t dst = slots[t] * row + i;
     k_cache[dst] = from_f32<KV>(k[idx]);
     v_cache[dst] = from_f32<KV>(v[idx]);

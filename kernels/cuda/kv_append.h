@@ -13,7 +13,8 @@ namespace kvshard::cuda {
 
 // k_cache, v_cache: KV [num_blocks * block_size, kv_heads, head_dim] with KV = float, __half or
 // __nv_bfloat16 (rounded to nearest even, bit-identical to the CPU's kv_append); k, v: f32
-// [tokens, kv_heads, head_dim]; slots: [tokens]. Slots must be distinct within one call.
+// [tokens, kv_heads, head_dim]; slots: [tokens] (-1: not this pool's position, skipped). Slots must
+// be distinct within one call.
 template <typename KV>
 cudaError_t kv_append(KV* k_cache, KV* v_cache, const float* k, const float* v,
                       const int64_t* slots, int64_t tokens, int64_t kv_heads, int64_t head_dim,

@@ -352,6 +352,9 @@ class CudaOps {
         T, l_.q_heads, l_.kv_heads, c_.head_dim, 1.0f / std::sqrt(static_cast<float>(c_.head_dim)),
         s_.attention, m_.attention_ws_.template as<float>(), st_));
   }
+  Status MergeAttention(int64_t) {  // the device model runs heads-only grids (Load refuses more)
+    return FailedPrecondition("seq shards on the CUDA backend");
+  }
   Status SiluMul(int64_t n) {
     return KVS_CUDA(silu_mul<Act>(A(Buf::kMlp), F(Buf::kGate), F(Buf::kUp), n, st_));
   }
@@ -378,6 +381,8 @@ class CudaOps {
       case Buf::kK: return m_.k_.template as<float>();
       case Buf::kV: return m_.v_.template as<float>();
       case Buf::kAtt: return m_.att_.template as<float>();
+      case Buf::kAttParts: return nullptr;  // seq shards only
+      case Buf::kAttMerged: return nullptr;
       case Buf::kPartial: return m_.partial_.template as<float>();
       case Buf::kGate: return m_.gate_.template as<float>();
       case Buf::kUp: return m_.up_.template as<float>();
