@@ -58,7 +58,10 @@ StatusOr<ClusterInfo> GatherClusterInfo(Runtime& rt, const ServeFlags& f) {
   nlohmann::json mine = {{"host", rt.comm->Where(rt.comm->rank())},
                          {"kv_bytes", rt.model->kv_bytes()},
                          {"q_heads", l.q_heads},
-                         {"kv_heads", l.kv_heads}};
+                         {"kv_heads", l.kv_heads},
+                         {"head_group", l.group},
+                         {"seq_shard", l.shard},
+                         {"weight_bytes", rt.model->weight_bytes()}};
   char host[256] = {};
   gethostname(host, sizeof(host) - 1);
   mine["host"] = host;
@@ -66,7 +69,11 @@ StatusOr<ClusterInfo> GatherClusterInfo(Runtime& rt, const ServeFlags& f) {
   KVS_ASSIGN_OR_RETURN(std::vector<std::string> all, rt.comm->GatherStrings(mine.dump(), 0));
   ClusterInfo info;
   info.model = f.shard.model_dir;
-  info.layout = fmt::format("tp={}", l.tp);
+  info.layout = l.seq_shards == 1
+                    ? fmt::format("tp={}", l.tp)
+                    : fmt::format("{}x{} (head groups x seq shards)", l.head_groups, l.seq_shards);
+  info.head_groups = l.head_groups;
+  info.seq_shards = l.seq_shards;
   info.block_size = static_cast<int32_t>(rt.model->block_size());
   info.max_context = static_cast<int32_t>(rt.config.max_seq_len);
   for (size_t r = 0; r < all.size(); ++r) {
@@ -79,6 +86,9 @@ StatusOr<ClusterInfo> GatherClusterInfo(Runtime& rt, const ServeFlags& f) {
     ri.device = j.value("device", "cpu");
     ri.q_heads = j.value("q_heads", 0);
     ri.kv_heads = j.value("kv_heads", 0);
+    ri.head_group = j.value("head_group", 0);
+    ri.seq_shard = j.value("seq_shard", 0);
+    ri.weight_bytes = j.value("weight_bytes", int64_t{0});
     info.ranks.push_back(ri);
   }
   return info;

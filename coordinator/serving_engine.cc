@@ -95,10 +95,10 @@ Status ServingEngine::Validate(const RequestSpec& r) const {
   }
   if (P + r.max_tokens > kv_capacity_tokens_) {
     return OutOfRange(
-        "prompt ({} tokens) + max_tokens ({}) need {} KV blocks, but the cluster's KV cache "
-        "holds {} blocks = {} tokens for one request",
-        P, r.max_tokens, blocks_.BlocksFor(P + r.max_tokens), blocks_.total_blocks(),
-        kv_capacity_tokens_);
+        "prompt ({} tokens) + max_tokens ({}) need {} KV blocks of {} tokens, but the cluster's "
+        "KV cache holds {} blocks = {} tokens for one request",
+        P, r.max_tokens, blocks_.BlocksFor(P + r.max_tokens), blocks_.block_size(),
+        blocks_.total_blocks(), kv_capacity_tokens_);
   }
   return Status::Ok();
 }

@@ -89,11 +89,14 @@ struct RankStatus {
   7: i64 kv_bytes,
   8: i32 q_heads,
   9: i32 kv_heads,
+  10: i32 head_group,             // where the rank sits in the grid (head groups x seq shards)
+  11: i32 seq_shard,
+  12: i64 weight_bytes,
 }
 
 struct ClusterStatus {
   1: i32 world_size,
-  2: string layout,               // e.g. "tp=2"
+  2: string layout,               // e.g. "tp=2" or "2x4 (head groups x seq shards)"
   3: list<RankStatus> ranks,
   4: i32 queue_depth,
   5: i32 running,
@@ -107,6 +110,8 @@ struct ClusterStatus {
   13: string model,
   14: i32 max_context,
   15: i64 kv_capacity_tokens,     // the most tokens one request may hold
+  16: i32 head_groups,            // the grid: world_size = head_groups x seq_shards
+  17: i32 seq_shards,
 }
 
 service Kvshard {

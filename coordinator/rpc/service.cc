@@ -139,6 +139,9 @@ class ConnectionHandler : public rpc::KvshardIf {
       rs.kv_bytes = r.kv_bytes;
       rs.q_heads = r.q_heads;
       rs.kv_heads = r.kv_heads;
+      rs.head_group = r.head_group;
+      rs.seq_shard = r.seq_shard;
+      rs.weight_bytes = r.weight_bytes;
       out.ranks.push_back(rs);
     }
     out.queue_depth = static_cast<int32_t>(s.queue_depth);
@@ -153,6 +156,8 @@ class ConnectionHandler : public rpc::KvshardIf {
     out.model = info_->model;
     out.max_context = info_->max_context;
     out.kv_capacity_tokens = engine_->kv_capacity_tokens();
+    out.head_groups = info_->head_groups;
+    out.seq_shards = info_->seq_shards;
   }
 
   // The connection is gone: whatever it started and did not see finish is cancelled.

@@ -21,6 +21,9 @@ struct RankInfo {
   int64_t kv_bytes = 0;
   int32_t q_heads = 0;
   int32_t kv_heads = 0;
+  int32_t head_group = 0;
+  int32_t seq_shard = 0;
+  int64_t weight_bytes = 0;
 };
 
 struct ClusterInfo {
@@ -28,6 +31,7 @@ struct ClusterInfo {
   std::string layout;
   int32_t block_size = 16;
   int32_t max_context = 0;
+  int32_t head_groups = 1, seq_shards = 1;
   std::vector<RankInfo> ranks;
 };
 
