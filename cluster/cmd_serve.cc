@@ -186,6 +186,9 @@ int RunServe(const ServeFlags& f) {
     spdlog::error("shutdown: {}", down.ToString());
     AbortJob(1);
   }
+  // The clean end, for a supervisor that cannot trust mpirun's exit status (kvshard-launch runs
+  // mpirun in recovery mode, whose status stays 0 after an abort).
+  if (!f.pid_file.empty()) std::ofstream(f.pid_file + ".clean") << "0\n";
   return 0;
 }
 
@@ -215,7 +218,8 @@ void RegisterServe(CLI::App& app, int* exit_code) {
   cmd->add_option("--metrics-port", flags->metrics_port,
                   "Prometheus /metrics on this port (0 = off)")
       ->check(CLI::Range(0, 65535));
-  cmd->add_option("--pid-file", flags->pid_file, "Rank 0 writes its pid here once serving");
+  cmd->add_option("--pid-file", flags->pid_file,
+                  "Rank 0 writes its pid here once serving, and FILE.clean after a clean stop");
   cmd->add_option("--step-timeout-s", flags->liveness.step_timeout_s,
                   "A collective (all-reduce, plan broadcast, gather) that takes longer fails the "
                   "server: a rank is gone or stuck")

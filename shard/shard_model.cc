@@ -200,6 +200,14 @@ StatusOr<std::unique_ptr<ShardModel>> ShardModel::Load(const std::string& model_
   } catch (const std::bad_alloc&) {
     return ResourceExhausted("not enough memory for a workspace of {} tokens per step", T);
   }
+  if (l.seq_shards > 1) {
+    // Opens every connection the attention all-gather uses now, while every peer is alive: a
+    // connection first attempted to a peer that has died is fatal inside Open MPI's TCP
+    // transport, where a broken one is an error our deadlines handle.
+    float mine = 0;
+    std::vector<float> all(l.seq_shards);
+    KVS_RETURN_IF_ERROR(comm->AllGatherInGroups(&mine, 1, all.data(), l.seq_shards));
+  }
   return m;
 }
 

@@ -153,6 +153,47 @@ class LinkDownTest(unittest.TestCase):
         wait_for(lambda: not cluster.rank_processes(), timeout=20)
         report("host link down: every rank gone", time.time() - t0)
 
+    def test_sigkill_of_a_seq_shard_rank_over_four_hosts(self):
+        # 1x4: every rank holds a quarter of each sequence's KV; killing one mid-decode leaves
+        # the others waiting in the attention all-gather, which must fail in time.
+        bed = testbed.Testbed(4, "kvx", "10.218.0")
+        self.addCleanup(bed.down)
+        cluster = testbed.Cluster(bed, slots=1, step_delay_ms=STEP_DELAY_MS,
+                                  launch_args=["--seq-shards", "4"])
+        self.addCleanup(lambda: cluster.proc.poll() is not None or cluster.kill())
+        c = cluster.client()
+        self.assertEqual(c.status().seq_shards, 4)
+        rid = start_long_request(c)
+        victim = [p for p in shard_pids(cluster) if world_rank(p) == 2]
+        self.assertEqual(len(victim), 1)
+        t0 = time.time()
+        os.kill(victim[0], signal.SIGKILL)
+        try:
+            r = final(c, rid)
+        except Exception as e:
+            self.fail("no answer after the kill (%s):\n%s" % (e, cluster.read_log()))
+        report("seq-shard rank SIGKILL mid-decode (1x4, 4 hosts)", time.time() - t0)
+        self.assertLess(time.time() - t0, 15)
+        self.assertEqual(r.finish_reason, "error")
+        self.assertIn("not serving", r.error)
+        self.assertIn("rank 2 on kvx3", r.error)
+        c.close()
+        try:
+            rc = cluster.wait(60)
+        except subprocess.TimeoutExpired:
+            self.fail("the job did not end within 60 s:\n" + cluster.read_log())
+        self.assertNotEqual(rc, 0, cluster.read_log())
+        wait_for(lambda: not cluster.rank_processes(), timeout=20)
+        report("seq-shard rank SIGKILL: every rank gone", time.time() - t0)
+
+
+def world_rank(pid):
+    with open("/proc/%d/environ" % pid, "rb") as f:
+        for item in f.read().split(b"\0"):
+            if item.startswith(b"OMPI_COMM_WORLD_RANK="):
+                return int(item.split(b"=", 1)[1])
+    return -1
+
 
 if __name__ == "__main__":
     harness.main()

@@ -60,7 +60,8 @@ class Testbed:
 class Cluster(harness.ServerProcess):
     """kvshard-launch on host 1 of a test bed; rank 0 serves on host 1's address."""
 
-    def __init__(self, bed, slots, model=harness.STORIES, extra=(), step_delay_ms=0):
+    def __init__(self, bed, slots, model=harness.STORIES, extra=(), step_delay_ms=0,
+                 launch_args=()):
         self.bed = bed
         self.dir = tempfile.mkdtemp(prefix="kvshard-cluster-")
         self.port = harness.free_port()
@@ -73,7 +74,7 @@ class Cluster(harness.ServerProcess):
             env["KVSHARD_DEBUG_STEP_DELAY_MS"] = str(step_delay_ms)
         cmd = [NETNS, "exec", bed.name(1), LAUNCH, "--hostfile", hostfile, "--model", model,
                "--rsh", NETNS + " rsh", "--iface", bed.subnet + ".0/24", "--shared-cores",
-               "--kvshard", harness.BIN, "--", "--host", self.host, "--port", str(self.port),
+               "--kvshard", harness.BIN] + list(launch_args) + ["--", "--host", self.host, "--port", str(self.port),
                "--pid-file", self.pid_file] + list(extra)
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env,

@@ -97,8 +97,7 @@ class SeqShardsTest(harness.unittest.TestCase):
             again = c.generate(self.long_request)
             self.assertEqual(again.token_ids, self.long_reference)
             self.assertEqual(again.cached_tokens, 110 // (16 * shards) * 16 * shards)
-            after = c.status()
-            self.assertEqual(sum(r.kv_blocks_used for r in after.ranks), 0, "KV blocks leaked")
+            harness.assert_all_blocks_free(self, c)
             c.close()
         finally:
             self.assertEqual(server.stop(), 0, server.read_log())
