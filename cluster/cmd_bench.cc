@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <vector>
 
 #include "cluster/commands.h"
 #include "cluster/runtime.h"
@@ -36,8 +37,11 @@ struct BenchFlags {
 struct Totals {
   double weights_bytes = 0;        // every rank's weights in memory
   double decode_weight_bytes = 0;  // what a decode step reads of them
-  double kv_bytes_per_token = 0;   // every rank's KV bytes for one token (replicas included)
+  double kv_bytes_per_token = 0;   // the cluster's KV bytes for one token (replicas included;
+                                   // each token lives on one seq shard of every head group)
   double read_gbs = 0;             // all ranks at once: host read (CPU) or device copy (GPU) GB/s
+  double kv_bytes_max_rank = 0;    // the largest rank's KV pool
+  double weights_max_rank = 0;     // the largest rank's weights
 };
 
 // Runs on every rank at once, before rank 0 starts driving steps.
@@ -57,11 +61,23 @@ StatusOr<Totals> MeasureTotals(Runtime& rt, int64_t buffer_bytes) {
     ceiling = measure_read_bandwidth_gbs(buffer_bytes, rt.threads, 3);
   }
   KVS_RETURN_IF_ERROR(AgreeOnStatus(*rt.comm, local));
+  // A rank's KV bytes per token are for the tokens it holds: 1 / seq_shards of them.
+  const double shards = static_cast<double>(rt.model->layout().seq_shards);
   double v[4] = {static_cast<double>(rt.model->weight_bytes()),
                  static_cast<double>(rt.model->decode_read_bytes()),
-                 static_cast<double>(rt.model->kv_bytes_per_token()), ceiling};
+                 static_cast<double>(rt.model->kv_bytes_per_token()) / shards, ceiling};
   KVS_RETURN_IF_ERROR(rt.comm->AllReduceSumDouble(v, 4));
-  return Totals{v[0], v[1], v[2], v[3]};
+  // The largest rank, by the same sum over a vector that only one rank fills per entry.
+  std::vector<double> per_rank(2 * rt.comm->size(), 0.0);
+  per_rank[2 * rt.comm->rank()] = static_cast<double>(rt.model->kv_bytes());
+  per_rank[2 * rt.comm->rank() + 1] = static_cast<double>(rt.model->weight_bytes());
+  KVS_RETURN_IF_ERROR(rt.comm->AllReduceSumDouble(per_rank.data(), per_rank.size()));
+  Totals t{v[0], v[1], v[2], v[3]};
+  for (int r = 0; r < rt.comm->size(); ++r) {
+    t.kv_bytes_max_rank = std::max(t.kv_bytes_max_rank, per_rank[2 * r]);
+    t.weights_max_rank = std::max(t.weights_max_rank, per_rank[2 * r + 1]);
+  }
+  return t;
 }
 
 std::vector<int32_t> RandomPrompt(int64_t n, int64_t vocab) {
@@ -89,6 +105,11 @@ Status RunRoot(const BenchFlags& f, Runtime& rt, ServingEngine& engine, const To
       {"device", rt.device_name},
       {"isa", simd::Isa()},
       {"tp", rt.comm->size()},
+      {"head_groups", rt.model->layout().head_groups},
+      {"seq_shards", rt.model->layout().seq_shards},
+      {"max_context_tokens", engine.kv_capacity_tokens()},
+      {"kv_bytes_per_rank", totals.kv_bytes_max_rank},
+      {"weights_bytes_per_rank", totals.weights_max_rank},
       {"threads", rt.threads * rt.comm->size()},
       {"threads_per_rank", rt.threads},
       {"context", f.context},
@@ -131,7 +152,7 @@ int RunBench(const BenchFlags& f) {
   if (!mpi.ok()) return ReportFailure(Internal("MPI_Init failed"), 0);
   int world_rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
-  auto rt = StartRuntime(f.shard, f.context + f.gen);
+  auto rt = StartRuntime(f.shard, f.context + f.gen);  // (--kv-memory, when given, rules)
   if (!rt.ok()) return ReportFailure(rt.status(), world_rank);
   auto totals = MeasureTotals(*rt, f.read_buffer_mib << 20);
   if (!totals.ok()) return ReportFailure(totals.status(), world_rank);
