@@ -112,12 +112,6 @@ Status SelectDevice(CudaRuntime* cuda, bool* shares_gpu) {
 // selection and config; the device communicator, NCCL when no GPU is shared by two ranks
 // anywhere, else host staging; the model; the block count, the smallest over the ranks.
 Status StartCuda(const ShardFlags& flags, int64_t min_kv_tokens, Runtime* rt) {
-  if (flags.seq_shards > 1) {
-    return AgreeOnStatus(
-        *rt->comm, FailedPrecondition("--seq-shards {} with --device cuda: the CUDA backend runs "
-                                      "heads-only grids so far; run seq shards with --device cpu",
-                                      flags.seq_shards));
-  }
   auto cuda = std::make_unique<CudaRuntime>();
   bool shares_gpu = false;
   Status local = SelectDevice(cuda.get(), &shares_gpu);
@@ -133,6 +127,13 @@ Status StartCuda(const ShardFlags& flags, int64_t min_kv_tokens, Runtime* rt) {
     cuda::StagedOptions options;
     options.max_reduce_floats = flags.max_tokens_per_step * rt->config.dim;
     options.max_gather_floats = flags.max_tokens_per_step * rt->config.vocab_size;
+    // The seq shards' [out | lse] of a step, from every shard of a head group.
+    const int groups = rt->comm->size() / std::max(flags.seq_shards, 1);
+    options.max_group_gather_floats = flags.seq_shards > 1 && groups > 0
+                                          ? flags.seq_shards * flags.max_tokens_per_step *
+                                                (rt->config.n_heads / groups) *
+                                                (rt->config.head_dim + 1)
+                                          : 0;
     auto comm = cuda::StagedDeviceCommunicator::Create(rt->comm.get(), cuda->stream, options);
     KVS_RETURN_IF_ERROR(AgreeOnStatus(*rt->comm, comm.ok() ? Status::Ok() : comm.status()));
     cuda->comm = std::move(comm).value();
@@ -149,6 +150,7 @@ Status StartCuda(const ShardFlags& flags, int64_t min_kv_tokens, Runtime* rt) {
   // Ranks sharing a GPU split its memory fraction.
   options.memory_fraction = flags.gpu_memory_fraction / cuda->ranks_per_gpu;
   options.block_size = flags.block_size;
+  options.seq_shards = flags.seq_shards;
   options.max_tokens_per_step = flags.max_tokens_per_step;
   options.max_seqs = flags.max_seqs;
   options.cuda_graphs = !flags.no_cuda_graphs;
@@ -169,11 +171,11 @@ Status StartCuda(const ShardFlags& flags, int64_t min_kv_tokens, Runtime* rt) {
   }
   KVS_RETURN_IF_ERROR(AgreeOnStatus(*rt->comm, local));
   KVS_RETURN_IF_ERROR(model->AgreeOnBlocks());
-  if (min_kv_tokens > model->num_blocks() * flags.block_size) {
+  if (min_kv_tokens > model->num_blocks() * model->logical_block_size()) {
     return ResourceExhausted(
-        "the GPUs' KV caches hold {} tokens; {} are needed (raise "
-        "--gpu-memory-fraction or add ranks)",
-        model->num_blocks() * flags.block_size, min_kv_tokens);
+        "the GPUs' KV caches hold {} tokens for one request; {} are needed (raise "
+        "--gpu-memory-fraction, add ranks or seq shards)",
+        model->num_blocks() * model->logical_block_size(), min_kv_tokens);
   }
   rt->device = std::move(cuda);
   rt->model = std::move(model);

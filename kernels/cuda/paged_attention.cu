@@ -194,6 +194,36 @@ __global__ void __launch_bounds__(kMergeThreads)
   }
 }
 
+// One CTA per (token, head of the column range): the seq shards' exact merge, written for the
+// columns [col0, col0 + cols) only (the twin of the CPU merge_attention_columns).
+__global__ void __launch_bounds__(kMergeThreads)
+    merge_columns_kernel(float* out, const float* parts, int shards, int64_t tokens,
+                         int64_t q_heads, int64_t head_dim, int64_t col0, int64_t cols, int64_t h0,
+                         int64_t heads) {
+  const int64_t t = blockIdx.x / heads, h = h0 + blockIdx.x % heads;
+  const int64_t width = q_heads * head_dim, part = tokens * (width + q_heads);
+  float mx = -INFINITY;
+  for (int s = 0; s < shards; ++s)
+    mx = fmaxf(mx, parts[s * part + tokens * width + t * q_heads + h]);
+  float denom = 0.0f;
+  if (mx != -INFINITY) {
+    for (int s = 0; s < shards; ++s)
+      denom += expf(parts[s * part + tokens * width + t * q_heads + h] - mx);
+  }
+  const int64_t c0 = max(col0, h * head_dim), c1 = min(col0 + cols, (h + 1) * head_dim);
+  for (int64_t c = c0 + threadIdx.x; c < c1; c += kMergeThreads) {
+    float o = 0.0f;
+    if (denom > 0.0f) {
+      for (int s = 0; s < shards; ++s) {
+        const float w = expf(parts[s * part + tokens * width + t * q_heads + h] - mx);
+        if (w != 0.0f) o += w * parts[s * part + t * width + c];
+      }
+      o /= denom;
+    }
+    out[t * cols + (c - col0)] = o;
+  }
+}
+
 bool LaunchIsValid(const AttentionLaunch& l, int64_t q_heads, int64_t kv_heads, int64_t head_dim,
                    int64_t block_size, int64_t num_tiles, int64_t tokens, const float* workspace) {
   if (kv_heads <= 0 || q_heads % kv_heads != 0 || head_dim <= 0 || block_size <= 0 ||
@@ -239,6 +269,20 @@ cudaError_t paged_attention(float* out, const float* q, const KV* k_cache, const
   KVS_LAUNCH(static_cast<unsigned>(tokens * q_heads), kMergeThreads, 0, stream,
              attention_merge_kernel)
   (out, lse, partial_out, partial_lse, static_cast<int>(splits), static_cast<int>(head_dim));
+  return cudaGetLastError();
+}
+
+cudaError_t merge_attention_columns(float* out, const float* parts, int64_t shards, int64_t tokens,
+                                    int64_t q_heads, int64_t head_dim, int64_t col0, int64_t cols,
+                                    cudaStream_t stream) {
+  if (tokens <= 0 || cols <= 0) return cudaSuccess;
+  if (shards < 1 || shards > kMaxMergeShards || col0 < 0 || col0 + cols > q_heads * head_dim) {
+    return cudaErrorInvalidValue;
+  }
+  const int64_t h0 = col0 / head_dim, h1 = (col0 + cols + head_dim - 1) / head_dim;
+  KVS_LAUNCH(static_cast<unsigned>(tokens * (h1 - h0)), kMergeThreads, 0, stream,
+             merge_columns_kernel)
+  (out, parts, static_cast<int>(shards), tokens, q_heads, head_dim, col0, cols, h0, h1 - h0);
   return cudaGetLastError();
 }
 

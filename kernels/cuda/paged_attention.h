@@ -43,4 +43,12 @@ cudaError_t paged_attention(float* out, const float* q, const KV* k_cache, const
                             const AttentionLaunch& launch, float* workspace, cudaStream_t stream,
                             float* lse = nullptr);
 
+// The seq shards' exact merge for columns [col0, col0 + cols) of a step's attention output (the
+// twin of the CPU merge_attention_columns): parts: device f32, shard s's kernel output [tokens,
+// q_heads * head_dim] then its lse [tokens, q_heads] at s * tokens * q_heads * (head_dim + 1);
+// out: device f32 [tokens, cols].
+cudaError_t merge_attention_columns(float* out, const float* parts, int64_t shards, int64_t tokens,
+                                    int64_t q_heads, int64_t head_dim, int64_t col0, int64_t cols,
+                                    cudaStream_t stream);
+
 }  // namespace kvshard::cuda

@@ -29,7 +29,8 @@ StatusOr<std::unique_ptr<CudaShardModel>> CudaShardModel::Load(const std::string
                                                                const ModelConfig& config,
                                                                const CudaShardOptions& options,
                                                                DeviceCommunicator* comm) {
-  KVS_ASSIGN_OR_RETURN(const TpLayout layout, MakeTpLayout(config, comm->size(), comm->rank()));
+  KVS_ASSIGN_OR_RETURN(const TpLayout layout,
+                       MakeTpLayout(config, comm->size(), comm->rank(), options.seq_shards));
   KVS_ASSIGN_OR_RETURN(auto checkpoint, Checkpoint::Open(model_dir));
   KVS_ASSIGN_OR_RETURN(const ShardWeights weights, LoadShardWeights(*checkpoint, config, layout));
   return Create(config, weights, options, comm);
@@ -44,7 +45,8 @@ StatusOr<std::unique_ptr<CudaShardModel>> CudaShardModel::Create(const ModelConf
   m->options_ = options;
   m->comm_ = comm;
   m->stream_ = comm->stream();
-  KVS_ASSIGN_OR_RETURN(m->layout_, MakeTpLayout(config, comm->size(), comm->rank()));
+  KVS_ASSIGN_OR_RETURN(m->layout_,
+                       MakeTpLayout(config, comm->size(), comm->rank(), options.seq_shards));
   const TpLayout& l = m->layout_;
   if (options.max_tokens_per_step <= 0 || options.block_size <= 0) {
     return InvalidArgument("max tokens per step ({}) and block size ({}) must be positive",
@@ -69,7 +71,9 @@ StatusOr<std::unique_ptr<CudaShardModel>> CudaShardModel::Create(const ModelConf
   m->stage_.kv_heads = l.kv_heads;
   m->stage_.group = l.q_heads / l.kv_heads;
   m->stage_.head_dim = config.head_dim;
-  m->stage_.max_kv_blocks = PagedKvGeometry{options.block_size}.BlocksFor(config.max_seq_len);
+  // Table entries are logical blocks: one id on every seq shard, block_size x seq_shards positions.
+  const int64_t logical = options.block_size * l.seq_shards;
+  m->stage_.max_kv_blocks = (config.max_seq_len + logical - 1) / logical;
   m->stage_.sm_count = sm_count;
   m->stage_.padding.pad_decode = m->use_graphs_;
 
@@ -107,7 +111,12 @@ Status CudaShardModel::AllocateWorkspaces() {
   KVS_ASSIGN_OR_RETURN(q_, Floats(T * l.q_heads * hd, "queries"));
   KVS_ASSIGN_OR_RETURN(k_, Floats(T * l.kv_heads * hd, "keys"));
   KVS_ASSIGN_OR_RETURN(v_, Floats(T * l.kv_heads * hd, "values"));
-  KVS_ASSIGN_OR_RETURN(att_, Floats(T * l.q_heads * hd, "attention output"));
+  KVS_ASSIGN_OR_RETURN(att_, Floats(T * l.q_heads * (hd + 1), "attention output"));
+  if (l.seq_shards > 1) {
+    KVS_ASSIGN_OR_RETURN(att_parts_,
+                         Floats(l.seq_shards * T * l.q_heads * (hd + 1), "attention partials"));
+    KVS_ASSIGN_OR_RETURN(att_merged_, Floats(T * l.o_cols, "merged attention"));
+  }
   KVS_ASSIGN_OR_RETURN(att_act_,
                        DeviceBuffer::Allocate(f32 ? 0 : T * l.q_heads * hd * act, "attention out"));
   KVS_ASSIGN_OR_RETURN(partial_, Floats(T * dim, "partial sums"));
@@ -187,7 +196,7 @@ Status CudaShardModel::CreateTables() {
   if (options_.max_seqs <= 0) return InvalidArgument("max_seqs must be positive");
   KVS_ASSIGN_OR_RETURN(tables_,
                        BlockTables::Create(BlockTableShape{options_.max_seqs, stride, num_blocks_,
-                                                           PagedKvGeometry{options_.block_size}}));
+                                                           layout_.Geometry(options_.block_size)}));
   stage_.padding.scratch_slot = static_cast<int32_t>(options_.max_seqs);
   const size_t bytes = static_cast<size_t>((options_.max_seqs + 1) * stride) * sizeof(int32_t);
   KVS_ASSIGN_OR_RETURN(tables_device_, DeviceBuffer::Allocate(bytes, "block tables"));
@@ -350,10 +359,12 @@ class CudaOps {
         F(Buf::kAtt), F(Buf::kQ), m_.template KvLayer<KV>(layer, 0),
         m_.template KvLayer<KV>(layer, 1), view, p_.tiles, s_.num_tiles, p_.token_seq, p_.positions,
         T, l_.q_heads, l_.kv_heads, c_.head_dim, 1.0f / std::sqrt(static_cast<float>(c_.head_dim)),
-        s_.attention, m_.attention_ws_.template as<float>(), st_));
+        s_.attention, m_.attention_ws_.template as<float>(), st_,
+        l_.seq_shards > 1 ? F(Buf::kAtt) + T * l_.q_heads * c_.head_dim : nullptr));
   }
-  Status MergeAttention(int64_t) {  // the device model runs heads-only grids (Load refuses more)
-    return FailedPrecondition("seq shards on the CUDA backend");
+  Status MergeAttention(int64_t T) {
+    return KVS_CUDA(merge_attention_columns(F(Buf::kAttMerged), F(Buf::kAttParts), l_.seq_shards, T,
+                                            l_.q_heads, c_.head_dim, l_.o_col0, l_.o_cols, st_));
   }
   Status SiluMul(int64_t n) {
     return KVS_CUDA(silu_mul<Act>(A(Buf::kMlp), F(Buf::kGate), F(Buf::kUp), n, st_));
@@ -381,8 +392,8 @@ class CudaOps {
       case Buf::kK: return m_.k_.template as<float>();
       case Buf::kV: return m_.v_.template as<float>();
       case Buf::kAtt: return m_.att_.template as<float>();
-      case Buf::kAttParts: return nullptr;  // seq shards only
-      case Buf::kAttMerged: return nullptr;
+      case Buf::kAttParts: return m_.att_parts_.template as<float>();
+      case Buf::kAttMerged: return m_.att_merged_.template as<float>();
       case Buf::kPartial: return m_.partial_.template as<float>();
       case Buf::kGate: return m_.gate_.template as<float>();
       case Buf::kUp: return m_.up_.template as<float>();
@@ -398,7 +409,9 @@ class CudaOps {
     switch (a) {
       case Buf::kXn: return m_.xn_.template as<Act>();
       case Buf::kMlp: return m_.act_.template as<Act>();
-      case Buf::kAtt: return kF32 ? reinterpret_cast<Act*>(F(a)) : m_.att_act_.template as<Act>();
+      case Buf::kAtt:
+      case Buf::kAttMerged:  // [T, o_cols] fits att_act_'s [T, q_heads * head_dim]
+        return kF32 ? reinterpret_cast<Act*>(F(a)) : m_.att_act_.template as<Act>();
       case Buf::kLogitsIn:
         return kF32 ? reinterpret_cast<Act*>(F(a)) : m_.rows_act_.template as<Act>();
       default: return reinterpret_cast<Act*>(F(a));

@@ -39,7 +39,8 @@ struct CudaShardOptions {
   int64_t num_blocks = 0;             // KV blocks per layer; 0: as many as memory_fraction allows
   double memory_fraction = 0.9;       // of the device's memory this process may hold in all
                                       // (the runtime divides it among ranks sharing a GPU)
-  int64_t block_size = 16;            // tokens per KV block
+  int64_t block_size = 16;            // tokens per KV block (of one seq shard's pool)
+  int seq_shards = 1;                 // seq shards per head group (shard/tp_layout.h)
   DType kv_dtype = DType::kBF16;      // KV cache storage
   DType weight_dtype = DType::kBF16;  // GEMM inputs: bf16, f16 or f32 (exact and slow)
   int64_t max_tokens_per_step = 512;  // workspace size: the most tokens one step may carry
@@ -50,9 +51,9 @@ struct CudaShardOptions {
 class CudaShardModel : public ShardBackend {
  public:
   // Uploads this rank's slice (`weights`, laid out by MakeTpLayout(config, comm->size(),
-  // comm->rank())) to the current device and allocates everything. Not collective: the ranks
-  // then agree on a block count, the minimum of num_blocks() over ranks, and the coordinator
-  // hands out only that many. `comm` must outlive the model.
+  // comm->rank(), options.seq_shards)) to the current device and allocates everything. Not
+  // collective: the ranks then agree on a block count, the minimum of num_blocks() over ranks, and
+  // the coordinator hands out only that many. `comm` must outlive the model.
   static StatusOr<std::unique_ptr<CudaShardModel>> Create(const ModelConfig& config,
                                                           const ShardWeights& weights,
                                                           const CudaShardOptions& options,
@@ -130,7 +131,9 @@ class CudaShardModel : public ShardBackend {
   DeviceBuffer q_;              // f32 [T, q_heads, head_dim]
   DeviceBuffer k_;              // f32 [T, kv_heads, head_dim]
   DeviceBuffer v_;              // f32 [T, kv_heads, head_dim]
-  DeviceBuffer att_;            // f32 [T, q_heads, head_dim]
+  DeviceBuffer att_;            // f32 [T, q_heads, head_dim] then the lse [T, q_heads]
+  DeviceBuffer att_parts_;      // f32 [seq_shards][att_] every shard's, gathered (seq shards)
+  DeviceBuffer att_merged_;     // f32 [T, o_cols] the merged columns this rank feeds to wo
   DeviceBuffer att_act_;        // Act [T, q_heads, head_dim] (not for f32 weights)
   DeviceBuffer partial_;        // f32 [T, dim] this rank's share before the all-reduce
   DeviceBuffer gate_;           // f32 [T, ffn]

@@ -119,6 +119,7 @@ struct RunConfig {
   DType weight_dtype = DType::kF32, kv_dtype = DType::kF32;
   bool graphs = false;
   double tolerance = 1e-3;  // of the largest |logit|, at least 1
+  int seq_shards = 1;       // both models on the grid (ranks / seq_shards) x seq_shards
 };
 
 // Runs chunked prefill of two prompts (the second joins in the second step), then 10 decode
@@ -133,6 +134,7 @@ void CompareWithCpu(const std::string& model_dir, MpiCommunicator& cpu_comm,
   cpu_options.block_size = 16;
   cpu_options.kv_dtype = run.kv_dtype;
   cpu_options.max_tokens_per_step = 32;
+  cpu_options.seq_shards = run.seq_shards;
   auto cpu = ShardModel::Load(model_dir, *config, cpu_options, &cpu_comm);
   ASSERT_TRUE(cpu.ok()) << cpu.status().ToString();
   CudaShardOptions gpu_options;
@@ -142,6 +144,7 @@ void CompareWithCpu(const std::string& model_dir, MpiCommunicator& cpu_comm,
   gpu_options.weight_dtype = run.weight_dtype;
   gpu_options.max_tokens_per_step = 32;
   gpu_options.cuda_graphs = run.graphs;
+  gpu_options.seq_shards = run.seq_shards;
   auto gpu = CudaShardModel::Load(model_dir, *config, gpu_options, &device_comm);
   ASSERT_TRUE(gpu.ok()) << gpu.status().ToString();
   ASSERT_TRUE((*gpu)->AgreeOnBlocks().ok());
@@ -247,12 +250,18 @@ TEST(CudaShardModel, TwoRanksMatchCpu) {
     StagedOptions options;
     options.max_reduce_floats = 32 * 128;
     options.max_gather_floats = 32 * 301;
+    options.max_group_gather_floats = 1 << 16;  // 2 shards x 32 tokens x [out | lse] of the heads
     auto c = StagedDeviceCommunicator::Create(control.get(), stream.get(), options);
     ASSERT_TRUE(c.ok()) << c.status().ToString();
     device_comm = std::move(c).value();
   }
   CompareWithCpu(f32_model, *cpu_comm, *device_comm, {DType::kF32, DType::kF32, nccl, 1e-3});
   CompareWithCpu(bf16_model, *cpu_comm, *device_comm, {DType::kBF16, DType::kBF16, nccl, 0.1});
+  // One head group of two seq shards: each rank holds every other block of positions, attends
+  // over its own, and the device all-gather and merge join them (prefill chunks and decode, two
+  // sequences, the second shorter than one block per shard at first).
+  CompareWithCpu(f32_model, *cpu_comm, *device_comm, {DType::kF32, DType::kF32, nccl, 1e-3, 2});
+  CompareWithCpu(bf16_model, *cpu_comm, *device_comm, {DType::kBF16, DType::kBF16, nccl, 0.1, 2});
 }
 
 }  // namespace

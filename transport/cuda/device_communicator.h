@@ -1,6 +1,7 @@
 // A Communicator for ranks whose activations live on a GPU.
 //
-// Pointer rules: the data-plane operations, AllReduceSum and GatherV, take DEVICE pointers and are
+// Pointer rules: the data-plane operations, AllReduceSum, GatherV and AllGatherInGroups, take
+// DEVICE pointers and are
 // ordered on stream(): they enqueue work and may return before it has run, so the data is ready
 // only for later work on that stream, and Synchronize() is where a failed or stuck collective
 // shows up. Every other operation (AllReduceSumDouble, AllReduceMax, Broadcast, BroadcastIdle,
@@ -55,12 +56,7 @@ class DeviceCommunicator : public Communicator {
     return control_->GatherStrings(mine, root);
   }
   Status Barrier() override { return control_->Barrier(); }
-  // Data plane (device pointers). Seq shards on the GPU are not built yet: the CUDA model refuses
-  // grids with more than one seq shard before any step runs.
-  Status AllGatherInGroups(const float*, size_t, float*, int group_size) override {
-    if (group_size == 1) return Status::Ok();
-    return FailedPrecondition("the device communicator has no all-gather within head groups yet");
-  }
+
   void PumpLiveness() override { control_->PumpLiveness(); }
   Status CheckLiveness() override { return control_->CheckLiveness(); }
   void ShortenDeadlines(double seconds) override { control_->ShortenDeadlines(seconds); }

@@ -161,6 +161,40 @@ Status NcclCommunicator::GatherV(const float* send, int count, float* recv,
   return end;
 }
 
+Status NcclCommunicator::AllGatherInGroups(const float* send, size_t count, float* recv,
+                                           int group_size) {
+  KVS_RETURN_IF_ERROR(Broken());
+  const int n_ranks = size(), me = rank();
+  if (group_size < 1 || n_ranks % group_size != 0) {
+    return InvalidArgument("groups of {} ranks do not divide {} ranks", group_size, n_ranks);
+  }
+  const int first = me / group_size * group_size;
+  if (count > 0 && recv + (me - first) * count != send) {
+    KVS_RETURN_IF_ERROR(
+        KVS_CUDA(cudaMemcpyAsync(recv + (me - first) * count, send, count * sizeof(float),
+                                 cudaMemcpyDeviceToDevice, stream_)));
+  }
+  if (group_size == 1 || count == 0) return Status::Ok();
+  const Status started = KVS_NCCL(ncclGroupStart());
+  if (!started.ok()) return Abort(started);
+  ncclResult_t rc = ncclSuccess;
+  const char* failed = nullptr;
+  for (int i = 0; i < group_size && (rc == ncclSuccess || rc == ncclInProgress); ++i) {
+    if (first + i == me) continue;
+    rc = ncclRecv(recv + i * count, count, ncclFloat, first + i, comm_, stream_);
+    failed = "ncclRecv";
+    if (rc == ncclSuccess || rc == ncclInProgress) {
+      rc = ncclSend(send, count, ncclFloat, first + i, comm_, stream_);
+      failed = "ncclSend";
+    }
+  }
+  const Status end = KVS_NCCL_ENQUEUE(ncclGroupEnd());
+  if (rc != ncclSuccess && rc != ncclInProgress) {
+    return Abort(NcclStatus(rc, failed, __FILE__, __LINE__, comm_));
+  }
+  return end;
+}
+
 Status NcclCommunicator::Synchronize() {
   KVS_RETURN_IF_ERROR(Broken());
   const Status st = WaitForStream(stream_, options_.timeout_s, "NCCL collectives", [this] {

@@ -38,6 +38,8 @@ class NcclCommunicator final : public DeviceCommunicator {
   // data: device f32 [n], summed in place over all ranks, enqueued on stream().
   Status AllReduceSum(float* data, size_t n) override;
   // send: device f32 [count]; recv: device f32 [sum of counts] on root (ignored elsewhere).
+  // Point-to-point inside the group (ncclSend/ncclRecv in one NCCL group): no split communicator.
+  Status AllGatherInGroups(const float* send, size_t count, float* recv, int group_size) override;
   Status GatherV(const float* send, int count, float* recv, const std::vector<int>& counts,
                  int root) override;
   Status Synchronize() override;

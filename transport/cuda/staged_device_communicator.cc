@@ -16,11 +16,13 @@ StatusOr<std::unique_ptr<StagedDeviceCommunicator>> StagedDeviceCommunicator::Cr
     MpiCommunicator* control, cudaStream_t stream, const StagedOptions& options) {
   std::unique_ptr<StagedDeviceCommunicator> c(
       new StagedDeviceCommunicator(control, stream, options));
-  const size_t send_floats = std::max(options.max_reduce_floats, options.max_gather_floats);
+  const size_t send_floats = std::max(
+      {options.max_reduce_floats, options.max_gather_floats, options.max_group_gather_floats});
+  const size_t recv_floats = std::max(options.max_gather_floats, options.max_group_gather_floats);
   KVS_ASSIGN_OR_RETURN(c->send_,
                        PinnedBuffer::Allocate(send_floats * sizeof(float), "all-reduce staging"));
-  KVS_ASSIGN_OR_RETURN(c->recv_, PinnedBuffer::Allocate(options.max_gather_floats * sizeof(float),
-                                                        "gather staging"));
+  KVS_ASSIGN_OR_RETURN(c->recv_,
+                       PinnedBuffer::Allocate(recv_floats * sizeof(float), "gather staging"));
   return c;
 }
 
@@ -75,6 +77,23 @@ Status StagedDeviceCommunicator::GatherV(const float* send, int count, float* re
         cudaMemcpyAsync(recv, host_recv, total * sizeof(float), cudaMemcpyHostToDevice, stream_)));
   }
   return Status::Ok();
+}
+
+Status StagedDeviceCommunicator::AllGatherInGroups(const float* send, size_t count, float* recv,
+                                                   int group_size) {
+  if (group_size < 1 || count * group_size > options_.max_group_gather_floats) {
+    return InvalidArgument("all-gather of {} x {} floats exceeds the staging buffer of {}",
+                           group_size, count, options_.max_group_gather_floats);
+  }
+  if (count == 0) return Status::Ok();
+  float* host_send = send_.as<float>();
+  float* host_recv = recv_.as<float>();
+  KVS_RETURN_IF_ERROR(KVS_CUDA(
+      cudaMemcpyAsync(host_send, send, count * sizeof(float), cudaMemcpyDeviceToHost, stream_)));
+  KVS_RETURN_IF_ERROR(WaitForCopies("the device-to-host copy of an all-gather"));
+  KVS_RETURN_IF_ERROR(control_->AllGatherInGroups(host_send, count, host_recv, group_size));
+  return KVS_CUDA(cudaMemcpyAsync(recv, host_recv, group_size * count * sizeof(float),
+                                  cudaMemcpyHostToDevice, stream_));
 }
 
 Status StagedDeviceCommunicator::Synchronize() { return WaitForCopies("work on the GPU stream"); }

@@ -13,9 +13,10 @@
 namespace kvshard::cuda {
 
 struct StagedOptions {
-  size_t max_reduce_floats = 0;  // the largest AllReduceSum (staging is allocated up front)
-  size_t max_gather_floats = 0;  // the largest GatherV, summed over ranks
-  double timeout_s = 120;        // for each wait on the stream
+  size_t max_reduce_floats = 0;        // the largest AllReduceSum (staging is allocated up front)
+  size_t max_gather_floats = 0;        // the largest GatherV, summed over ranks
+  size_t max_group_gather_floats = 0;  // the largest AllGatherInGroups, summed over the group
+  double timeout_s = 120;              // for each wait on the stream
 };
 
 class StagedDeviceCommunicator final : public DeviceCommunicator {
@@ -31,6 +32,9 @@ class StagedDeviceCommunicator final : public DeviceCommunicator {
   // send: device f32 [count]; recv: device f32 [sum of counts] on root.
   Status GatherV(const float* send, int count, float* recv, const std::vector<int>& counts,
                  int root) override;
+  // send: device f32 [count]; recv: device f32 [group_size * count]. Through the host, over the
+  // control communicator's AllGatherInGroups.
+  Status AllGatherInGroups(const float* send, size_t count, float* recv, int group_size) override;
   Status Synchronize() override;
   bool capturable() const override { return false; }
 
@@ -40,8 +44,8 @@ class StagedDeviceCommunicator final : public DeviceCommunicator {
   Status WaitForCopies(const char* what);
 
   StagedOptions options_;
-  PinnedBuffer send_;  // f32 [max(max_reduce_floats, max_gather_floats)]
-  PinnedBuffer recv_;  // f32 [max_gather_floats]
+  PinnedBuffer send_;  // f32 [the largest of the three maxima]
+  PinnedBuffer recv_;  // f32 [max(max_gather_floats, max_group_gather_floats)]
 };
 
 }  // namespace kvshard::cuda
