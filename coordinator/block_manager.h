@@ -1,6 +1,9 @@
 // Host-side bookkeeping of the KV blocks that every rank's pool holds (rank 0 only): free list,
 // reference counts, a block table per sequence, and the prefix cache. The pools on the ranks are
-// identical in block count, so one table addresses the same block on every rank.
+// identical in block count, so one table addresses the same block on every rank. With seq shards
+// (shard/tp_layout.h) its blocks are logical: `block_size` here is the pools' block size times
+// the seq shards, and block id i is physical block i in every shard's pool, each holding its
+// share of the positions (plan/paged_kv.h), so admission counts every shard at once.
 //
 // Prefix cache: a full block whose KV is computed can be registered under its content key
 // (the salt, the block it follows in its sequence, and its own token ids). A later sequence with
