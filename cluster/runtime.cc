@@ -127,13 +127,13 @@ Status StartCuda(const ShardFlags& flags, int64_t min_kv_tokens, Runtime* rt) {
     cuda::StagedOptions options;
     options.max_reduce_floats = flags.max_tokens_per_step * rt->config.dim;
     options.max_gather_floats = flags.max_tokens_per_step * rt->config.vocab_size;
-    // The seq shards' [out | lse] of a step, from every shard of a head group.
-    const int groups = rt->comm->size() / std::max(flags.seq_shards, 1);
-    options.max_group_gather_floats = flags.seq_shards > 1 && groups > 0
-                                          ? flags.seq_shards * flags.max_tokens_per_step *
-                                                (rt->config.n_heads / groups) *
-                                                (rt->config.head_dim + 1)
-                                          : 0;
+    // The seq shards' [out | lse] of a step, from every shard of a head group (a grid the model
+    // cannot split is refused by the model's load below).
+    auto grid = MakeTpLayout(rt->config, rt->comm->size(), 0, flags.seq_shards);
+    if (grid.ok() && grid->seq_shards > 1) {
+      options.max_group_gather_floats =
+          grid->seq_shards * flags.max_tokens_per_step * grid->q_heads * (rt->config.head_dim + 1);
+    }
     auto comm = cuda::StagedDeviceCommunicator::Create(rt->comm.get(), cuda->stream, options);
     KVS_RETURN_IF_ERROR(AgreeOnStatus(*rt->comm, comm.ok() ? Status::Ok() : comm.status()));
     cuda->comm = std::move(comm).value();
@@ -171,11 +171,11 @@ Status StartCuda(const ShardFlags& flags, int64_t min_kv_tokens, Runtime* rt) {
   }
   KVS_RETURN_IF_ERROR(AgreeOnStatus(*rt->comm, local));
   KVS_RETURN_IF_ERROR(model->AgreeOnBlocks());
-  if (min_kv_tokens > model->num_blocks() * model->logical_block_size()) {
+  if (min_kv_tokens > model->request_capacity_tokens()) {
     return ResourceExhausted(
         "the GPUs' KV caches hold {} tokens for one request; {} are needed (raise "
         "--gpu-memory-fraction, add ranks or seq shards)",
-        model->num_blocks() * model->logical_block_size(), min_kv_tokens);
+        model->request_capacity_tokens(), min_kv_tokens);
   }
   rt->device = std::move(cuda);
   rt->model = std::move(model);
@@ -233,10 +233,6 @@ Status LoadShard(const ShardFlags& flags, int64_t min_kv_tokens, Runtime* rt) {
 
 }  // namespace
 
-int64_t RequestCapacityTokens(const ShardBackend& model) {
-  return model.num_blocks() * model.logical_block_size();
-}
-
 std::vector<std::string> DescribeRanks(const Runtime& rt) {
   const TpLayout& l = rt.model->layout();
   std::vector<std::string> out;
@@ -264,7 +260,7 @@ void LogLayout(const Runtime& rt) {
       m.block_size(), FormatBytes(m.kv_bytes()), m.kv_bytes_per_token());
   spdlog::info(
       "KV capacity of one request: {} tokens ({} blocks of {} tokens across {} seq shards)",
-      RequestCapacityTokens(m), m.num_blocks(), m.logical_block_size(), l.seq_shards);
+      m.request_capacity_tokens(), m.num_blocks(), m.logical_block_size(), l.seq_shards);
   for (const std::string& line : DescribeRanks(rt)) spdlog::info("  {}", line);
 }
 

@@ -51,8 +51,6 @@ StatusOr<Runtime> StartRuntime(const ShardFlags& flags, int64_t min_kv_tokens = 
 StatusOr<int64_t> KvBlocksPerRank(const ShardFlags& flags, const ModelConfig& config, int world,
                                   int64_t min_kv_tokens);
 
-// One request's KV capacity in tokens: every block id, on every seq shard of its group.
-int64_t RequestCapacityTokens(const ShardBackend& model);
 // "rank R on HOST -> (head group G, seq shard S)" for every rank.
 std::vector<std::string> DescribeRanks(const Runtime& rt);
 

@@ -30,6 +30,8 @@ class ShardBackend {
   // Tokens one block id covers: the same id is a block in every seq shard's pool, so one logical
   // block of the block manager is block_size() x seq_shards positions (plan/paged_kv.h).
   int64_t logical_block_size() const { return block_size() * layout().seq_shards; }
+  // One request's KV capacity in tokens: every block id, on every seq shard of its group.
+  int64_t request_capacity_tokens() const { return num_blocks() * logical_block_size(); }
   virtual int64_t max_tokens_per_step() const = 0;
   virtual int64_t max_seqs() const = 0;      // block table slots: sequences that may run at once
   virtual int64_t weight_bytes() const = 0;  // this rank's weights in memory

@@ -145,13 +145,17 @@ class LinkDownTest(unittest.TestCase):
         self.assertIn("rank 1 on kvc2", r.error)
         c.close()
         # Rank 0 ends the job; kvshard-launch ends an mpirun that cannot reach the cut host.
+        self.assert_cluster_ends(cluster)
+        report("host link down: every rank gone", time.time() - t0)
+
+    def assert_cluster_ends(self, cluster):
+        """kvshard-launch exits non-zero within 60 s and no rank is left on any host."""
         try:
             rc = cluster.wait(60)
         except subprocess.TimeoutExpired:
             self.fail("the job did not end within 60 s:\n" + cluster.read_log())
-        self.assertNotEqual(rc, 0)
+        self.assertNotEqual(rc, 0, cluster.read_log())
         wait_for(lambda: not cluster.rank_processes(), timeout=20)
-        report("host link down: every rank gone", time.time() - t0)
 
     def test_sigkill_of_a_seq_shard_rank_over_four_hosts(self):
         # 1x4: every rank holds a quarter of each sequence's KV; killing one mid-decode leaves
@@ -178,12 +182,7 @@ class LinkDownTest(unittest.TestCase):
         self.assertIn("not serving", r.error)
         self.assertIn("rank 2 on kvx3", r.error)
         c.close()
-        try:
-            rc = cluster.wait(60)
-        except subprocess.TimeoutExpired:
-            self.fail("the job did not end within 60 s:\n" + cluster.read_log())
-        self.assertNotEqual(rc, 0, cluster.read_log())
-        wait_for(lambda: not cluster.rank_processes(), timeout=20)
+        self.assert_cluster_ends(cluster)
         report("seq-shard rank SIGKILL: every rank gone", time.time() - t0)
 
 

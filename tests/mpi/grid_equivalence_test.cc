@@ -13,6 +13,7 @@
 #include "coordinator/serving_engine.h"
 #include "shard/shard_model.h"
 #include "shard/shard_worker.h"
+#include "tests/mpi/mpi_test_util.h"
 #include "transport/mpi_communicator.h"
 
 namespace kvshard {
@@ -31,11 +32,6 @@ struct Outcome {
   EngineSnapshot snapshot;
   int64_t capacity = 0;
 };
-
-std::string ModelDir(const std::string& name) {
-  const char* dir = std::getenv("KVSHARD_TEST_MODELS");
-  return std::string(dir ? dir : "test_models") + "/" + name;
-}
 
 std::vector<int32_t> Prompt(int64_t n, int64_t salt, int64_t vocab) {
   std::vector<int32_t> p;
@@ -129,20 +125,6 @@ Outcome RunOnGrid(const std::string& model_dir, int groups, int shards, bool use
   return out;
 }
 
-// max |a - b| / max |a| over every logit of every step.
-double RelativeDiff(const Outcome& a, const Outcome& b) {
-  double diff = 0, scale = 0;
-  EXPECT_EQ(a.logits.size(), b.logits.size());
-  for (size_t s = 0; s < std::min(a.logits.size(), b.logits.size()); ++s) {
-    EXPECT_EQ(a.logits[s].size(), b.logits[s].size());
-    for (size_t i = 0; i < a.logits[s].size(); ++i) {
-      diff = std::max(diff, static_cast<double>(std::fabs(a.logits[s][i] - b.logits[s][i])));
-      scale = std::max(scale, static_cast<double>(std::fabs(a.logits[s][i])));
-    }
-  }
-  return scale > 0 ? diff / scale : diff;
-}
-
 class GridEquivalence : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(GridEquivalence, SameOutputsOnEveryGrid) {
@@ -150,7 +132,7 @@ TEST_P(GridEquivalence, SameOutputsOnEveryGrid) {
   MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
   MPI_Comm_size(MPI_COMM_WORLD, &world);
   ASSERT_EQ(world, 4) << "run under mpirun -np 4";
-  const std::string dir = ModelDir(GetParam());
+  const std::string dir = TestModelDir(GetParam());
   const Outcome ref = RunOnGrid(dir, 1, 1, true);
   const std::vector<std::pair<int, int>> grids = {{1, 2}, {1, 4}, {2, 2}, {4, 1}};
   std::vector<Outcome> got, recomputed;
@@ -169,8 +151,8 @@ TEST_P(GridEquivalence, SameOutputsOnEveryGrid) {
         fmt::format("{} grid {}x{}", GetParam(), grids[i].first, grids[i].second);
     if (!got[i].valid) continue;
     ++ran;
-    EXPECT_LT(RelativeDiff(ref, got[i]), 1e-4) << name;
-    EXPECT_LT(RelativeDiff(ref, recomputed[i]), 1e-4) << name << " recomputed";
+    EXPECT_LT(RelativeDiff(ref.logits, got[i].logits), 1e-4) << name;
+    EXPECT_LT(RelativeDiff(ref.logits, recomputed[i].logits), 1e-4) << name << " recomputed";
     EXPECT_EQ(ref.tokens, got[i].tokens) << name;
     EXPECT_EQ(ref.tokens, recomputed[i].tokens) << name << " recomputed";
     EXPECT_EQ(ref.batch, got[i].batch) << name << " batched";

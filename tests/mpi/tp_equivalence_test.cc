@@ -10,6 +10,7 @@
 #include "coordinator/serving_engine.h"
 #include "shard/shard_model.h"
 #include "shard/shard_worker.h"
+#include "tests/mpi/mpi_test_util.h"
 #include "transport/mpi_communicator.h"
 
 namespace kvshard {
@@ -19,11 +20,6 @@ struct Trace {
   std::vector<int32_t> tokens;
   std::vector<std::vector<float>> logits;
 };
-
-std::string ModelDir(const std::string& name) {
-  const char* dir = std::getenv("KVSHARD_TEST_MODELS");
-  return std::string(dir ? dir : "test_models") + "/" + name;
-}
 
 // Runs the request on a group of `tp` ranks; the group's root returns the trace.
 Trace RunOnGroup(const std::string& model_dir, int tp, bool use_cache, DType kv_dtype) {
@@ -63,20 +59,6 @@ Trace RunOnGroup(const std::string& model_dir, int tp, bool use_cache, DType kv_
   return trace;
 }
 
-// max |a - b| / max |a| over every logit of every step.
-double RelativeDiff(const Trace& a, const Trace& b) {
-  double diff = 0, scale = 0;
-  EXPECT_EQ(a.logits.size(), b.logits.size());
-  for (size_t s = 0; s < std::min(a.logits.size(), b.logits.size()); ++s) {
-    EXPECT_EQ(a.logits[s].size(), b.logits[s].size());
-    for (size_t i = 0; i < a.logits[s].size(); ++i) {
-      diff = std::max(diff, static_cast<double>(std::fabs(a.logits[s][i] - b.logits[s][i])));
-      scale = std::max(scale, static_cast<double>(std::fabs(a.logits[s][i])));
-    }
-  }
-  return scale > 0 ? diff / scale : diff;
-}
-
 class TpEquivalence : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(TpEquivalence, SameLogitsAtEveryLayoutWithAndWithoutCache) {
@@ -84,7 +66,7 @@ TEST_P(TpEquivalence, SameLogitsAtEveryLayoutWithAndWithoutCache) {
   MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
   MPI_Comm_size(MPI_COMM_WORLD, &world);
   ASSERT_EQ(world, 4) << "run under mpirun -np 4";
-  const std::string dir = ModelDir(GetParam());
+  const std::string dir = TestModelDir(GetParam());
   const Trace ref = RunOnGroup(dir, 1, true, DType::kF32);
   const Trace recompute = RunOnGroup(dir, 1, false, DType::kF32);
   const Trace tp2 = RunOnGroup(dir, 2, true, DType::kF32);
@@ -94,16 +76,16 @@ TEST_P(TpEquivalence, SameLogitsAtEveryLayoutWithAndWithoutCache) {
   if (world_rank != 0) return;
   ASSERT_EQ(ref.tokens.size(), 30u);
   ASSERT_EQ(ref.logits.size(), 30u);
-  EXPECT_LT(RelativeDiff(ref, recompute), 1e-4) << "cached decode != recompute";
-  EXPECT_LT(RelativeDiff(ref, tp2), 1e-4) << "TP=2 != TP=1";
-  EXPECT_LT(RelativeDiff(ref, tp4), 1e-4) << "TP=4 != TP=1";
-  EXPECT_LT(RelativeDiff(ref, tp4_recompute), 1e-4) << "TP=4 recompute != TP=1";
+  EXPECT_LT(RelativeDiff(ref.logits, recompute.logits), 1e-4) << "cached decode != recompute";
+  EXPECT_LT(RelativeDiff(ref.logits, tp2.logits), 1e-4) << "TP=2 != TP=1";
+  EXPECT_LT(RelativeDiff(ref.logits, tp4.logits), 1e-4) << "TP=4 != TP=1";
+  EXPECT_LT(RelativeDiff(ref.logits, tp4_recompute.logits), 1e-4) << "TP=4 recompute != TP=1";
   EXPECT_EQ(ref.tokens, recompute.tokens);
   EXPECT_EQ(ref.tokens, tp2.tokens);
   EXPECT_EQ(ref.tokens, tp4.tokens);
   // A bf16 cache rounds K and V to 8 bits of mantissa: close, not equal.
-  EXPECT_LT(RelativeDiff(ref, tp2_bf16), 5e-2) << "bf16 KV cache far from f32";
-  EXPECT_GT(RelativeDiff(ref, tp2_bf16), 0.0) << "bf16 KV cache was not used";
+  EXPECT_LT(RelativeDiff(ref.logits, tp2_bf16.logits), 5e-2) << "bf16 KV cache far from f32";
+  EXPECT_GT(RelativeDiff(ref.logits, tp2_bf16.logits), 0.0) << "bf16 KV cache was not used";
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, TpEquivalence,
