@@ -3,10 +3,12 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/cpu/half.h"
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/simd.h"
 
 namespace kvshard {
 namespace {
@@ -20,6 +22,247 @@ inline const float* row_f32(const KV* row, int64_t n, float* scratch) {
     for (int64_t i = 0; i < n; ++i) scratch[i] = to_f32(row[i]);
     return scratch;
   }
+}
+
+// One vector of a KV row, widened to f32.
+template <typename KV>
+inline simd::vec load_kv(const KV* p) {
+  if constexpr (std::is_same_v<KV, float>) {
+    return simd::load(p);
+  } else if constexpr (std::is_same_v<KV, f16_t>) {
+    return simd::load_f16(reinterpret_cast<const uint16_t*>(p));
+  } else {
+    return simd::load_bf16(reinterpret_cast<const uint16_t*>(p));
+  }
+}
+
+// The largest divisor of `group` whose query heads keep their rows in at most 16 vector
+// registers (16 more hold the K/V row and the scores).
+constexpr int HeadChunk(int group, int vectors_per_row) {
+  const int fit = vectors_per_row >= 16 ? 1 : 16 / vectors_per_row;
+  for (int c = group < fit ? group : fit; c > 1; --c) {
+    if (group % c == 0) return c;
+  }
+  return 1;
+}
+
+// A run of consecutive query tokens of one sequence (a prefill chunk; one token in decode):
+// the tiled kernel reads each K/V tile once for all of them.
+inline constexpr int kMaxRun = 16;
+
+struct Run {
+  int64_t first;  // the run's first token in the step
+  int count;      // tokens, positions consecutive
+};
+
+// The runs of a step's tokens, at most kMaxRun tokens each.
+inline std::vector<Run> TokenRuns(const int32_t* token_seq, const int32_t* positions,
+                                  int64_t tokens) {
+  std::vector<Run> runs;
+  for (int64_t t = 0; t < tokens; ++t) {
+    if (!runs.empty()) {
+      Run& r = runs.back();
+      const int64_t last = r.first + r.count - 1;
+      if (r.count < kMaxRun && token_seq[t] == token_seq[last] &&
+          positions[t] == positions[last] + 1) {
+        ++r.count;
+        continue;
+      }
+    }
+    runs.push_back(Run{t, 1});
+  }
+  return runs;
+}
+
+// The online-softmax state of one token's G query heads.
+template <int G, int D>
+struct RowState {
+  float acc[G * D];
+  float m[G], l[G];
+};
+
+// One tile of n positions (rows kb, vb of stride kv_row) for one token's G heads, whose query
+// rows (pre-scaled) are qs. With the head size D known at compile time, rows live in registers:
+// the G x kTile scores (each K row loaded once per chunk of heads, the dot products summed by one
+// shuffle network instead of one reduction each), one online-softmax update per head with a
+// vector exp, then P x V with each V row loaded once per chunk of heads. `ahead_k/ahead_v`, when
+// given, are rows of a later block to prefetch, one per position.
+template <typename KV, int G, int D>
+inline void attend_tile(RowState<G, D>& st, const float* qs, const KV* kb, const KV* vb, int n,
+                        int64_t kv_row, const KV* ahead_k, const KV* ahead_v) {
+  using simd::vec;
+  constexpr int W = simd::kWidth;
+  constexpr int V = D / W;  // vectors per row
+  constexpr int kTile = 16;
+  constexpr int C = HeadChunk(G, V);
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  float s[G][kTile];
+  vec dots[G][kTile];
+  // Scores. A short tile repeats its first row; those lanes are dropped below.
+  for (int g0 = 0; g0 < G; g0 += C) {
+    vec q[C][V];
+    for (int g = 0; g < C; ++g) {
+      for (int v = 0; v < V; ++v) q[g][v] = simd::load(qs + (g0 + g) * D + v * W);
+    }
+    for (int j = 0; j < kTile; ++j) {
+      const KV* kr = kb + (j < n ? j : 0) * kv_row;
+      vec k[V];
+      for (int v = 0; v < V; ++v) k[v] = load_kv(kr + v * W);
+      for (int g = 0; g < C; ++g) {
+        vec x = simd::mul(q[g][0], k[0]);
+        for (int v = 1; v < V; ++v) x = simd::fma(q[g][v], k[v], x);
+        dots[g0 + g][j] = x;
+      }
+    }
+  }
+  for (int g = 0; g < G; ++g) {
+    for (int j = 0; j < kTile; j += W) simd::sum_each(&dots[g][j], &s[g][j]);
+    for (int j = n; j < kTile; ++j) s[g][j] = kNegInf;
+    vec mx = simd::load(s[g]);
+    for (int j = W; j < kTile; j += W) mx = simd::max(mx, simd::load(s[g] + j));
+    const float tile_max = simd::max_lane(mx);
+    if (tile_max > st.m[g]) {  // rescale what was accumulated to the new running max
+      const float correction = std::exp(st.m[g] - tile_max);
+      st.l[g] *= correction;
+      const vec c = simd::set1(correction);
+      float* a = st.acc + g * D;
+      for (int v = 0; v < V; ++v) simd::store(a + v * W, simd::mul(simd::load(a + v * W), c));
+      st.m[g] = tile_max;
+    }
+    vec sum = simd::zero();
+    for (int j = 0; j < kTile; j += W) {
+      const vec p = simd::exp_nonpositive(simd::sub(simd::load(s[g] + j), simd::set1(st.m[g])));
+      simd::store(s[g] + j, p);
+      sum = simd::add(sum, p);
+    }
+    st.l[g] += simd::sum(sum);
+  }
+  for (int g0 = 0; g0 < G; g0 += C) {
+    vec a[C][V];
+    for (int g = 0; g < C; ++g) {
+      for (int v = 0; v < V; ++v) a[g][v] = simd::load(st.acc + (g0 + g) * D + v * W);
+    }
+    for (int j = 0; j < n; ++j) {
+      if (g0 == 0 && ahead_k != nullptr) {
+        for (int64_t c = 0; c < D * static_cast<int64_t>(sizeof(KV)); c += 64) {
+          __builtin_prefetch(reinterpret_cast<const char*>(ahead_k + j * kv_row) + c);
+          __builtin_prefetch(reinterpret_cast<const char*>(ahead_v + j * kv_row) + c);
+        }
+      }
+      const KV* vr = vb + j * kv_row;
+      vec v_row[V];
+      for (int v = 0; v < V; ++v) v_row[v] = load_kv(vr + v * W);
+      for (int g = 0; g < C; ++g) {
+        const vec p = simd::set1(s[g0 + g][j]);
+        for (int v = 0; v < V; ++v) a[g][v] = simd::fma(p, v_row[v], a[g][v]);
+      }
+    }
+    for (int g = 0; g < C; ++g) {
+      for (int v = 0; v < V; ++v) simd::store(st.acc + (g0 + g) * D + v * W, a[g][v]);
+    }
+  }
+}
+
+// The tiled kernel for one KV head and a run of `count` tokens (query rows q, outputs o, lse:
+// token stride row_stride floats, lse stride lse_stride), block by block over this pool's share
+// of positions, each tile read once for every token of the run that reaches it (causal: token u
+// sees positions < lens[u]). The block after next is prefetched while this one is read: blocks
+// lie anywhere in the pool.
+template <typename KV, int G, int D>
+void attend_run(float* o, float* lse, const float* q, int count, int64_t row_stride,
+                int64_t lse_stride, const int64_t* lens, const KV* k_cache, const KV* v_cache,
+                const PagedKvGeometry& geometry, const int32_t* table, int64_t kv_row, int64_t kvh,
+                float scale) {
+  constexpr int W = simd::kWidth;
+  constexpr int kTile = 16;
+  constexpr int kPrefetchBlocks = 2;
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  RowState<G, D> state[kMaxRun];
+  float qs[kMaxRun][G * D];
+  for (int u = 0; u < count; ++u) {
+    std::fill(state[u].acc, state[u].acc + G * D, 0.0f);
+    std::fill(state[u].m, state[u].m + G, kNegInf);
+    std::fill(state[u].l, state[u].l + G, 0.0f);
+    for (int i = 0; i < G * D; i += W) {
+      simd::store(qs[u] + i, simd::mul(simd::load(q + u * row_stride + i), simd::set1(scale)));
+    }
+  }
+  const int64_t reach = lens[count - 1];  // the run's last token sees the most
+  for (int64_t b = 0;; ++b) {
+    const int64_t p0 = geometry.BlockStart(b);
+    if (p0 >= reach) break;
+    const int64_t p_end = std::min(reach, p0 + geometry.block_size);
+    const int64_t base = geometry.SlotOf(table[b], 0);
+    const KV* ahead_k = nullptr;
+    const KV* ahead_v = nullptr;
+    if (geometry.BlockStart(b + kPrefetchBlocks) < reach) {
+      const int64_t ahead = geometry.SlotOf(table[b + kPrefetchBlocks], 0);
+      ahead_k = k_cache + ahead * kv_row + kvh * D;
+      ahead_v = v_cache + ahead * kv_row + kvh * D;
+    }
+    for (int64_t t0 = p0; t0 < p_end; t0 += kTile) {
+      const int64_t row0 = (base + (t0 - p0)) * kv_row + kvh * D;
+      const int64_t ahead_off = t0 - p0;
+      for (int u = 0; u < count; ++u) {
+        const int64_t n = std::min<int64_t>({kTile, p_end - t0, lens[u] - t0});
+        if (n <= 0) continue;  // this token's causal reach ends before the tile
+        const bool last = u == count - 1;
+        attend_tile<KV, G, D>(state[u], qs[u], k_cache + row0, v_cache + row0, static_cast<int>(n),
+                              kv_row, last && ahead_k ? ahead_k + ahead_off * kv_row : nullptr,
+                              last && ahead_v ? ahead_v + ahead_off * kv_row : nullptr);
+      }
+    }
+  }
+  for (int u = 0; u < count; ++u) {
+    const RowState<G, D>& st = state[u];
+    float* ou = o + u * row_stride;
+    for (int g = 0; g < G; ++g) {
+      if (st.l[g] == 0.0f) {  // none of this pool's positions is within reach
+        std::fill(ou + g * D, ou + (g + 1) * D, 0.0f);
+        if (lse) lse[u * lse_stride + g] = kNegInf;
+        continue;
+      }
+      const simd::vec inv = simd::set1(1.0f / st.l[g]);
+      for (int i = 0; i < D; i += W) {
+        simd::store(ou + g * D + i, simd::mul(simd::load(st.acc + g * D + i), inv));
+      }
+      if (lse) lse[u * lse_stride + g] = st.m[g] + std::log(st.l[g]);
+    }
+  }
+}
+
+using TiledFn = void (*)(float*, float*, const float*, int, int64_t, int64_t, const int64_t*,
+                         const void*, const void*, const PagedKvGeometry&, const int32_t*, int64_t,
+                         int64_t, float);
+
+template <typename KV, int G, int D>
+void attend_run_erased(float* o, float* lse, const float* q, int count, int64_t row_stride,
+                       int64_t lse_stride, const int64_t* lens, const void* k, const void* v,
+                       const PagedKvGeometry& geometry, const int32_t* table, int64_t kv_row,
+                       int64_t kvh, float scale) {
+  attend_run<KV, G, D>(o, lse, q, count, row_stride, lse_stride, lens, static_cast<const KV*>(k),
+                       static_cast<const KV*>(v), geometry, table, kv_row, kvh, scale);
+}
+
+template <typename KV, int D>
+TiledFn TiledForGroup(int64_t group) {
+  switch (group) {
+    case 1: return &attend_run_erased<KV, 1, D>;
+    case 2: return &attend_run_erased<KV, 2, D>;
+    case 3: return &attend_run_erased<KV, 3, D>;
+    case 4: return &attend_run_erased<KV, 4, D>;
+    case 6: return &attend_run_erased<KV, 6, D>;
+    case 8: return &attend_run_erased<KV, 8, D>;
+    default: return nullptr;
+  }
+}
+
+// The tiled kernel for these shapes, or nullptr where only the general loop below serves.
+template <typename KV>
+TiledFn TiledFor(int64_t group, int64_t head_dim) {
+  if (head_dim == 64) return TiledForGroup<KV, 64>(group);
+  if (head_dim == 128) return TiledForGroup<KV, 128>(group);
+  return nullptr;
 }
 
 }  // namespace
@@ -51,6 +294,23 @@ void paged_attention(float* out, const float* q, const KV* k_cache, const KV* v_
   // small step (a tiny model's decode) runs on the calling thread, as small matmuls do.
   const int64_t reach = tokens > 0 ? static_cast<int64_t>(positions[tokens - 1]) + 1 : 0;
   const bool parallel = tokens * q_heads * head_dim * reach >= kParallelMacs;
+  if (const TiledFn tiled = TiledFor<KV>(group, head_dim)) {
+    const std::vector<Run> runs = TokenRuns(token_seq, positions, tokens);
+    const int64_t tasks = static_cast<int64_t>(runs.size()) * kv_heads;
+#pragma omp parallel for schedule(dynamic, 1) if (parallel)
+    for (int64_t task = tasks - 1; task >= 0; --task) {  // the longest causal reach first
+      const Run& r = runs[task / kv_heads];
+      const int64_t kvh = task % kv_heads;
+      int64_t lens[kMaxRun];
+      for (int u = 0; u < r.count; ++u) lens[u] = static_cast<int64_t>(positions[r.first + u]) + 1;
+      const int64_t row = r.first * q_heads + kvh * group;
+      tiled(out + row * head_dim, lse ? lse + row : nullptr, q + row * head_dim, r.count,
+            q_heads * head_dim, q_heads, lens, k_cache, v_cache, geometry,
+            view.Table(token_seq[r.first]), kv_row, kvh, scale);
+    }
+    return;
+  }
+  // Any other head size or group: the same online softmax, one position at a time.
 #pragma omp parallel for schedule(dynamic, 1) if (parallel)
   for (int64_t task = 0; task < tokens * kv_heads; ++task) {
     const int64_t t = task / kv_heads;

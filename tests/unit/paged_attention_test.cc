@@ -46,8 +46,9 @@ double MaxError(const Case& c, int64_t block_size, uint32_t seed) {
   const int32_t seq = 0, pos = static_cast<int32_t>(c.len - 1);
   const float scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
   std::vector<float> got(c.q_heads * c.head_dim), want(c.q_heads * c.head_dim);
+  std::vector<float> lse(c.q_heads);
   paged_attention<KV>(got.data(), q.data(), kc.data(), vc.data(), view, &seq, &pos, 1, c.q_heads,
-                      c.kv_heads, c.head_dim, scale);
+                      c.kv_heads, c.head_dim, scale, lse.data());
   // The reference sees the cache as stored (rounded to KV), so only the kernel's error remains.
   for (int64_t i = 0; i < c.len * row; ++i) {
     k[i] = to_f32(from_f32<KV>(k[i]));
@@ -59,6 +60,22 @@ double MaxError(const Case& c, int64_t block_size, uint32_t seed) {
   for (size_t i = 0; i < got.size(); ++i) {
     err = std::max(err, static_cast<double>(std::fabs(got[i] - want[i])));
   }
+  // Each row's log-sum-exp, against a double-precision sum over the stored keys.
+  const int64_t group = c.q_heads / c.kv_heads;
+  for (int64_t h = 0; h < c.q_heads; ++h) {
+    std::vector<double> scores(c.len);
+    for (int64_t p = 0; p < c.len; ++p) {
+      double d = 0;
+      for (int64_t i = 0; i < c.head_dim; ++i) {
+        d += static_cast<double>(q[h * c.head_dim + i]) * k[p * row + (h / group) * c.head_dim + i];
+      }
+      scores[p] = d * scale;
+    }
+    const double mx = *std::max_element(scores.begin(), scores.end());
+    double sum = 0;
+    for (double x : scores) sum += std::exp(x - mx);
+    err = std::max(err, std::fabs(lse[h] - (mx + std::log(sum))) / (1.0 + std::fabs(mx)));
+  }
   return err;
 }
 
@@ -69,6 +86,27 @@ TEST(PagedAttention, MatchesContiguousAtBlockBoundaries) {
           << "len " << len << " heads " << c.q_heads << "/" << c.kv_heads;
       EXPECT_LT(MaxError<f16_t>(c, 16, len + 1), 1e-4) << "f16 cache, len " << len;
       EXPECT_LT(MaxError<bf16_t>(c, 16, len + 2), 1e-4) << "bf16 cache, len " << len;
+    }
+  }
+}
+
+// Model head sizes (64, 128) and the query groups of Llama-style models take the tiled kernel:
+// tiles of 16 positions inside blocks of 8, 16, 24 and 48, short last tiles, every cache dtype.
+TEST(PagedAttention, TiledKernelAtModelShapes) {
+  for (int64_t hd : {64, 128}) {
+    for (int64_t group : {1, 2, 3, 4, 6, 8}) {
+      for (int64_t bs : {8, 16, 24, 48}) {
+        for (int64_t len : {1, 9, 16, 17, 50, 300}) {
+          const Case c{len, 2 * group, 2, hd};
+          const uint32_t seed = static_cast<uint32_t>(hd + group * 7 + bs * 13 + len);
+          EXPECT_LT(MaxError<float>(c, bs, seed), 1e-5)
+              << "head_dim " << hd << " group " << group << " block " << bs << " len " << len;
+          if (len == 300) {
+            EXPECT_LT(MaxError<f16_t>(c, bs, seed), 1e-4) << "f16, head_dim " << hd;
+            EXPECT_LT(MaxError<bf16_t>(c, bs, seed), 1e-4) << "bf16, head_dim " << hd;
+          }
+        }
+      }
     }
   }
 }

@@ -8,6 +8,8 @@
 #include <cmath>
 #include <limits>
 #include <random>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/cpu/paged_attention.h"
@@ -15,25 +17,27 @@
 namespace kvshard {
 namespace {
 
-constexpr int64_t kBlock = 4, kQHeads = 8, kKvHeads = 2, kHeadDim = 16;
-constexpr int64_t kRow = kKvHeads * kHeadDim;
+constexpr int64_t kQHeads = 8, kKvHeads = 2;
 
 struct Batch {
+  int64_t head_dim, row;  // row: kKvHeads * head_dim
   std::vector<int64_t> lens;
-  std::vector<std::vector<float>> k, v;  // per sequence [len, kRow]
-  std::vector<float> q;                  // [tokens, kQHeads, kHeadDim]: every position of every
+  std::vector<std::vector<float>> k, v;  // per sequence [len, row]
+  std::vector<float> q;                  // [tokens, kQHeads, head_dim]: every position of every
   std::vector<int32_t> token_seq, positions;  // sequence, as one causal prefill step
   int64_t tokens = 0;
 };
 
-Batch MakeBatch(const std::vector<int64_t>& lens, uint32_t seed) {
+Batch MakeBatch(const std::vector<int64_t>& lens, int64_t head_dim, uint32_t seed) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   Batch b;
+  b.head_dim = head_dim;
+  b.row = kKvHeads * head_dim;
   b.lens = lens;
   for (size_t s = 0; s < lens.size(); ++s) {
-    b.k.emplace_back(lens[s] * kRow);
-    b.v.emplace_back(lens[s] * kRow);
+    b.k.emplace_back(lens[s] * b.row);
+    b.v.emplace_back(lens[s] * b.row);
     for (float& x : b.k.back()) x = normal(rng);
     for (float& x : b.v.back()) x = normal(rng);
     for (int64_t p = 0; p < lens[s]; ++p) {
@@ -42,7 +46,7 @@ Batch MakeBatch(const std::vector<int64_t>& lens, uint32_t seed) {
     }
   }
   b.tokens = static_cast<int64_t>(b.positions.size());
-  b.q.resize(b.tokens * kQHeads * kHeadDim);
+  b.q.resize(b.tokens * kQHeads * head_dim);
   for (float& x : b.q) x = normal(rng);
   return b;
 }
@@ -59,49 +63,79 @@ void Attend(const Batch& b, const PagedKvGeometry& geometry, float* out, float* 
     }
     indptr.push_back(static_cast<int32_t>(ids.size()));
   }
-  std::vector<float> kc((blocks + 1) * kBlock * kRow, NAN), vc((blocks + 1) * kBlock * kRow, NAN);
+  const int64_t pool = (blocks + 1) * geometry.block_size * b.row;
+  std::vector<float> kc(pool, NAN), vc(pool, NAN);
   for (size_t s = 0; s < b.lens.size(); ++s) {
     for (int64_t p = 0; p < b.lens[s]; ++p) {
       if (!geometry.Owns(p)) continue;
       ASSERT_TRUE(geometry.Covers(indptr[s + 1] - indptr[s], p));
       const int64_t slot = geometry.Slot(ids.data() + indptr[s], p);
-      kv_append<float>(kc.data(), vc.data(), b.k[s].data() + p * kRow, b.v[s].data() + p * kRow,
-                       &slot, 1, kKvHeads, kHeadDim);
+      kv_append<float>(kc.data(), vc.data(), b.k[s].data() + p * b.row, b.v[s].data() + p * b.row,
+                       &slot, 1, kKvHeads, b.head_dim);
     }
   }
   const PagedKvView view{indptr.data(), ids.data(), geometry};
   paged_attention<float>(out, b.q.data(), kc.data(), vc.data(), view, b.token_seq.data(),
-                         b.positions.data(), b.tokens, kQHeads, kKvHeads, kHeadDim,
-                         1.0f / std::sqrt(static_cast<float>(kHeadDim)), lse);
+                         b.positions.data(), b.tokens, kQHeads, kKvHeads, b.head_dim,
+                         1.0f / std::sqrt(static_cast<float>(b.head_dim)), lse);
 }
 
+// Head size 16 takes the general kernel, 64 the tiled one (runs of up to 16 tokens of a
+// prefill chunk sharing each K/V tile), with blocks shorter and longer than its tiles.
 TEST(SeqShardedAttention, MergedShardsEqualOnePool) {
-  for (int64_t S : {2, 3, 4}) {
-    const Batch b = MakeBatch({1, S * kBlock - 1, S * kBlock, S * kBlock + 1, 3, 37}, 7 + S);
-    const int64_t rows = b.tokens * kQHeads;
-    std::vector<float> want(rows * kHeadDim), want_lse(rows);
-    Attend(b, PagedKvGeometry{kBlock, 1, 0}, want.data(), want_lse.data());
+  for (const auto& [hd, block] : {std::pair<int64_t, int64_t>{16, 4}, {64, 4}, {64, 24}}) {
+    for (int64_t S : {2, 3, 4}) {
+      const Batch b =
+          MakeBatch({1, S * block - 1, S * block, S * block + 1, 3, 37, 2 * S * block + 40}, hd,
+                    static_cast<uint32_t>(7 + S + hd));
+      const int64_t rows = b.tokens * kQHeads;
+      std::vector<float> want(rows * hd), want_lse(rows);
+      Attend(b, PagedKvGeometry{block, 1, 0}, want.data(), want_lse.data());
 
-    std::vector<float> partial(S * rows * kHeadDim), partial_lse(S * rows);
-    for (int64_t shard = 0; shard < S; ++shard) {
-      Attend(b, PagedKvGeometry{kBlock, S, shard}, partial.data() + shard * rows * kHeadDim,
-             partial_lse.data() + shard * rows);
+      std::vector<float> partial(S * rows * hd), partial_lse(S * rows);
+      for (int64_t shard = 0; shard < S; ++shard) {
+        Attend(b, PagedKvGeometry{block, S, shard}, partial.data() + shard * rows * hd,
+               partial_lse.data() + shard * rows);
+      }
+      std::vector<float> got(rows * hd), got_lse(rows);
+      merge_attention(got.data(), got_lse.data(), partial.data(), partial_lse.data(), S, rows, hd);
+      const std::string where =
+          "head_dim " + std::to_string(hd) + ", block " + std::to_string(block) + ", ";
+      for (int64_t i = 0; i < rows * hd; ++i) {
+        ASSERT_NEAR(got[i], want[i], 1e-5) << where << S << " shards, element " << i;
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        ASSERT_NEAR(got_lse[r], want_lse[r], 1e-5) << where << S << " shards, row " << r;
+      }
+      // The first token of every sequence reaches only position 0, on shard 0: every other shard
+      // returns zeros and -inf for its rows.
+      for (int64_t shard = 1; shard < S; ++shard) {
+        for (int64_t h = 0; h < kQHeads; ++h) {
+          EXPECT_EQ(partial_lse[shard * rows + h], -std::numeric_limits<float>::infinity());
+          EXPECT_EQ(partial[(shard * rows + h) * hd], 0.0f);
+        }
+      }
     }
-    std::vector<float> got(rows * kHeadDim), got_lse(rows);
-    merge_attention(got.data(), got_lse.data(), partial.data(), partial_lse.data(), S, rows,
-                    kHeadDim);
-    for (int64_t i = 0; i < rows * kHeadDim; ++i) {
-      ASSERT_NEAR(got[i], want[i], 1e-5) << S << " shards, element " << i;
-    }
-    for (int64_t r = 0; r < rows; ++r) {
-      ASSERT_NEAR(got_lse[r], want_lse[r], 1e-5) << S << " shards, row " << r;
-    }
-    // The first token of every sequence reaches only position 0, on shard 0: every other shard
-    // returns zeros and -inf for its rows.
-    for (int64_t shard = 1; shard < S; ++shard) {
-      for (int64_t h = 0; h < kQHeads; ++h) {
-        EXPECT_EQ(partial_lse[shard * rows + h], -std::numeric_limits<float>::infinity());
-        EXPECT_EQ(partial[(shard * rows + h) * kHeadDim], 0.0f);
+  }
+}
+
+// A causal prefill step on the tiled kernel against the contiguous reference, token by token:
+// three sequences' prompts in one step, cut into runs at 16 tokens and at each sequence's end.
+TEST(SeqShardedAttention, TiledPrefillChunkIsCausal) {
+  constexpr int64_t hd = 64, block = 16;
+  const Batch b = MakeBatch({40, 70, 5}, hd, 11);
+  const int64_t rows = b.tokens * kQHeads;
+  std::vector<float> out(rows * hd), lse(rows);
+  Attend(b, PagedKvGeometry{block, 1, 0}, out.data(), lse.data());
+  int64_t t = 0;
+  for (size_t s = 0; s < b.lens.size(); ++s) {
+    for (int64_t p = 0; p < b.lens[s]; ++p, ++t) {
+      std::vector<float> want(kQHeads * hd);
+      contiguous_attention(want.data(), b.q.data() + t * kQHeads * hd, b.k[s].data(), b.v[s].data(),
+                           p + 1, kQHeads, kKvHeads, hd, 1.0f / std::sqrt(static_cast<float>(hd)));
+      for (int64_t i = 0; i < kQHeads * hd; ++i) {
+        ASSERT_NEAR(out[t * kQHeads * hd + i], want[i], 1e-5)
+            << "sequence " << s << " position " << p;
       }
     }
   }
