@@ -30,8 +30,10 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 BIN = os.environ.get("KVSHARD_BIN", os.path.join(REPO, "build", "kvshard"))
-MPIRUN = ["mpirun", "--allow-run-as-root", "--oversubscribe", "--mca", "mpi_yield_when_idle",
-          "1", "--mca", "btl", "self,vader,tcp"]
+# --bind-to none: mpirun would otherwise bind each rank to one core, and a 1x1 run's two
+# threads would share it.
+MPIRUN = ["mpirun", "--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "--mca",
+          "mpi_yield_when_idle", "1", "--mca", "btl", "self,vader,tcp"]
 # The model of part A and B: 1 layer, dim 512, 8 heads / 2 KV heads of 64 (GQA 8/2).
 LAYERS, DIM, HEADS, KV_HEADS, HEAD_DIM = 1, 512, 8, 2, 64
 
@@ -74,8 +76,13 @@ def capacity(model, kv_memory):
 
 
 def decode_vs_context(model, contexts, gen):
+    """host_bandwidth_fraction: what all the host's ranks read per token (decode_bytes_per_token
+    sums the ranks) per step time, against the 1x1 run's ceiling at the same context (one
+    process, both cores). A multi-rank run's own bandwidth_fraction divides by probes that ran on
+    the same two cores at once and sum to more than the memory delivers."""
     points = []
     for context in contexts:
+        host_gbs = None
         for groups, shards, threads in ((1, 1, 2), (1, 4, 1), (2, 2, 1)):
             t0 = time.time()
             j = bench(model, groups * shards, shards, context, gen, threads)
@@ -87,6 +94,10 @@ def decode_vs_context(model, contexts, gen):
                  "weights_bytes": j["weights_bytes"], "kv_bytes_per_token": j["kv_bytes_per_token"],
                  "prefill_tokens_per_s": j["prefill_tokens_per_s"],
                  "wall_s": round(time.time() - t0, 1)}
+            if shards == 1 and groups == 1:
+                host_gbs = j["mem_read_gbs"]
+            p["host_bandwidth_fraction"] = (j["decode_bytes_per_token"] /
+                                            (j["decode_ms_per_token"] / 1e3) / (host_gbs * 1e9))
             emit(p)
             points.append(p)
     return points

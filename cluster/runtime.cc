@@ -1,6 +1,7 @@
 #include "cluster/runtime.h"
 
 #include <omp.h>
+#include <sched.h>
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
@@ -71,6 +72,18 @@ int LocalRanks() {
   return n;
 }
 
+// The cores this process may run on (its affinity mask: mpirun binds each rank to one core by
+// default, and then more threads than that only share it).
+int AllowedCores() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) != 0) {
+    return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  }
+  return std::max(1, CPU_COUNT(&set));
+}
+
+#ifdef KVSHARD_HAVE_CUDA
 // This rank's index among the ranks on its host.
 int LocalRank() {
   MPI_Comm local;
@@ -84,7 +97,6 @@ int LocalRank() {
   return rank;
 }
 
-#ifdef KVSHARD_HAVE_CUDA
 struct CudaRuntime : DeviceRuntime {
   cudaStream_t stream = nullptr;
   int ranks_per_gpu = 1;
@@ -270,7 +282,15 @@ StatusOr<Runtime> StartRuntime(const ShardFlags& flags, int64_t min_kv_tokens) {
   Runtime rt;
   KVS_ASSIGN_OR_RETURN(rt.comm, MpiCommunicator::Create(MPI_COMM_WORLD));
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  rt.threads = flags.threads > 0 ? flags.threads : std::max(1, cores / LocalRanks());
+  const int allowed = AllowedCores();
+  rt.threads =
+      flags.threads > 0 ? flags.threads : std::max(1, std::min(allowed, cores / LocalRanks()));
+  if (rt.threads > allowed) {
+    spdlog::warn(
+        "--threads {} but this rank may run on {} of the host's {} cores, so its threads share "
+        "them (mpirun binds each rank to a core unless given --bind-to none)",
+        rt.threads, allowed, cores);
+  }
   omp_set_num_threads(rt.threads);
   // auto: CUDA when this build has it and every rank sees a GPU; otherwise the CPU path.
   ShardFlags resolved = flags;
