@@ -35,5 +35,6 @@ void RegisterMakeModel(CLI::App& app, int* exit_code);
 void RegisterConvertLlama2c(CLI::App& app, int* exit_code);
 void RegisterServe(CLI::App& app, int* exit_code);
 void RegisterClient(CLI::App& app, int* exit_code);
+void RegisterTokenize(CLI::App& app, int* exit_code);
 
 }  // namespace kvshard

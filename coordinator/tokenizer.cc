@@ -66,12 +66,22 @@ std::string Tokenizer::Decode(const std::vector<int32_t>& tokens) const {
 
 StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerFromModelDir(const std::string& dir,
                                                                int32_t vocab_size) {
+  const std::filesystem::path hf = std::filesystem::path(dir) / "tokenizer.json";
   const std::filesystem::path model = std::filesystem::path(dir) / "tokenizer.model";
   const std::filesystem::path bin = std::filesystem::path(dir) / "tokenizer.bin";
   std::error_code ec;
   std::string path;
-  StatusOr<std::unique_ptr<Tokenizer>> tokenizer =
-      NotFound("model directory {} has neither tokenizer.model nor tokenizer.bin", dir);
+  StatusOr<std::unique_ptr<Tokenizer>> tokenizer = NotFound(
+      "model directory {} has none of tokenizer.json, tokenizer.model, tokenizer.bin", dir);
+  if (std::filesystem::exists(hf, ec)) {
+    path = hf.string();
+    tokenizer = LoadHfTokenizer(path);
+    if (tokenizer.ok() && (*tokenizer)->vocab_size() > vocab_size) {
+      return InvalidArgument("{}: tokenizer has {} tokens but the model's vocab_size is {}", path,
+                             (*tokenizer)->vocab_size(), vocab_size);
+    }
+    return tokenizer;
+  }
   if (std::filesystem::exists(model, ec)) {
     path = model.string();
     tokenizer = LoadSentencePieceTokenizer(path);

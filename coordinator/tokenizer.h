@@ -1,7 +1,9 @@
-// Text <-> token ids for Llama-family vocabularies. Two file formats are read: llama2.c's
-// tokenizer.bin (scores + byte strings, encoded here with SentencePiece-style BPE) and
-// SentencePiece's tokenizer.model (encoded by libsentencepiece). Both give the same ids for the
-// same vocabulary (tests/unit/tokenizer_test.cc checks this on the Llama 2 vocabulary).
+// Text <-> token ids for Llama-family vocabularies. Three file formats are read: llama2.c's
+// tokenizer.bin (scores + byte strings, encoded here with SentencePiece-style BPE),
+// SentencePiece's tokenizer.model (encoded by libsentencepiece); both give the same ids for the
+// same vocabulary (tests/unit/tokenizer_test.cc checks this on the Llama 2 vocabulary); and
+// Hugging Face's tokenizer.json with byte-level BPE (Llama 3 and later; checked against the
+// Python `tokenizers` library on a committed corpus).
 #pragma once
 
 #include <cstdint>
@@ -57,9 +59,24 @@ StatusOr<std::unique_ptr<Tokenizer>> LoadLlama2cTokenizer(const std::string& pat
 // valid model).
 StatusOr<std::unique_ptr<Tokenizer>> LoadSentencePieceTokenizer(const std::string& path);
 
-// Loads `dir`/tokenizer.model if present, else `dir`/tokenizer.bin, and checks that its vocabulary
-// has `vocab_size` tokens (InvalidArgument naming both numbers if not). NotFound naming `dir`
-// when neither file exists.
+// Loads a Hugging Face tokenizer.json whose model is byte-level BPE (Llama 3, SmolLM2, Qwen,
+// GPT-2 style; hf_tokenizer.cc says which parts of the format are read). BOS is the
+// post-processor's leading special token (Encode adds it only when the file's template does);
+// BOS and EOS are taken from tokenizer_config.json beside the file when it names them. Text that
+// is not valid UTF-8 is encoded as Python's decode(errors="replace") would repair it. Errors name
+// the file: NotFound, DataLoss (not JSON, malformed fields, ids out of range, merges naming
+// unknown tokens), InvalidArgument (a model, normalizer or pre-tokenizer kind not supported).
+StatusOr<std::unique_ptr<Tokenizer>> LoadHfTokenizer(const std::string& path);
+
+// The same from the files' contents (tokenizer_config_json may be empty); errors name `name`.
+StatusOr<std::unique_ptr<Tokenizer>> ParseHfTokenizer(std::string_view tokenizer_json,
+                                                      std::string_view tokenizer_config_json,
+                                                      const std::string& name);
+
+// Loads `dir`/tokenizer.json if present, else `dir`/tokenizer.model, else `dir`/tokenizer.bin,
+// and checks its vocabulary against the model's `vocab_size` (InvalidArgument naming both numbers
+// if they differ; a tokenizer.json may have fewer ids than a padded embedding). NotFound naming
+// `dir` when none of the files exists.
 StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerFromModelDir(const std::string& dir,
                                                                int32_t vocab_size);
 

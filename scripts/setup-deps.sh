@@ -2,9 +2,9 @@
 # Installs the Debian 12 packages kvshard needs to build, test and run. Idempotent.
 set -euo pipefail
 PKGS=(
-  build-essential cmake pkg-config git python3
+  build-essential cmake pkg-config git python3 python3-pip
   libopenmpi-dev openmpi-bin
-  nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev libsentencepiece-dev
+  nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev libsentencepiece-dev libpcre2-dev
   libgtest-dev libgmock-dev clang-format
   libthrift-dev libboost-dev libboost-context-dev thrift-compiler python3-thrift libcpp-httplib-dev
   iproute2 procps iptables libnetfilter-queue-dev

