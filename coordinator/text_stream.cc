@@ -7,9 +7,9 @@ namespace {
 
 constexpr char kReplacement[] = "\xEF\xBF\xBD";
 
-// Length of the valid UTF-8 sequence at s[i], 0 if invalid there, -1 if valid so far but cut
-// off by the end of s.
-int SequenceLength(std::string_view s, size_t i) {
+}  // namespace
+
+int Utf8SequenceAt(std::string_view s, size_t i) {
   const auto c0 = static_cast<unsigned char>(s[i]);
   if (c0 < 0x80) return 1;
   int n;
@@ -25,29 +25,27 @@ int SequenceLength(std::string_view s, size_t i) {
     if (c0 == 0xF0) lo = 0x90;
     if (c0 == 0xF4) hi = 0x8F;  // <= U+10FFFF
   } else {
-    return 0;
+    return -1;
   }
   for (int k = 1; k < n; ++k) {
-    if (i + k >= s.size()) return -1;
+    if (i + k >= s.size()) return -k;
     const auto c = static_cast<unsigned char>(s[i + k]);
-    if (k == 1 ? (c < lo || c > hi) : (c < 0x80 || c > 0xBF)) return 0;
+    if (k == 1 ? (c < lo || c > hi) : (c < 0x80 || c > 0xBF)) return -k;
   }
   return n;
 }
-
-}  // namespace
 
 std::string SanitizeUtf8(std::string_view s) {
   std::string out;
   out.reserve(s.size());
   for (size_t i = 0; i < s.size();) {
-    const int n = SequenceLength(s, i);
+    const int n = Utf8SequenceAt(s, i);
     if (n > 0) {
       out.append(s.substr(i, n));
       i += n;
     } else {
       out += kReplacement;
-      ++i;
+      i += -n;
     }
   }
   return out;
@@ -55,7 +53,7 @@ std::string SanitizeUtf8(std::string_view s) {
 
 bool IsValidUtf8(std::string_view s) {
   for (size_t i = 0; i < s.size();) {
-    const int n = SequenceLength(s, i);
+    const int n = Utf8SequenceAt(s, i);
     if (n <= 0) return false;
     i += n;
   }
@@ -86,7 +84,10 @@ bool TextStream::Append(int32_t token) {
   // Hold back a trailing partial character and the longest suffix that begins a stop string.
   size_t end = raw_.size();
   for (size_t back = 1; back <= 3 && back <= end - raw_shown_; ++back) {
-    if (SequenceLength(raw_, end - back) == -1) {
+    // A valid start cut off by the end: the ill-formed part reaches the end from a lead byte.
+    const auto lead = static_cast<unsigned char>(raw_[end - back]);
+    if (lead >= 0xC2 && lead <= 0xF4 &&
+        Utf8SequenceAt(raw_, end - back) == -static_cast<int>(back)) {
       end -= back;
       break;
     }

@@ -13,7 +13,12 @@
 
 namespace kvshard {
 
-// Valid UTF-8 for `bytes`: each invalid or truncated sequence becomes U+FFFD.
+// The UTF-8 sequence at bytes[i] (i < size): its length when well-formed, else minus the length
+// of its maximal ill-formed subpart (Unicode 3.9, table 3-7: no overlongs, surrogates or code
+// points past U+10FFFF; a valid start cut off by the end is a subpart too).
+int Utf8SequenceAt(std::string_view bytes, size_t i);
+// Valid UTF-8 for `bytes`: each maximal ill-formed subpart becomes one U+FFFD, as Python's
+// decode("utf-8", errors="replace") and the WHATWG decoder do.
 std::string SanitizeUtf8(std::string_view bytes);
 // True when `bytes` is entirely valid UTF-8 (no overlongs, surrogates or code points > U+10FFFF).
 bool IsValidUtf8(std::string_view bytes);

@@ -34,6 +34,12 @@ TEST(Utf8, ValidatesAndSanitizes) {
             "a\xEF\xBF\xBD"
             "b");
   EXPECT_TRUE(IsValidUtf8(SanitizeUtf8("\xC3\x28\xE2\x82")));
+  // One U+FFFD per maximal ill-formed subpart, as Python's errors="replace": a truncated
+  // sequence is one, a surrogate's three bytes are three, an overlong's two are two.
+  EXPECT_EQ(SanitizeUtf8("\xE2\x82"), "\xEF\xBF\xBD");
+  EXPECT_EQ(SanitizeUtf8("\xED\xA0\x80"), "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");
+  EXPECT_EQ(SanitizeUtf8("\xC0\xAF"), "\xEF\xBF\xBD\xEF\xBF\xBD");
+  EXPECT_EQ(SanitizeUtf8("\xF0\x9F\x98x"), "\xEF\xBF\xBDx");
 }
 
 TEST(TextStream, HoldsBackAPartialCharacter) {
@@ -59,7 +65,7 @@ TEST(TextStream, TrailingPartialCharacterBecomesReplacementAtTheEnd) {
   s.Append(1);
   EXPECT_EQ(s.shown(), "x");
   s.Finish();
-  EXPECT_EQ(s.shown(), "x\xEF\xBF\xBD\xEF\xBF\xBD");
+  EXPECT_EQ(s.shown(), "x\xEF\xBF\xBD");  // one maximal ill-formed subpart
   EXPECT_TRUE(IsValidUtf8(s.shown()));
 }
 
