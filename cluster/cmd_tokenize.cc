@@ -9,6 +9,7 @@
 
 #include "cluster/commands.h"
 #include "coordinator/tokenizer.h"
+#include "shard/gguf.h"
 #include "shard/model_config.h"
 
 namespace kvshard {
@@ -23,8 +24,12 @@ struct TokenizeFlags {
 // with only a tokenizer file is accepted too).
 StatusOr<std::unique_ptr<Tokenizer>> ModelTokenizer(const std::string& dir) {
   std::error_code ec;
+  if (std::optional<std::string> gguf = GgufModelPath(dir)) {
+    KVS_ASSIGN_OR_RETURN(const std::unique_ptr<GgufFile> f, GgufFile::Open(*gguf));
+    return LoadGgufTokenizer(*f);
+  }
   if (!std::filesystem::is_directory(dir, ec)) {
-    return NotFound("--model {}: not a model directory", dir);
+    return NotFound("--model {}: not a model directory or .gguf file", dir);
   }
   if (std::filesystem::exists(std::filesystem::path(dir) / "config.json", ec)) {
     KVS_ASSIGN_OR_RETURN(const ModelConfig config, LoadModelConfig(dir));
@@ -41,7 +46,10 @@ Status Tokenize(const TokenizeFlags& f) {
   KVS_ASSIGN_OR_RETURN(const std::unique_ptr<Tokenizer> tok, ModelTokenizer(f.model));
   const std::vector<int32_t> ids = tok->Encode(f.text, f.bos);
   std::string line;
-  for (int32_t id : ids) line += (line.empty() ? "" : ",") + std::to_string(id);
+  for (int32_t id : ids) {
+    if (!line.empty()) line += ',';
+    line += std::to_string(id);
+  }
   std::printf("%s\n", line.c_str());
   if (f.decode) std::printf("%s\n", tok->Decode(ids).c_str());
   return Status::Ok();
@@ -52,7 +60,8 @@ Status Tokenize(const TokenizeFlags& f) {
 void RegisterTokenize(CLI::App& app, int* exit_code) {
   auto f = std::make_shared<TokenizeFlags>();
   CLI::App* cmd = app.add_subcommand("tokenize", "Print the token ids of a text");
-  cmd->add_option("--model", f->model, "Model directory (its tokenizer file)")->required();
+  cmd->add_option("--model", f->model, "Model directory (its tokenizer file) or .gguf file")
+      ->required();
   cmd->add_option("--text", f->text, "Text to tokenize")->required();
   cmd->add_flag("--bos", f->bos, "Prepend BOS where the tokenizer's template does");
   cmd->add_flag("--decode", f->decode, "Also print the ids decoded back to text");

@@ -20,7 +20,9 @@
 #include <sstream>
 #include <unordered_map>
 
+#include "coordinator/text_stream.h"
 #include "coordinator/tokenizer.h"
+#include "shard/gguf.h"
 
 namespace kvshard {
 namespace {
@@ -62,52 +64,6 @@ void AppendUtf8(std::string* out, uint32_t cp) {
     out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
     out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
   }
-}
-
-// Length of the well-formed UTF-8 sequence at s[i] (Unicode table 3-7), or the length of its
-// maximal ill-formed subpart as a negative number.
-int Utf8Length(std::string_view s, size_t i) {
-  const auto at = [&](size_t k) { return static_cast<uint8_t>(s[k]); };
-  const uint8_t b0 = at(i);
-  if (b0 < 0x80) return 1;
-  int n;
-  uint8_t lo = 0x80, hi = 0xBF;
-  if (b0 >= 0xC2 && b0 <= 0xDF) {
-    n = 2;
-  } else if (b0 >= 0xE0 && b0 <= 0xEF) {
-    n = 3;
-    if (b0 == 0xE0) lo = 0xA0;
-    if (b0 == 0xED) hi = 0x9F;
-  } else if (b0 >= 0xF0 && b0 <= 0xF4) {
-    n = 4;
-    if (b0 == 0xF0) lo = 0x90;
-    if (b0 == 0xF4) hi = 0x8F;
-  } else {
-    return -1;
-  }
-  for (int k = 1; k < n; ++k) {
-    if (i + k >= s.size()) return -k;
-    const uint8_t b = at(i + k);
-    if (b < (k == 1 ? lo : 0x80) || b > (k == 1 ? hi : 0xBF)) return -k;
-  }
-  return n;
-}
-
-// `text` with every maximal ill-formed subpart replaced by U+FFFD.
-std::string RepairUtf8(std::string_view text) {
-  std::string out;
-  out.reserve(text.size());
-  for (size_t i = 0; i < text.size();) {
-    const int n = Utf8Length(text, i);
-    if (n > 0) {
-      out.append(text.substr(i, n));
-      i += n;
-    } else {
-      out.append("\xEF\xBF\xBD");
-      i += -n;
-    }
-  }
-  return out;
 }
 
 struct Pcre2CodeDeleter {
@@ -158,7 +114,7 @@ void SplitByRegex(const PreStep& step, std::string_view text, pcre2_match_data* 
     size_t b = ov[0], e = ov[1];
     if (e == b) {  // an empty match: step over one character
       if (b >= text.size()) break;
-      pos = b + std::max(1, Utf8Length(text, b));
+      pos = b + std::max(1, Utf8SequenceAt(text, b));
       continue;
     }
     emit(gap, b, false);
@@ -207,6 +163,9 @@ class HfTokenizer final : public Tokenizer {
   static StatusOr<std::unique_ptr<Tokenizer>> Parse(std::string_view text,
                                                     std::string_view config_text,
                                                     const std::string& path);
+  // From a parsed tokenizer.json `j` and tokenizer_config.json `c` (null when there is none).
+  static StatusOr<std::unique_ptr<Tokenizer>> FromJson(const json& j, const json& c,
+                                                       const std::string& path);
 
  private:
   void EncodeText(std::string_view text, pcre2_match_data* md, std::vector<int32_t>* out) const;
@@ -320,7 +279,7 @@ void HfTokenizer::EncodeText(std::string_view segment, pcre2_match_data* md,
 std::vector<int32_t> HfTokenizer::Encode(std::string_view raw, bool add_bos) const {
   std::vector<int32_t> out;
   if (add_bos && adds_bos_ && bos_ >= 0) out.push_back(bos_);
-  const std::string text = RepairUtf8(raw);
+  const std::string text = SanitizeUtf8(raw);
   std::unique_ptr<pcre2_match_data, decltype(&pcre2_match_data_free)> md(
       pcre2_match_data_create(2, nullptr), &pcre2_match_data_free);
   // Added tokens first: leftmost-longest, each one id; the text between goes through BPE.
@@ -384,9 +343,21 @@ StatusOr<std::string> ReadSmallFile(const std::string& path) {
 StatusOr<std::unique_ptr<Tokenizer>> HfTokenizer::Parse(std::string_view text,
                                                         std::string_view config_text,
                                                         const std::string& path) {
-  std::error_code ec;
-  json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  const json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) return DataLoss("{}: not a JSON object", path);
+  json c;  // null: no tokenizer_config.json
+  if (!config_text.empty()) {
+    c = json::parse(config_text, nullptr, false);
+    if (c.is_discarded() || !c.is_object()) {
+      return DataLoss("{}: tokenizer_config.json beside it is not a JSON object", path);
+    }
+  }
+  return FromJson(j, c, path);
+}
+
+StatusOr<std::unique_ptr<Tokenizer>> HfTokenizer::FromJson(const json& j, const json& c,
+                                                           const std::string& path) {
+  std::error_code ec;
   auto t = std::make_unique<HfTokenizer>();
   try {
     const json& model = j.at("model");
@@ -450,7 +421,7 @@ StatusOr<std::unique_ptr<Tokenizer>> HfTokenizer::Parse(std::string_view text,
       std::string bytes;
       const std::string& s = it.key();
       for (size_t i = 0; i < s.size();) {
-        int n = Utf8Length(s, i);
+        int n = Utf8SequenceAt(s, i);
         if (n <= 0) return DataLoss("{}: vocab token {} is not valid UTF-8", path, id);
         uint32_t cp = static_cast<uint8_t>(s[i]);
         if (n > 1) {
@@ -612,11 +583,7 @@ StatusOr<std::unique_ptr<Tokenizer>> HfTokenizer::Parse(std::string_view text,
         }
       }
     }
-    if (!config_text.empty()) {
-      const json c = json::parse(config_text, nullptr, false);
-      if (c.is_discarded() || !c.is_object()) {
-        return DataLoss("{}: tokenizer_config.json beside it is not a JSON object", path);
-      }
+    if (c.is_object()) {
       const auto id_of = [&](const std::string& s) -> int32_t {
         for (const AddedToken& a : t->added_) {
           if (a.content == s) return a.id;
@@ -640,7 +607,158 @@ StatusOr<std::unique_ptr<Tokenizer>> HfTokenizer::Parse(std::string_view text,
   return std::unique_ptr<Tokenizer>(std::move(t));
 }
 
+// Pre-tokenizer regexes by llama.cpp's tokenizer.ggml.pre families, as tokenizer.json
+// pre-tokenizers.
+constexpr const char* kLlama3Pattern =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+constexpr const char* kQwen2Pattern =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+
+StatusOr<json> GgufPreTokenizer(const std::string& pre, const std::string& name) {
+  const json byte_level_regex = {
+      {"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}};
+  const json byte_level = {
+      {"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", false}};
+  const auto split = [&](const char* pattern) {
+    return json{
+        {"type", "Sequence"},
+        {"pretokenizers",
+         json::array(
+             {json{{"type", "Split"}, {"pattern", {{"Regex", pattern}}}, {"behavior", "Isolated"}},
+              byte_level})}};
+  };
+  for (const char* p : {"llama3", "llama-bpe", "llama-v3", "falcon3", "dbrx", "pixtral"}) {
+    if (pre == p) return split(kLlama3Pattern);
+  }
+  for (const char* p : {"qwen2", "stablelm2", "deepseek-r1-qwen", "megrez"}) {
+    if (pre == p) return split(kQwen2Pattern);
+  }
+  for (const char* p :
+       {"smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva"}) {
+    if (pre == p) {
+      return json{
+          {"type", "Sequence"},
+          {"pretokenizers",
+           json::array({json{{"type", "Digits"}, {"individual_digits", true}}, byte_level_regex})}};
+    }
+  }
+  for (const char* p : {"gpt-2", "gpt2", "default", "mpt", "olmo", "jais", "phi-2"}) {
+    if (pre == p) return byte_level_regex;
+  }
+  return InvalidArgument(
+      "{}: tokenizer.ggml.pre {:?} is not supported (the llama3, qwen2, smollm/starcoder and "
+      "gpt-2 families are)",
+      name, pre);
+}
+
+StatusOr<std::unique_ptr<Tokenizer>> GgufBpe(const GgufFile& f) {
+  const std::string& name = f.name();
+  const GgufValue* tokens = f.Find("tokenizer.ggml.tokens");
+  const GgufValue* merges = f.Find("tokenizer.ggml.merges");
+  if (tokens == nullptr || tokens->strings.empty() || tokens->strings.size() != tokens->size()) {
+    return DataLoss("{}: tokenizer.ggml.tokens is missing or not an array of strings", name);
+  }
+  if (merges == nullptr || merges->strings.size() != merges->size()) {
+    return DataLoss("{}: tokenizer.ggml.merges is missing or not an array of strings", name);
+  }
+  const GgufValue* types = f.Find("tokenizer.ggml.token_type");
+  if (types != nullptr && types->ints.size() != tokens->strings.size()) {
+    return DataLoss("{}: tokenizer.ggml.token_type has {} entries for {} tokens", name,
+                    types->size(), tokens->strings.size());
+  }
+  std::string pre = "default";
+  if (f.Find("tokenizer.ggml.pre") != nullptr) {
+    KVS_ASSIGN_OR_RETURN(pre, f.String("tokenizer.ggml.pre"));
+  }
+  KVS_ASSIGN_OR_RETURN(json pre_tokenizer, GgufPreTokenizer(pre, name));
+  // Control (3) and user-defined (4) tokens are added tokens; the rest is the BPE vocabulary.
+  json vocab = json::object(), added = json::array();
+  for (size_t id = 0; id < tokens->strings.size(); ++id) {
+    const std::string& tok = tokens->strings[id];
+    const int64_t type = types != nullptr ? types->ints[id] : 1;
+    if ((type == 3 || type == 4) && !tok.empty()) {
+      added.push_back(json{{"id", id}, {"content", tok}, {"special", type == 3}});
+    }
+    vocab[tok] = id;
+  }
+  const auto token_at = [&](const char* key) -> StatusOr<std::string> {
+    KVS_ASSIGN_OR_RETURN(const int64_t id, f.Int(key));
+    if (id < 0 || static_cast<size_t>(id) >= tokens->strings.size()) {
+      return DataLoss("{}: {} = {} is not a token id", name, key, id);
+    }
+    return tokens->strings[id];
+  };
+  json config = json::object();
+  if (f.Find("tokenizer.ggml.bos_token_id") != nullptr) {
+    KVS_ASSIGN_OR_RETURN(config["bos_token"], token_at("tokenizer.ggml.bos_token_id"));
+  }
+  if (f.Find("tokenizer.ggml.eos_token_id") != nullptr) {
+    KVS_ASSIGN_OR_RETURN(config["eos_token"], token_at("tokenizer.ggml.eos_token_id"));
+  }
+  bool add_bos = false;
+  if (f.Find("tokenizer.ggml.add_bos_token") != nullptr) {
+    KVS_ASSIGN_OR_RETURN(add_bos, f.Bool("tokenizer.ggml.add_bos_token"));
+  }
+  config["add_bos_token"] = add_bos;
+  json j = {{"added_tokens", added},
+            {"normalizer", nullptr},
+            {"pre_tokenizer", pre_tokenizer},
+            {"post_processor", nullptr},
+            {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", merges->strings}}}};
+  return HfTokenizer::FromJson(j, config, name);
+}
+
+// SentencePiece-style vocabularies ("llama"): "▁" is a space in the llama2.c encoder's pieces.
+StatusOr<std::unique_ptr<Tokenizer>> GgufSpm(const GgufFile& f) {
+  const std::string& name = f.name();
+  const GgufValue* tokens = f.Find("tokenizer.ggml.tokens");
+  const GgufValue* scores = f.Find("tokenizer.ggml.scores");
+  if (tokens == nullptr || tokens->strings.size() != tokens->size() || tokens->strings.empty()) {
+    return DataLoss("{}: tokenizer.ggml.tokens is missing or not an array of strings", name);
+  }
+  if (scores == nullptr || scores->floats.size() != tokens->strings.size()) {
+    return DataLoss("{}: tokenizer.ggml.scores is missing or not one float per token", name);
+  }
+  for (const char* key : {"tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"}) {
+    if (f.Find(key) == nullptr) continue;
+    KVS_ASSIGN_OR_RETURN(const int64_t id, f.Int(key));
+    const int64_t want = std::string(key).find("bos") != std::string::npos ? 1 : 2;
+    if (id != want) {
+      return InvalidArgument("{}: {} = {}; the SentencePiece-style encoder needs {}", name, key, id,
+                             want);
+    }
+  }
+  std::vector<std::string> pieces;
+  pieces.reserve(tokens->strings.size());
+  for (const std::string& t : tokens->strings) {
+    std::string p;
+    for (size_t i = 0; i < t.size(); ++i) {
+      if (t.compare(i, 3, "\xE2\x96\x81") == 0) {
+        p.push_back(' ');
+        i += 2;
+      } else {
+        p.push_back(t[i]);
+      }
+    }
+    pieces.push_back(std::move(p));
+  }
+  std::vector<float> s(scores->floats.begin(), scores->floats.end());
+  return MakeLlama2cTokenizer(std::move(pieces), std::move(s), name);
+}
+
 }  // namespace
+
+StatusOr<std::unique_ptr<Tokenizer>> LoadGgufTokenizer(const GgufFile& file) {
+  KVS_ASSIGN_OR_RETURN(const std::string model, file.String("tokenizer.ggml.model"));
+  try {
+    if (model == "gpt2") return GgufBpe(file);
+    if (model == "llama") return GgufSpm(file);
+  } catch (const json::exception& e) {
+    return DataLoss("{}: the tokenizer in the file: {}", file.name(), e.what());
+  }
+  return InvalidArgument("{}: tokenizer.ggml.model {:?} is not supported (gpt2, llama)",
+                         file.name(), model);
+}
 
 StatusOr<std::unique_ptr<Tokenizer>> ParseHfTokenizer(std::string_view tokenizer_json,
                                                       std::string_view tokenizer_config_json,

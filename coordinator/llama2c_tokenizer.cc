@@ -243,6 +243,25 @@ StatusOr<std::unique_ptr<Tokenizer>> ParseLlama2cTokenizer(const std::string& pa
 
 }  // namespace
 
+StatusOr<std::unique_ptr<Tokenizer>> MakeLlama2cTokenizer(std::vector<std::string> pieces,
+                                                          std::vector<float> scores,
+                                                          const std::string& name) {
+  if (pieces.size() != scores.size() || pieces.size() <= static_cast<size_t>(kEosId)) {
+    return InvalidArgument("{}: {} pieces and {} scores (need one score each and at least 3)", name,
+                           pieces.size(), scores.size());
+  }
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    if (!std::isfinite(scores[i])) {
+      return DataLoss("{}: token {} has a non-finite score {}", name, i, scores[i]);
+    }
+    if (pieces[i].size() > static_cast<size_t>(kMaxPieceBytes)) {
+      return DataLoss("{}: token {} has {} bytes", name, i, pieces[i].size());
+    }
+  }
+  return std::unique_ptr<Tokenizer>(
+      std::make_unique<Llama2cTokenizer>(std::move(pieces), std::move(scores)));
+}
+
 StatusOr<std::unique_ptr<Tokenizer>> LoadLlama2cTokenizer(const std::string& path,
                                                           int32_t vocab_size) {
   try {

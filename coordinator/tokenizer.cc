@@ -9,6 +9,8 @@
 #include <filesystem>
 #include <fstream>
 
+#include "shard/gguf.h"
+
 namespace kvshard {
 namespace {
 
@@ -66,6 +68,15 @@ std::string Tokenizer::Decode(const std::vector<int32_t>& tokens) const {
 
 StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerFromModelDir(const std::string& dir,
                                                                int32_t vocab_size) {
+  if (std::optional<std::string> gguf = GgufModelPath(dir)) {
+    KVS_ASSIGN_OR_RETURN(const std::unique_ptr<GgufFile> f, GgufFile::Open(*gguf));
+    KVS_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> t, LoadGgufTokenizer(*f));
+    if (t->vocab_size() > vocab_size) {
+      return InvalidArgument("{}: tokenizer has {} tokens but the model's vocab_size is {}", *gguf,
+                             t->vocab_size(), vocab_size);
+    }
+    return t;
+  }
   const std::filesystem::path hf = std::filesystem::path(dir) / "tokenizer.json";
   const std::filesystem::path model = std::filesystem::path(dir) / "tokenizer.model";
   const std::filesystem::path bin = std::filesystem::path(dir) / "tokenizer.bin";

@@ -55,6 +55,21 @@ std::optional<uint8_t> ParseBytePiece(std::string_view piece);
 StatusOr<std::unique_ptr<Tokenizer>> LoadLlama2cTokenizer(const std::string& path,
                                                           int32_t vocab_size);
 
+// The llama2.c encoder over `pieces` (spaces as spaces, "<0xXX>" byte pieces) and their scores,
+// ids 0/1/2 = <unk>/BOS/EOS. InvalidArgument / DataLoss naming `name` for mismatched sizes,
+// non-finite scores or absurd pieces.
+StatusOr<std::unique_ptr<Tokenizer>> MakeLlama2cTokenizer(std::vector<std::string> pieces,
+                                                          std::vector<float> scores,
+                                                          const std::string& name);
+
+// The tokenizer a GGUF file stores (tokenizer.ggml.*): model "gpt2" (byte-level BPE: tokens,
+// merges, token types 3/4 as added tokens, the pre-tokenizer named by tokenizer.ggml.pre: the
+// llama3, smollm/starcoder, gpt2 and qwen2 families) or "llama" (SentencePiece-style: tokens and
+// scores, by the llama2.c encoder). BOS/EOS from tokenizer.ggml.bos_token_id / eos_token_id; BOS is
+// added when tokenizer.ggml.add_bos_token says so. Errors name the file and the key.
+class GgufFile;
+StatusOr<std::unique_ptr<Tokenizer>> LoadGgufTokenizer(const GgufFile& file);
+
 // Loads a SentencePiece tokenizer.model with libsentencepiece. Errors: NotFound, DataLoss (not a
 // valid model).
 StatusOr<std::unique_ptr<Tokenizer>> LoadSentencePieceTokenizer(const std::string& path);

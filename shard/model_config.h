@@ -44,8 +44,15 @@ struct ModelConfig {
 // must divide num_attention_heads (8)").
 StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text);
 
-// Reads and parses <model_dir>/config.json.
+// Reads and parses <model_dir>/config.json, or the metadata of the GGUF file `model_dir` names
+// (GgufModelPath: a .gguf file, or a directory holding one and no config.json).
 StatusOr<ModelConfig> LoadModelConfig(const std::string& model_dir);
+
+// A GGUF file's llama metadata as a ModelConfig, through the same checks as config.json (errors
+// name the file): general.architecture must be "llama"; tied embeddings when there is no
+// output.weight; per-dimension RoPE factors (rope_freqs.weight) are refused for now.
+class GgufFile;
+StatusOr<ModelConfig> ModelConfigFromGguf(const GgufFile& file);
 
 // HF field names, model_type "llama", architectures ["LlamaForCausalLM"]; parses back equal.
 std::string ModelConfigToJson(const ModelConfig& config);

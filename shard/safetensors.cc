@@ -15,6 +15,10 @@
 #include <string_view>
 #include <unordered_set>
 
+#include "kernels/cpu/dequant.h"
+#include "shard/gguf.h"
+#include "shard/model_config.h"
+
 namespace kvshard {
 namespace {
 
@@ -347,7 +351,53 @@ const uint8_t* SafetensorsFile::TensorData(const TensorInfo& info) const {
   return file_.data() + header_.data_offset + info.begin;
 }
 
+namespace {
+
+// The GGUF name of a Hugging Face Llama tensor name, or "" when it has none.
+std::string GgufTensorName(const std::string& hf) {
+  static const std::pair<const char*, const char*> kWhole[] = {
+      {"model.embed_tokens.weight", "token_embd.weight"},
+      {"model.norm.weight", "output_norm.weight"},
+      {"lm_head.weight", "output.weight"}};
+  for (const auto& [from, to] : kWhole) {
+    if (hf == from) return to;
+  }
+  static const std::pair<const char*, const char*> kLayer[] = {
+      {"input_layernorm.weight", "attn_norm.weight"},
+      {"self_attn.q_proj.weight", "attn_q.weight"},
+      {"self_attn.k_proj.weight", "attn_k.weight"},
+      {"self_attn.v_proj.weight", "attn_v.weight"},
+      {"self_attn.o_proj.weight", "attn_output.weight"},
+      {"post_attention_layernorm.weight", "ffn_norm.weight"},
+      {"mlp.gate_proj.weight", "ffn_gate.weight"},
+      {"mlp.up_proj.weight", "ffn_up.weight"},
+      {"mlp.down_proj.weight", "ffn_down.weight"}};
+  const std::string prefix = "model.layers.";
+  if (hf.compare(0, prefix.size(), prefix) != 0) return "";
+  const size_t dot = hf.find('.', prefix.size());
+  if (dot == std::string::npos) return "";
+  const std::string layer = hf.substr(prefix.size(), dot - prefix.size());
+  const std::string rest = hf.substr(dot + 1);
+  for (const auto& [from, to] : kLayer) {
+    if (rest == from) return "blk." + layer + "." + to;
+  }
+  return "";
+}
+
+}  // namespace
+
+Checkpoint::Checkpoint(std::string dir) : dir_(std::move(dir)) {}
+Checkpoint::~Checkpoint() = default;
+
 StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& model_dir) {
+  if (std::optional<std::string> gguf = GgufModelPath(model_dir)) {
+    std::unique_ptr<Checkpoint> ckpt(new Checkpoint(*gguf));
+    KVS_ASSIGN_OR_RETURN(ckpt->gguf_, GgufFile::Open(*gguf));
+    KVS_ASSIGN_OR_RETURN(const ModelConfig c, ModelConfigFromGguf(*ckpt->gguf_));
+    ckpt->gguf_q_heads_ = c.n_heads;
+    ckpt->gguf_kv_heads_ = c.n_kv_heads;
+    return ckpt;
+  }
   try {
     std::error_code ec;
     const fs::path dir(model_dir);
@@ -412,9 +462,18 @@ StatusOr<const TensorInfo*> Checkpoint::Find(const std::string& name) const {
   return entry.info;
 }
 
-bool Checkpoint::Has(const std::string& name) const { return tensors_.count(name) > 0; }
+bool Checkpoint::Has(const std::string& name) const {
+  if (gguf_) return gguf_->Tensor(GgufTensorName(name)) != nullptr;
+  return tensors_.count(name) > 0;
+}
 
 StatusOr<std::span<const uint8_t>> Checkpoint::TensorBytes(const std::string& name) const {
+  if (gguf_) {
+    return FailedPrecondition(
+        "{}: GGUF models run on the CPU backend (--device cpu); the CUDA backend reads "
+        "safetensors",
+        dir_);
+  }
   KVS_ASSIGN_OR_RETURN(Entry entry, Lookup(name));
   return std::span<const uint8_t>(entry.file->TensorData(*entry.info),
                                   entry.info->end - entry.info->begin);
@@ -423,6 +482,7 @@ StatusOr<std::span<const uint8_t>> Checkpoint::TensorBytes(const std::string& na
 Status Checkpoint::ReadSliceF32(const std::string& name, const std::vector<int64_t>& shape,
                                 int64_t row0, int64_t row1, int64_t col0, int64_t col1,
                                 float* out) const {
+  if (gguf_) return ReadGgufSlice(name, shape, row0, row1, col0, col1, out);
   KVS_ASSIGN_OR_RETURN(Entry entry, Lookup(name));
   const TensorInfo& info = *entry.info;
   if (info.shape != shape) {
@@ -442,6 +502,64 @@ Status Checkpoint::ReadSliceF32(const std::string& name, const std::vector<int64
   for (int64_t r = row0; r < row1; ++r) {
     const uint8_t* src = base + static_cast<size_t>(r * cols + col0) * esize;
     ConvertToF32(info.dtype, src, out + (r - row0) * width, static_cast<size_t>(width));
+  }
+  return Status::Ok();
+}
+
+Status Checkpoint::ReadGgufSlice(const std::string& name, const std::vector<int64_t>& shape,
+                                 int64_t row0, int64_t row1, int64_t col0, int64_t col1,
+                                 float* out) const {
+  const std::string gname = GgufTensorName(name);
+  const GgufTensor* t = gname.empty() ? nullptr : gguf_->Tensor(gname);
+  if (t == nullptr) {
+    return NotFound("tensor {} ({} in GGUF) is missing from {}", name,
+                    gname.empty() ? "no name" : gname, dir_);
+  }
+  std::vector<int64_t> hf_shape(t->ne.rbegin(), t->ne.rend());
+  if (hf_shape != shape) {
+    return DataLoss("tensor {} in {}: expected shape {}, found {} (GGUF ne reversed)", gname, dir_,
+                    ShapeString(shape), ShapeString(hf_shape));
+  }
+  const std::optional<GgmlTypeInfo> type = GgmlTypeInfoOf(t->type);
+  if (!type || !type->dequantizable) {
+    return InvalidArgument(
+        "tensor {} in {} has type {}, which kvshard does not read (F32, F16, BF16, Q8_0, Q4_0, "
+        "Q4_1, Q4_K, Q6_K)",
+        gname, dir_, type ? type->name : "unknown");
+  }
+  if (shape.size() == 1) {  // [n] viewed as [n, 1], as for safetensors: one GGUF row of n
+    const int64_t n = shape[0];
+    if (row0 < 0 || row0 > row1 || row1 > n || col0 != 0 || col1 != 1) {
+      return OutOfRange("tensor {}: rows [{}, {}) outside its {} values", name, row0, row1, n);
+    }
+    std::vector<float> all(n);
+    dequantize_row(t->type, gguf_->TensorData(*t), all.data(), n);
+    std::copy(all.begin() + row0, all.begin() + row1, out);
+    return Status::Ok();
+  }
+  if (shape.size() != 2)
+    return DataLoss("tensor {}: {} dimensions, 1 or 2 are read", gname, shape.size());
+  const int64_t rows = shape[0], cols = shape[1];
+  if (row0 < 0 || row0 > row1 || row1 > rows || col0 < 0 || col0 > col1 || col1 > cols) {
+    return OutOfRange("tensor {}: rows [{}, {}) and columns [{}, {}) are outside its [{}, {}] view",
+                      name, row0, row1, col0, col1, rows, cols);
+  }
+  // llama.cpp stores Q and K rows of each head as interleaved RoPE pairs (2i, 2i + 1); kvshard's
+  // rotate-half order has them at i and i + head_dim / 2.
+  int64_t heads = 0;
+  if (gname.ends_with(".attn_q.weight")) heads = gguf_q_heads_;
+  if (gname.ends_with(".attn_k.weight")) heads = gguf_kv_heads_;
+  const int64_t head_dim = heads > 0 ? rows / heads : 0;
+  const int64_t row_bytes = cols / type->block_elems * type->block_bytes;
+  std::vector<float> row(cols);
+  for (int64_t r = row0; r < row1; ++r) {
+    int64_t src = r;
+    if (heads > 0) {
+      const int64_t h = r / head_dim, within = r % head_dim, half = head_dim / 2;
+      src = h * head_dim + 2 * (within % half) + within / half;
+    }
+    dequantize_row(t->type, gguf_->TensorData(*t) + src * row_bytes, row.data(), cols);
+    std::copy(row.begin() + col0, row.begin() + col1, out + (r - row0) * (col1 - col0));
   }
   return Status::Ok();
 }

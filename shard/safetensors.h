@@ -62,9 +62,17 @@ class SafetensorsFile {
 // `model.safetensors.index.json` ({"weight_map": {tensor: file}}) lists. Shard names must be
 // plain file names inside the directory; each listed tensor must be in its shard; no tensor may
 // be in two shards.
+// Or, when the model is a GGUF file (GgufModelPath), that file's tensors under their Hugging
+// Face names: token_embd -> model.embed_tokens, blk.N.attn_q -> model.layers.N.self_attn.q_proj,
+// ... (GGUF dimensions reversed to [rows, cols]; attn_q / attn_k rows put back from llama.cpp's
+// interleaved RoPE order into the rotate-half order; block formats dequantized per row). A GGUF
+// checkpoint has no raw bytes to hand out (TensorBytes is FailedPrecondition): it serves the CPU
+// backend.
+class GgufFile;
 class Checkpoint {
  public:
   static StatusOr<std::unique_ptr<Checkpoint>> Open(const std::string& model_dir);
+  ~Checkpoint();
 
   // NotFound "tensor X is missing from <dir>" when absent.
   StatusOr<const TensorInfo*> Find(const std::string& name) const;
@@ -88,11 +96,15 @@ class Checkpoint {
     const SafetensorsFile* file;
     const TensorInfo* info;
   };
-  explicit Checkpoint(std::string dir) : dir_(std::move(dir)) {}
+  explicit Checkpoint(std::string dir);
   Status AddFile(std::unique_ptr<SafetensorsFile> file);
   StatusOr<Entry> Lookup(const std::string& name) const;
+  Status ReadGgufSlice(const std::string& name, const std::vector<int64_t>& shape, int64_t row0,
+                       int64_t row1, int64_t col0, int64_t col1, float* out) const;
 
   std::string dir_;
+  std::unique_ptr<GgufFile> gguf_;
+  int64_t gguf_q_heads_ = 0, gguf_kv_heads_ = 0;  // for the Q/K row order
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
   std::map<std::string, Entry> tensors_;
 };

@@ -3,16 +3,21 @@
 
   corpus.jsonl: one string per line, {"text": ...} or {"hex": ...} for bytes that are not valid
       UTF-8, drawn (seeded) from English prose (Debian's licence texts), code (Python's standard
-      library and this repository), whitespace runs, digits, CJK, emoji, other scripts, invalid
+      library), whitespace runs, digits, CJK, emoji, other scripts, invalid
       UTF-8 and special-token text.
   <name>.ids.jsonl: the ids of each corpus line from the Python `tokenizers` library (no special
-      tokens added), for each tokenizer.json given as NAME=PATH.
+      tokens added), for each tokenizer.json given as NAME=PATH, or NAME=gguf:PATH for the
+      tokenizer a GGUF file stores (read with llama.cpp's gguf-py and built as a `tokenizers`
+      BPE: its vocabulary and merges, control and user-defined tokens as added tokens, and the
+      pre-tokenizer of SmolLM2's tokenizer.json, Digits(individual) + ByteLevel; only the
+      "smollm" pre-tokenizer family is built here).
 
 Bytes that are not UTF-8 are given to `tokenizers` as bytes.decode("utf-8", errors="replace"),
 which is what kvshard does with them. Run by hand (needs `pip install tokenizers`); CI only reads
 the committed outputs:
 
-    /usr/bin/python3 tests/tokenizer/make_reference.py llama3.2=assets/llama3.2/tokenizer.json
+    /usr/bin/python3 tests/tokenizer/make_reference.py llama3.2=assets/llama3.2/tokenizer.json \
+        smollm2=gguf:assets/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 """
 
 import glob
@@ -22,7 +27,6 @@ import random
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(os.path.dirname(HERE))
 
 
 def prose(rng, n):
@@ -41,8 +45,6 @@ def prose(rng, n):
 
 def code(rng, n):
     files = sorted(glob.glob(os.path.join(os.path.dirname(os.__file__), "*.py")))
-    files += sorted(glob.glob(os.path.join(REPO, "coordinator", "*.cc")))
-    files += sorted(glob.glob(os.path.join(REPO, "kernels", "cpu", "*.cc")))
     out = []
     while len(out) < n:
         with open(rng.choice(files), encoding="utf-8", errors="replace") as f:
@@ -171,6 +173,26 @@ def special(rng, n):
     return out
 
 
+def gguf_tokenizer(path):
+    from gguf import GGUFReader
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    r = GGUFReader(path)
+    pre = r.fields["tokenizer.ggml.pre"].contents()
+    assert pre == "smollm", "only the smollm pre-tokenizer family is built here, not " + pre
+    tokens = r.fields["tokenizer.ggml.tokens"].contents()
+    types = r.fields["tokenizer.ggml.token_type"].contents()
+    merges = [tuple(m.split(" ", 1)) for m in r.fields["tokenizer.ggml.merges"].contents()]
+    tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                            for t, ty in zip(tokens, types) if ty == 3])
+    tok.add_tokens([AddedToken(t, normalized=False) for t, ty in zip(tokens, types) if ty == 4])
+    return tok
+
+
 def main():
     rng = random.Random(20261201)
     corpus = (prose(rng, 450) + code(rng, 400) + whitespace(rng, 200) + digits(rng, 200) +
@@ -186,7 +208,7 @@ def main():
     import tokenizers
     for arg in sys.argv[1:]:
         name, path = arg.split("=", 1)
-        tok = Tokenizer.from_file(path)
+        tok = gguf_tokenizer(path[5:]) if path.startswith("gguf:") else Tokenizer.from_file(path)
         with open(os.path.join(HERE, name + ".ids.jsonl"), "w") as f:
             for s in corpus:
                 text = s.decode("utf-8", errors="replace") if isinstance(s, bytes) else s

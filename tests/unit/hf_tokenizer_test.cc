@@ -1,7 +1,7 @@
-// Hugging Face tokenizer.json (byte-level BPE): Llama 3.2's tokenizer against the ids of the
-// Python `tokenizers` library on the committed corpus (tests/tokenizer/, made by
-// make_reference.py), the pipeline's parts on small hand-written files, and clear errors for
-// malformed ones.
+// Hugging Face tokenizer.json (byte-level BPE): Llama 3.2's tokenizer and SmolLM2's (from its
+// GGUF) against the ids of the Python `tokenizers` library on the committed corpus
+// (tests/tokenizer/, made by make_reference.py), the pipeline's parts on small hand-written
+// files, and clear errors for malformed ones.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "coordinator/tokenizer.h"
+#include "shard/gguf.h"
 
 namespace kvshard {
 namespace {
@@ -64,7 +65,10 @@ std::unique_ptr<Tokenizer> LoadAsset(const std::string& dir) {
 
 std::string Show(const std::vector<int32_t>& ids) {
   std::string s;
-  for (int32_t id : ids) s += (s.empty() ? "" : ",") + std::to_string(id);
+  for (int32_t id : ids) {
+    if (!s.empty()) s += ',';
+    s += std::to_string(id);
+  }
   return s;
 }
 
@@ -86,12 +90,37 @@ TEST(HfTokenizer, Llama32EqualsTokenizersOnTheCorpus) {
   EXPECT_EQ(wrong, 0) << "of " << corpus.size() << " strings";
 }
 
+// SmolLM2's tokenizer as its GGUF file stores it (LoadGgufTokenizer: the "smollm" pre-tokenizer
+// family), against `tokenizers` built from the same file's vocabulary and merges.
+TEST(HfTokenizer, SmolLM2GgufEqualsTokenizersOnTheCorpus) {
+  const std::string path = RepoPath("assets/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+  if (!std::filesystem::exists(path)) {
+    FAIL() << path << " is missing: scripts/fetch-assets.sh fetches it (run-tests.sh does)";
+  }
+  auto file = GgufFile::Open(path);
+  ASSERT_TRUE(file.ok()) << file.status().ToString();
+  auto tok = LoadGgufTokenizer(**file);
+  ASSERT_TRUE(tok.ok()) << tok.status().ToString();
+  const auto corpus = Corpus();
+  const auto want = ReferenceIds("smollm2");
+  ASSERT_EQ(corpus.size(), want.size());
+  int wrong = 0;
+  for (size_t i = 0; i < corpus.size(); ++i) {
+    const std::vector<int32_t> got = (*tok)->Encode(corpus[i].first, /*add_bos=*/false);
+    if (got != want[i] && ++wrong <= 5) {
+      ADD_FAILURE() << "corpus line " << i + 1 << ": got " << Show(got) << "\n want "
+                    << Show(want[i]);
+    }
+  }
+  EXPECT_EQ(wrong, 0) << "of " << corpus.size() << " strings";
+}
+
 TEST(HfTokenizer, Llama32DecodesWhatItEncodes) {
   const auto tok = LoadAsset("llama3.2");
   ASSERT_NE(tok, nullptr);
   EXPECT_EQ(tok->vocab_size(), 128257);  // as tokenizers counts it: this file has <|image|> too
-  EXPECT_EQ(tok->bos_id(), 128000);  // <|begin_of_text|>, from the post-processor and config
-  EXPECT_EQ(tok->eos_id(), 128001);  // <|end_of_text|>, from tokenizer_config.json
+  EXPECT_EQ(tok->bos_id(), 128000);      // <|begin_of_text|>, from the post-processor and config
+  EXPECT_EQ(tok->eos_id(), 128001);      // <|end_of_text|>, from tokenizer_config.json
   const std::vector<int32_t> ids = tok->Encode("Hello world", /*add_bos=*/true);
   ASSERT_EQ(ids, (std::vector<int32_t>{128000, 9906, 1917}));
   EXPECT_EQ(tok->Decode(ids), "<|begin_of_text|>Hello world");
