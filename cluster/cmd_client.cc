@@ -1,6 +1,8 @@
 // kvshard client: talks to a running `kvshard serve` over Thrift (framed, binary).
 //   generate  streams prompt + completion to stdout, exactly as `kvshard generate` prints them
-//   ask       a question about a document file (the document is the shared, cacheable prefix)
+//   ask       a question about a document file (the document is the shared, cacheable prefix;
+//             as a chat turn when the server has a chat template)
+//   chat      a conversation: one user turn per line of stdin (or --message), replies streamed
 //   status | health | cancel
 #include <thrift/protocol/TBinaryProtocol.h>
 #include <thrift/transport/TBufferTransports.h>
@@ -43,6 +45,11 @@ struct RequestFlags {
   // ask
   std::string document;
   std::string question;
+  bool no_chat = false;
+  // chat (and ask, as a chat turn)
+  std::string system;
+  std::vector<std::string> messages;  // --message, repeatable: user turns sent one by one
+  std::vector<rpc::ChatMessage> conversation;
 };
 
 class Connection {
@@ -78,7 +85,9 @@ void Write(const std::string& s) {
 
 rpc::GenerateRequest MakeRequest(const RequestFlags& f) {
   rpc::GenerateRequest r;
-  if (!f.prompt_ids.empty()) {
+  if (!f.conversation.empty()) {
+    r.__set_messages(f.conversation);
+  } else if (!f.prompt_ids.empty()) {
     r.__set_prompt_ids(f.prompt_ids);
   } else {
     r.__set_prompt(f.prompt);
@@ -179,9 +188,74 @@ int RunAsk(Connection& c, RequestFlags f) {
   }
   std::stringstream text;
   text << in.rdbuf();
-  f.prompt = text.str() + "\n\nQuestion: " + f.question + "\nAnswer:";
   f.prompt_ids.clear();
+  rpc::ClusterStatus s;
+  c->status(s);
+  if (!f.no_chat && !s.chat_template.empty()) {
+    // An instruct model: the document and the question as one user turn (the document first, so
+    // that questions about it share the cached prefix).
+    rpc::ChatMessage m;
+    if (!f.system.empty()) {
+      m.role = "system";
+      m.content = f.system;
+      f.conversation.push_back(m);
+    }
+    m.role = "user";
+    m.content = text.str() + "\n\nQuestion: " + f.question;
+    f.conversation.push_back(m);
+  } else {
+    f.prompt = text.str() + "\n\nQuestion: " + f.question + "\nAnswer:";
+  }
   return Run(c, f, /*show_prompt=*/false);
+}
+
+// A conversation: each user turn (--message, else each line of stdin) is sent with the history
+// so far, the reply streamed and kept in the history.
+int RunChat(Connection& c, RequestFlags f) {
+  if (!f.system.empty()) {
+    rpc::ChatMessage m;
+    m.role = "system";
+    m.content = f.system;
+    f.conversation.push_back(m);
+  }
+  const bool from_stdin = f.messages.empty();
+  const bool tty = isatty(STDIN_FILENO);
+  size_t next = 0;
+  for (;;) {
+    std::string line;
+    if (from_stdin) {
+      if (tty) std::fprintf(stderr, "> ");
+      char buf[4096];
+      if (std::fgets(buf, sizeof(buf), stdin) == nullptr) return 0;
+      line = buf;
+      while (!line.empty() && line.back() != '\n' && std::fgets(buf, sizeof(buf), stdin)) {
+        line += buf;
+      }
+      if (!line.empty() && line.back() == '\n') line.pop_back();
+      if (line.empty()) continue;
+    } else {
+      if (next == f.messages.size()) return 0;
+      line = f.messages[next++];
+    }
+    rpc::ChatMessage user;
+    user.role = "user";
+    user.content = line;
+    f.conversation.push_back(user);
+    const rpc::GenerateRequest request = MakeRequest(f);
+    rpc::GenerateResponse r;
+    if (f.json) {
+      c->generate(r, request);
+      Write(JsonResult(r));
+    } else {
+      r = Stream(c, request, /*show_prompt=*/false);
+      Write("\n");
+    }
+    if (const int rc = Finished(r); rc != 0) return rc;
+    rpc::ChatMessage reply;
+    reply.role = "assistant";
+    reply.content = r.text;
+    f.conversation.push_back(reply);
+  }
 }
 
 int RunStatus(Connection& c) {
@@ -207,6 +281,7 @@ int RunStatus(Connection& c) {
                       {"layout", s.layout},
                       {"head_groups", s.head_groups},
                       {"seq_shards", s.seq_shards},
+                      {"chat_template", s.chat_template},
                       {"max_context", s.max_context},
                       {"kv_capacity_tokens", s.kv_capacity_tokens},
                       {"block_size", s.block_size},
@@ -279,8 +354,19 @@ void RegisterClient(CLI::App& app, int* exit_code) {
   CLI::App* ask = client->add_subcommand("ask", "Ask a question about a document");
   ask->add_option("--document", rf->document, "Text file")->required();
   ask->add_option("--question", rf->question, "The question")->required();
+  ask->add_option("--system", rf->system, "System message (instruct models)");
+  ask->add_flag("--no-chat", rf->no_chat,
+                "Send a plain prompt even when the server has a chat template");
   AddRequestFlags(ask, rf.get());
   ask->callback([=] { *exit_code = Guarded(*cf, [&](Connection& c) { return RunAsk(c, *rf); }); });
+
+  CLI::App* chat = client->add_subcommand(
+      "chat", "Chat with an instruct model: one user turn per line of stdin (or --message)");
+  chat->add_option("--message", rf->messages, "A user turn (repeatable; instead of stdin)");
+  chat->add_option("--system", rf->system, "System message");
+  AddRequestFlags(chat, rf.get());
+  chat->callback(
+      [=] { *exit_code = Guarded(*cf, [&](Connection& c) { return RunChat(c, *rf); }); });
 
   client->add_subcommand("status", "Ranks, hosts, KV blocks, queue, tokens/s (JSON)")
       ->callback([=] { *exit_code = Guarded(*cf, RunStatus); });

@@ -14,6 +14,7 @@
 
 #include "cluster/commands.h"
 #include "cluster/runtime.h"
+#include "coordinator/chat_template.h"
 #include "coordinator/rpc/metrics_http.h"
 #include "coordinator/rpc/server.h"
 #include "coordinator/rpc/service.h"
@@ -32,6 +33,7 @@ struct ServeFlags {
   ServingOptions serving;
   int metrics_port = 0;
   std::string pid_file;
+  std::string chat_template;  // overrides the model's (llama3, chatml, llama2, mistral)
 };
 
 // Without --kv-blocks, the pool holds this many sequences of the model's whole context.
@@ -97,6 +99,18 @@ StatusOr<ClusterInfo> GatherClusterInfo(Runtime& rt, const ServeFlags& f) {
 Status ServeRoot(const ServeFlags& f, Runtime& rt, ClusterInfo info) {
   KVS_ASSIGN_OR_RETURN(auto tokenizer,
                        LoadTokenizerFromModelDir(f.shard.model_dir, rt.config.vocab_size));
+  // The chat template for requests with messages: the model's, or --chat-template's. A model
+  // without one (or with one of another family) still serves prompts; messages are refused.
+  auto chat = LoadChatTemplate(f.shard.model_dir, f.chat_template);
+  if (chat.ok()) {
+    info.chat = *chat;
+    spdlog::info("chat template: {} (from {})", ChatFormatName(chat->format), chat->source);
+  } else if (!f.chat_template.empty()) {
+    return chat.status();
+  } else {
+    spdlog::info("no chat template: requests with messages are refused ({})",
+                 chat.status().message());
+  }
   ServingOptions serving = f.serving;
   if (const char* delay = std::getenv("KVSHARD_DEBUG_STEP_DELAY_MS")) {
     serving.debug_step_delay_ms = std::atoi(delay);
@@ -218,6 +232,9 @@ void RegisterServe(CLI::App& app, int* exit_code) {
   cmd->add_option("--metrics-port", flags->metrics_port,
                   "Prometheus /metrics on this port (0 = off)")
       ->check(CLI::Range(0, 65535));
+  cmd->add_option("--chat-template", flags->chat_template,
+                  "Chat template for requests with messages: llama3, chatml, llama2 or mistral "
+                  "(default: the model's)");
   cmd->add_option("--pid-file", flags->pid_file,
                   "Rank 0 writes its pid here once serving, and FILE.clean after a clean stop");
   cmd->add_option("--step-timeout-s", flags->liveness.step_timeout_s,

@@ -30,6 +30,11 @@ struct SamplingParams {
   4: i64 seed = 0,
 }
 
+struct ChatMessage {
+  1: string role,                      // "system" (first only), "user" or "assistant"
+  2: string content,                   // UTF-8
+}
+
 struct GenerateRequest {
   1: optional string prompt,           // text (UTF-8); BOS is prepended
   2: optional list<i32> prompt_ids,    // or token ids, used as given
@@ -38,6 +43,9 @@ struct GenerateRequest {
   5: list<string> stop = [],           // generation ends before any of these strings
   6: list<i32> stop_ids = [],          // or any of these ids (EOS always stops)
   7: optional string cache_salt,       // prefix-cache isolation: equal salts may share blocks
+  8: optional list<ChatMessage> messages,  // or a conversation, rendered with the model's chat
+                                       // template (status().chat_template); the reply stops at
+                                       // the template's end-of-turn tokens
 }
 
 struct Timings {
@@ -112,6 +120,8 @@ struct ClusterStatus {
   15: i64 kv_capacity_tokens,     // the most tokens one request may hold
   16: i32 head_groups,            // the grid: world_size = head_groups x seq_shards
   17: i32 seq_shards,
+  18: string chat_template,       // "llama3", "chatml", "llama2", "mistral", or "" (none: messages
+                                  // are refused)
 }
 
 service Kvshard {

@@ -3,6 +3,7 @@
 // string/list beyond them is refused before anything is allocated for it.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 namespace kvshard::rpc_limits {
@@ -13,5 +14,6 @@ constexpr int32_t kMaxStringBytes = 32 << 20;    // one string or binary field
 constexpr int32_t kMaxContainerItems = 4 << 20;  // one list (1M-token prompt_ids: 1<<20)
 constexpr int32_t kMaxRecursionDepth = 16;       // nested structs (ours nest 3 deep)
 constexpr int32_t kMaxPollWaitMs = 30000;
+constexpr size_t kMaxChatMessages = 4096;  // turns of one conversation
 
 }  // namespace kvshard::rpc_limits

@@ -158,6 +158,7 @@ class ConnectionHandler : public rpc::KvshardIf {
     out.kv_capacity_tokens = engine_->kv_capacity_tokens();
     out.head_groups = info_->head_groups;
     out.seq_shards = info_->seq_shards;
+    out.chat_template = info_->chat ? ChatFormatName(info_->chat->format) : "";
   }
 
   // The connection is gone: whatever it started and did not see finish is cancelled.
@@ -176,7 +177,8 @@ class ConnectionHandler : public rpc::KvshardIf {
 
  private:
   std::shared_ptr<RequestStream> Accept(const rpc::GenerateRequest& request) {
-    StatusOr<RequestSpec> spec = ToRequestSpec(request, *tokenizer_);
+    StatusOr<RequestSpec> spec =
+        ToRequestSpec(request, *tokenizer_, info_->chat ? &*info_->chat : nullptr);
     if (!spec.ok()) Throw(spec.status(), engine_->kv_capacity_tokens());
     StatusOr<std::shared_ptr<RequestStream>> s = engine_->Submit(std::move(*spec));
     if (!s.ok()) Throw(s.status(), engine_->kv_capacity_tokens());
@@ -202,12 +204,35 @@ class ConnectionHandler : public rpc::KvshardIf {
 
 }  // namespace
 
-StatusOr<RequestSpec> ToRequestSpec(const rpc::GenerateRequest& r, const Tokenizer& tokenizer) {
+StatusOr<RequestSpec> ToRequestSpec(const rpc::GenerateRequest& r, const Tokenizer& tokenizer,
+                                    const ChatTemplate* chat) {
   RequestSpec spec;
-  if (r.__isset.prompt && r.__isset.prompt_ids) {
-    return InvalidArgument("prompt: give prompt or prompt_ids, not both");
+  if (r.__isset.prompt + r.__isset.prompt_ids + r.__isset.messages > 1) {
+    return InvalidArgument("prompt: give one of prompt, prompt_ids and messages");
   }
-  if (r.__isset.prompt) {
+  if (r.__isset.messages) {
+    if (chat == nullptr) {
+      return InvalidArgument(
+          "messages: this model has no chat template (start the server with --chat-template "
+          "llama3|chatml|llama2|mistral)");
+    }
+    if (r.messages.size() > rpc_limits::kMaxChatMessages) {
+      return InvalidArgument("messages: {} messages; at most {}", r.messages.size(),
+                             rpc_limits::kMaxChatMessages);
+    }
+    std::vector<ChatMessage> messages;
+    for (size_t i = 0; i < r.messages.size(); ++i) {
+      if (!IsValidUtf8(r.messages[i].content) || !IsValidUtf8(r.messages[i].role)) {
+        return InvalidArgument("messages: message {} is not valid UTF-8", i);
+      }
+      messages.push_back({r.messages[i].role, r.messages[i].content});
+    }
+    auto text = RenderChat(*chat, messages, /*add_generation_prompt=*/true);
+    if (!text.ok()) return text.status();  // "messages: ..." or "messages[i]: ..."
+    spec.prompt = EncodeChat(tokenizer, chat->format, *text);
+    const std::vector<int32_t> eot = EndOfTurnIds(tokenizer, chat->format);
+    spec.stop_ids.insert(spec.stop_ids.end(), eot.begin(), eot.end());
+  } else if (r.__isset.prompt) {
     if (r.prompt.empty()) return InvalidArgument("prompt: is empty");
     if (!IsValidUtf8(r.prompt)) return InvalidArgument("prompt: is not valid UTF-8");
     spec.prompt = tokenizer.Encode(r.prompt, /*add_bos=*/true);
@@ -224,7 +249,7 @@ StatusOr<RequestSpec> ToRequestSpec(const rpc::GenerateRequest& r, const Tokeniz
   spec.sampling.seed = static_cast<uint64_t>(r.sampling.seed);
   if (std::isnan(r.sampling.top_p)) spec.sampling.top_p = 0;  // refused below as outside (0, 1]
   spec.stop_strings = r.stop;
-  spec.stop_ids.assign(r.stop_ids.begin(), r.stop_ids.end());
+  spec.stop_ids.insert(spec.stop_ids.end(), r.stop_ids.begin(), r.stop_ids.end());
   if (r.__isset.cache_salt) spec.cache_salt = r.cache_salt;
   return spec;
 }

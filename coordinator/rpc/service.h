@@ -4,10 +4,12 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "Kvshard.h"
+#include "coordinator/chat_template.h"
 #include "coordinator/serving_engine.h"
 #include "coordinator/tokenizer.h"
 
@@ -33,12 +35,15 @@ struct ClusterInfo {
   int32_t max_context = 0;
   int32_t head_groups = 1, seq_shards = 1;
   std::vector<RankInfo> ranks;
+  std::optional<ChatTemplate> chat;  // the model's chat template, or --chat-template's
 };
 
-// The request a GenerateRequest describes: the prompt tokenised (BOS prepended to text), every
-// field checked. InvalidArgument "FIELD: why" for a bad one.
-StatusOr<RequestSpec> ToRequestSpec(const rpc::GenerateRequest& request,
-                                    const Tokenizer& tokenizer);
+// The request a GenerateRequest describes: the prompt tokenised (BOS prepended to text), or the
+// messages rendered with `chat` and tokenised (its end-of-turn ids added to the stop ids), every
+// field checked. InvalidArgument "FIELD: why" for a bad one (messages without a chat template
+// among them).
+StatusOr<RequestSpec> ToRequestSpec(const rpc::GenerateRequest& request, const Tokenizer& tokenizer,
+                                    const ChatTemplate* chat);
 
 // A Status as the declared Thrift exception (code, message, field, limit).
 rpc::KvshardError ToRpcError(const Status& status, int64_t kv_capacity_tokens);
