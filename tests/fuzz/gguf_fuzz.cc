@@ -5,7 +5,6 @@
 // with ASan and UBSan, so any read outside the image or undefined behaviour stops it.
 //
 // Usage: gguf_fuzz [seconds = 10] [seed = time] [max_iterations = 5000000]
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -18,6 +17,7 @@
 #include "kernels/cpu/dequant.h"
 #include "shard/gguf.h"
 #include "shard/model_config.h"
+#include "tests/fuzz/fuzz_args.h"
 
 namespace kvshard {
 namespace {
@@ -140,24 +140,10 @@ void Mutate(std::string& s, std::mt19937_64& rng) {
 
 int main(int argc, char** argv) {
   using namespace kvshard;
-  const double seconds = argc > 1 ? std::atof(argv[1]) : 10.0;
-  const uint64_t seed =
-      argc > 2 ? std::strtoull(argv[2], nullptr, 10)
-               : static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
-  const uint64_t max_iterations = argc > 3 ? std::strtoull(argv[3], nullptr, 10) : 5000000;
-  std::printf("gguf_fuzz: seed %llu, %.1f s, at most %llu iterations\n",
-              static_cast<unsigned long long>(seed), seconds,
-              static_cast<unsigned long long>(max_iterations));
-  std::fflush(stdout);
-  std::mt19937_64 rng(seed);
-  const auto start = std::chrono::steady_clock::now();
+  const FuzzArgs args(argc, argv, "gguf_fuzz", 5000000);
+  std::mt19937_64 rng(args.seed);
   uint64_t iterations = 0, accepted = 0, configs = 0, tokenizers = 0;
-  while (iterations < max_iterations) {
-    if (iterations % 256 == 0 &&
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() >=
-            seconds) {
-      break;
-    }
+  while (!args.Done(iterations)) {
     ++iterations;
     std::string image = ValidImage(rng);
     const bool pristine = rng() % 16 == 0;

@@ -6,7 +6,6 @@
 // encode its own vocabulary's tokens back to ids in range.
 //
 // Usage: hf_tokenizer_fuzz [seconds = 10] [seed = time] [max_iterations = 2000000]
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <nlohmann/json.hpp>
@@ -15,6 +14,7 @@
 #include <vector>
 
 #include "coordinator/tokenizer.h"
+#include "tests/fuzz/fuzz_args.h"
 
 namespace kvshard {
 namespace {
@@ -152,24 +152,10 @@ class Fuzzer {
 
 int main(int argc, char** argv) {
   using namespace kvshard;
-  const double seconds = argc > 1 ? std::atof(argv[1]) : 10.0;
-  const uint64_t seed =
-      argc > 2 ? std::strtoull(argv[2], nullptr, 10)
-               : static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
-  const uint64_t max_iterations = argc > 3 ? std::strtoull(argv[3], nullptr, 10) : 2000000;
-  std::printf("hf_tokenizer_fuzz: seed %llu, %.1f s, at most %llu iterations\n",
-              static_cast<unsigned long long>(seed), seconds,
-              static_cast<unsigned long long>(max_iterations));
-  std::fflush(stdout);
-  Fuzzer fuzzer(seed);
-  const auto start = std::chrono::steady_clock::now();
+  const FuzzArgs args(argc, argv, "hf_tokenizer_fuzz", 2000000);
+  Fuzzer fuzzer(args.seed);
   uint64_t iterations = 0, accepted = 0;
-  while (iterations < max_iterations) {
-    if (iterations % 64 == 0 &&
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() >=
-            seconds) {
-      break;
-    }
+  while (!args.Done(iterations)) {
     ++iterations;
     const std::string file = fuzzer.OneIn(8) ? ValidFile().dump() : fuzzer.File();
     const std::string config =

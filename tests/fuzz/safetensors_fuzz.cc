@@ -5,7 +5,6 @@
 //
 // Usage: safetensors_fuzz [seconds = 10] [seed = time] [max_iterations = 5000000]
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -17,6 +16,7 @@
 
 #include "shard/dtype.h"
 #include "shard/safetensors.h"
+#include "tests/fuzz/fuzz_args.h"
 
 namespace kvshard {
 namespace {
@@ -358,25 +358,10 @@ void CheckAccepted(const Image& image, const uint8_t* file, const SafetensorsHea
 
 int main(int argc, char** argv) {
   using namespace kvshard;
-  const double seconds = argc > 1 ? std::atof(argv[1]) : 10.0;
-  const uint64_t seed =
-      argc > 2 ? std::strtoull(argv[2], nullptr, 10)
-               : static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
-  const uint64_t max_iterations = argc > 3 ? std::strtoull(argv[3], nullptr, 10) : 5000000;
-  std::printf("safetensors_fuzz: seed %llu, %.1f s, at most %llu iterations\n",
-              static_cast<unsigned long long>(seed), seconds,
-              static_cast<unsigned long long>(max_iterations));
-  std::fflush(stdout);
-
-  Fuzzer fuzzer(seed);
-  const auto start = std::chrono::steady_clock::now();
+  const FuzzArgs args(argc, argv, "safetensors_fuzz", 5000000);
+  Fuzzer fuzzer(args.seed);
   uint64_t iterations = 0, accepted = 0, valid_checked = 0;
-  double elapsed = 0;
-  while (iterations < max_iterations) {
-    if (iterations % 256 == 0) {
-      elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      if (elapsed >= seconds) break;
-    }
+  while (!args.Done(iterations)) {
     ++iterations;
     Image image;
     bool must_accept = false;
@@ -406,7 +391,7 @@ int main(int argc, char** argv) {
     }
     if (must_accept) ++valid_checked;
   }
-  elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double elapsed = args.elapsed();
   std::printf(
       "safetensors_fuzz: %llu iterations in %.1f s (%llu accepted and checked, %llu of them "
       "unmutated valid images), no invariant violated\n",
