@@ -253,26 +253,28 @@ ShardWeights RandomWeights(const ModelConfig& c) {
   ShardWeights w;
   const int64_t q = c.n_heads * c.head_dim, kv = c.n_kv_heads * c.head_dim;
   const float s = 0.02f;
-  auto fill = [](std::vector<float>* v, size_t n, uint64_t seed, float scale) {
-    v->resize(n);
-    FillRandom(v, seed, scale);
+  // Each matrix in the model's dtype (what the device holds), from one f32 draw at a time.
+  auto fill = [&c](HostMatrix* m, int64_t rows, int64_t cols, uint64_t seed, float scale) {
+    std::vector<float> v(rows * cols);
+    FillRandom(&v, seed, scale);
+    *m = HostMatrix::FromF32(v, rows, cols, c.dtype);
   };
-  fill(&w.embedding, c.vocab_size * c.dim, 11, 1.0f);
+  fill(&w.embedding, c.vocab_size, c.dim, 11, 1.0f);
   w.final_norm.assign(c.dim, 1.0f);
-  fill(&w.lm_head, c.vocab_size * c.dim, 12, s);
+  fill(&w.lm_head, c.vocab_size, c.dim, 12, s);
   w.layers.resize(c.n_layers);
   for (int64_t i = 0; i < c.n_layers; ++i) {
     LayerWeights& l = w.layers[i];
     const uint64_t seed = 100 + 16 * static_cast<uint64_t>(i);
     l.attn_norm.assign(c.dim, 1.0f);
     l.ffn_norm.assign(c.dim, 1.0f);
-    fill(&l.wq, q * c.dim, seed + 1, s);
-    fill(&l.wk, kv * c.dim, seed + 2, s);
-    fill(&l.wv, kv * c.dim, seed + 3, s);
-    fill(&l.wo, c.dim * q, seed + 4, s);
-    fill(&l.w_gate, c.hidden_dim * c.dim, seed + 5, s);
-    fill(&l.w_up, c.hidden_dim * c.dim, seed + 6, s);
-    fill(&l.w_down, c.dim * c.hidden_dim, seed + 7, s);
+    fill(&l.wq, q, c.dim, seed + 1, s);
+    fill(&l.wk, kv, c.dim, seed + 2, s);
+    fill(&l.wv, kv, c.dim, seed + 3, s);
+    fill(&l.wo, c.dim, q, seed + 4, s);
+    fill(&l.w_gate, c.hidden_dim, c.dim, seed + 5, s);
+    fill(&l.w_up, c.hidden_dim, c.dim, seed + 6, s);
+    fill(&l.w_down, c.dim, c.hidden_dim, seed + 7, s);
   }
   return w;
 }

@@ -115,6 +115,7 @@ Status RunRoot(const BenchFlags& f, Runtime& rt, ServingEngine& engine, const To
       {"context", f.context},
       {"gen", f.gen},
       {"kv_dtype", f.shard.kv_dtype},
+      {"weight_dtype", rt.model->weight_dtype()},
       {"prefill_tokens_per_s", f.context / cached.prefill_seconds},
       {"decode_tokens_per_s", 1.0 / step_s},
       {"decode_ms_per_token", step_s * 1e3},

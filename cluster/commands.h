@@ -23,7 +23,7 @@ struct ShardFlags {
   int64_t max_seqs = 1;              // block table slots on every rank (serve: its --max-seqs)
   std::string device = "auto";       // auto, cpu, or cuda (one GPU per rank, or ranks sharing GPUs)
   double gpu_memory_fraction = 0.9;  // cuda: of each GPU's memory, weights and KV included
-  std::string weight_dtype = "bf16";  // cuda: GEMM inputs
+  std::string weight_dtype = "auto";  // weight matrices in memory (and cuda's GEMM inputs)
   bool no_cuda_graphs = false;        // cuda: run decode steps eagerly
 };
 

@@ -44,7 +44,10 @@ void AddShardFlags(CLI::App* cmd, ShardFlags* f) {
                   "cuda: fraction of each GPU's memory to use, weights and KV cache included "
                   "(the KV cache gets what is left unless --kv-blocks is given)")
       ->check(CLI::Range(0.05, 1.0));
-  cmd->add_option("--weight-dtype", f->weight_dtype, "cuda: GEMM input dtype: bf16, f16 or f32");
+  cmd->add_option("--weight-dtype", f->weight_dtype,
+                  "Weight matrices in memory: auto, f32, bf16 or f16 (auto: cpu keeps each "
+                  "matrix's stored dtype, block-quantized GGUF tensors as f32; cuda uses bf16, or "
+                  "f16 for an f16 checkpoint). cuda: also the GEMM input dtype");
   cmd->add_flag("--no-cuda-graphs", f->no_cuda_graphs, "cuda: run decode steps without graphs");
 }
 
@@ -168,7 +171,10 @@ Status StartCuda(const ShardFlags& flags, int64_t min_kv_tokens, Runtime* rt) {
   options.cuda_graphs = !flags.no_cuda_graphs;
   std::unique_ptr<cuda::CudaShardModel> model;
   auto kv_dtype = ParseDType(flags.kv_dtype);
-  auto weight_dtype = ParseDType(flags.weight_dtype);
+  auto weight_dtype =
+      flags.weight_dtype == "auto"
+          ? StatusOr<DType>(rt->config.dtype == DType::kF16 ? DType::kF16 : DType::kBF16)
+          : ParseDType(flags.weight_dtype);
   if (!kv_dtype.ok()) {
     local = kv_dtype.status();
   } else if (!weight_dtype.ok()) {
@@ -232,6 +238,9 @@ Status LoadShard(const ShardFlags& flags, int64_t min_kv_tokens, Runtime* rt) {
   options.block_size = flags.block_size;
   options.seq_shards = flags.seq_shards;
   KVS_ASSIGN_OR_RETURN(options.kv_dtype, ParseDType(flags.kv_dtype));
+  if (flags.weight_dtype != "auto") {
+    KVS_ASSIGN_OR_RETURN(options.weight_dtype, ParseDType(flags.weight_dtype));
+  }
   options.max_tokens_per_step = flags.max_tokens_per_step;
   options.max_seqs = flags.max_seqs;
   // --threads N fixes the team size; the default (0) lets the shard tune it while decoding.
@@ -265,11 +274,11 @@ void LogLayout(const Runtime& rt) {
   const ShardBackend& m = *rt.model;
   spdlog::info(
       "{} ranks on {} ({} threads each) as {} head groups x {} seq shards; rank 0 holds {} query "
-      "heads, {} KV heads (x{} replicas), {} of weights, {} KV blocks of {} tokens = {} KV ({} "
-      "B/token)",
+      "heads, {} KV heads (x{} replicas), {} of weights ({}), {} KV blocks of {} tokens = {} KV "
+      "({} B/token)",
       l.tp, rt.device_name == "cuda" ? "GPUs" : "CPUs", rt.threads, l.head_groups, l.seq_shards,
-      l.q_heads, l.kv_heads, l.kv_replicas, FormatBytes(m.weight_bytes()), m.num_blocks(),
-      m.block_size(), FormatBytes(m.kv_bytes()), m.kv_bytes_per_token());
+      l.q_heads, l.kv_heads, l.kv_replicas, FormatBytes(m.weight_bytes()), m.weight_dtype(),
+      m.num_blocks(), m.block_size(), FormatBytes(m.kv_bytes()), m.kv_bytes_per_token());
   spdlog::info(
       "KV capacity of one request: {} tokens ({} blocks of {} tokens across {} seq shards)",
       m.request_capacity_tokens(), m.num_blocks(), m.logical_block_size(), l.seq_shards);

@@ -479,10 +479,23 @@ StatusOr<std::span<const uint8_t>> Checkpoint::TensorBytes(const std::string& na
                                   entry.info->end - entry.info->begin);
 }
 
-Status Checkpoint::ReadSliceF32(const std::string& name, const std::vector<int64_t>& shape,
-                                int64_t row0, int64_t row1, int64_t col0, int64_t col1,
-                                float* out) const {
-  if (gguf_) return ReadGgufSlice(name, shape, row0, row1, col0, col1, out);
+StatusOr<DType> Checkpoint::StoredDType(const std::string& name) const {
+  if (gguf_) {
+    const std::string gname = GgufTensorName(name);
+    const GgufTensor* t = gname.empty() ? nullptr : gguf_->Tensor(gname);
+    if (t == nullptr) return NotFound("tensor {} is missing from {}", name, dir_);
+    if (t->type == static_cast<uint32_t>(GgmlType::kF16)) return DType::kF16;
+    if (t->type == static_cast<uint32_t>(GgmlType::kBF16)) return DType::kBF16;
+    return DType::kF32;
+  }
+  KVS_ASSIGN_OR_RETURN(Entry entry, Lookup(name));
+  return entry.info->dtype;
+}
+
+Status Checkpoint::ReadSlice(const std::string& name, const std::vector<int64_t>& shape,
+                             int64_t row0, int64_t row1, int64_t col0, int64_t col1, DType dtype,
+                             void* out) const {
+  if (gguf_) return ReadGgufSlice(name, shape, row0, row1, col0, col1, dtype, out);
   KVS_ASSIGN_OR_RETURN(Entry entry, Lookup(name));
   const TensorInfo& info = *entry.info;
   if (info.shape != shape) {
@@ -496,19 +509,29 @@ Status Checkpoint::ReadSliceF32(const std::string& name, const std::vector<int64
     return OutOfRange("tensor {}: rows [{}, {}) and columns [{}, {}) are outside its [{}, {}] view",
                       name, row0, row1, col0, col1, rows, cols);
   }
-  const size_t esize = DTypeSize(info.dtype);
+  const size_t esize = DTypeSize(info.dtype), osize = DTypeSize(dtype);
   const uint8_t* base = entry.file->TensorData(info);
   const int64_t width = col1 - col0;
+  auto* dst = static_cast<uint8_t*>(out);
+  std::vector<float> row(dtype == info.dtype || dtype == DType::kF32 ? 0 : width);
   for (int64_t r = row0; r < row1; ++r) {
     const uint8_t* src = base + static_cast<size_t>(r * cols + col0) * esize;
-    ConvertToF32(info.dtype, src, out + (r - row0) * width, static_cast<size_t>(width));
+    uint8_t* o = dst + static_cast<size_t>((r - row0) * width) * osize;
+    if (dtype == info.dtype) {
+      std::memcpy(o, src, static_cast<size_t>(width) * esize);
+    } else if (dtype == DType::kF32) {
+      ConvertToF32(info.dtype, src, reinterpret_cast<float*>(o), static_cast<size_t>(width));
+    } else {
+      ConvertToF32(info.dtype, src, row.data(), static_cast<size_t>(width));
+      ConvertFromF32(dtype, row.data(), o, static_cast<size_t>(width));
+    }
   }
   return Status::Ok();
 }
 
 Status Checkpoint::ReadGgufSlice(const std::string& name, const std::vector<int64_t>& shape,
                                  int64_t row0, int64_t row1, int64_t col0, int64_t col1,
-                                 float* out) const {
+                                 DType dtype, void* out) const {
   const std::string gname = GgufTensorName(name);
   const GgufTensor* t = gname.empty() ? nullptr : gguf_->Tensor(gname);
   if (t == nullptr) {
@@ -534,7 +557,7 @@ Status Checkpoint::ReadGgufSlice(const std::string& name, const std::vector<int6
     }
     std::vector<float> all(n);
     dequantize_row(t->type, gguf_->TensorData(*t), all.data(), n);
-    std::copy(all.begin() + row0, all.begin() + row1, out);
+    ConvertFromF32(dtype, all.data() + row0, out, static_cast<size_t>(row1 - row0));
     return Status::Ok();
   }
   if (shape.size() != 2)
@@ -559,7 +582,9 @@ Status Checkpoint::ReadGgufSlice(const std::string& name, const std::vector<int6
       src = h * head_dim + 2 * (within % half) + within / half;
     }
     dequantize_row(t->type, gguf_->TensorData(*t) + src * row_bytes, row.data(), cols);
-    std::copy(row.begin() + col0, row.begin() + col1, out + (r - row0) * (col1 - col0));
+    ConvertFromF32(dtype, row.data() + col0,
+                   static_cast<uint8_t*>(out) + (r - row0) * (col1 - col0) * DTypeSize(dtype),
+                   static_cast<size_t>(col1 - col0));
   }
   return Status::Ok();
 }

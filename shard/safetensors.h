@@ -80,13 +80,22 @@ class Checkpoint {
   // The tensor's raw bytes, in its own dtype (for device uploads that skip f32).
   StatusOr<std::span<const uint8_t>> TensorBytes(const std::string& name) const;
 
+  // The dtype the tensor is stored in, as the engine can hold it: F32, F16 or BF16 (a GGUF
+  // block-quantized tensor is F32, what it dequantizes to). NotFound when absent.
+  StatusOr<DType> StoredDType(const std::string& name) const;
+
   // Checks the tensor's shape equals `shape` (DataLoss naming both otherwise), then copies rows
   // [row0, row1) and columns [col0, col1) of the tensor viewed as 2-D [shape[0], prod(rest)] into
-  // `out` (row-major, (row1 - row0) * (col1 - col0) floats), converted to f32. A 1-D tensor [n]
-  // is viewed as [n, 1], so a bias is split by rows like its weight; a scalar is [1, 1].
-  // Reads only the bytes of the slice.
+  // `out` (row-major, (row1 - row0) * (col1 - col0) elements of `dtype`), converted when the
+  // tensor is stored in another dtype (to f32 exactly; to f16 / bf16 rounded to nearest even).
+  // A 1-D tensor [n] is viewed as [n, 1], so a bias is split by rows like its weight; a scalar is
+  // [1, 1]. Reads only the bytes of the slice.
+  Status ReadSlice(const std::string& name, const std::vector<int64_t>& shape, int64_t row0,
+                   int64_t row1, int64_t col0, int64_t col1, DType dtype, void* out) const;
   Status ReadSliceF32(const std::string& name, const std::vector<int64_t>& shape, int64_t row0,
-                      int64_t row1, int64_t col0, int64_t col1, float* out) const;
+                      int64_t row1, int64_t col0, int64_t col1, float* out) const {
+    return ReadSlice(name, shape, row0, row1, col0, col1, DType::kF32, out);
+  }
 
   std::vector<std::string> TensorNames() const;  // sorted
   const std::string& dir() const { return dir_; }
@@ -100,7 +109,7 @@ class Checkpoint {
   Status AddFile(std::unique_ptr<SafetensorsFile> file);
   StatusOr<Entry> Lookup(const std::string& name) const;
   Status ReadGgufSlice(const std::string& name, const std::vector<int64_t>& shape, int64_t row0,
-                       int64_t row1, int64_t col0, int64_t col1, float* out) const;
+                       int64_t row1, int64_t col0, int64_t col1, DType dtype, void* out) const;
 
   std::string dir_;
   std::unique_ptr<GgufFile> gguf_;

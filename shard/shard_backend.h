@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "common/status.h"
@@ -35,6 +36,8 @@ class ShardBackend {
   virtual int64_t max_tokens_per_step() const = 0;
   virtual int64_t max_seqs() const = 0;      // block table slots: sequences that may run at once
   virtual int64_t weight_bytes() const = 0;  // this rank's weights in memory
+  // The dtypes its weight matrices are held in: "BF16", or "F32+BF16" when they differ.
+  virtual std::string weight_dtype() const = 0;
   virtual int64_t decode_read_bytes() const = 0;   // what one decode step reads of them
   virtual int64_t kv_bytes_per_token() const = 0;  // this rank's KV bytes for one token
   virtual int64_t kv_bytes() const = 0;            // this rank's whole KV pool

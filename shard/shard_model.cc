@@ -19,6 +19,19 @@
 #include "shard/rope_frequencies.h"
 
 namespace kvshard {
+namespace {
+
+// Calls f with the matrix's data as the element type it is held in.
+template <typename F>
+void WithElements(const HostMatrix& m, F&& f) {
+  switch (m.dtype()) {
+    case DType::kF32: f(static_cast<const float*>(m.data())); return;
+    case DType::kF16: f(static_cast<const f16_t*>(m.data())); return;
+    case DType::kBF16: f(static_cast<const bf16_t*>(m.data())); return;
+  }
+}
+
+}  // namespace
 
 // The CPU kernels as the layer program's ops (shard/layer_program.h), over the model's workspace.
 template <typename KV>
@@ -27,7 +40,8 @@ class CpuOps {
   CpuOps(ShardModel& m, const StepInputs& in) : m_(m), c_(m.config_), l_(m.layout_), in_(in) {}
 
   Status Embed(int64_t T) {
-    embedding(m_.x_.data(), m_.weights_.embedding.data(), in_.tokens, T, c_.dim);
+    WithElements(m_.weights_.embedding,
+                 [&](const auto* table) { embedding(m_.x_.data(), table, in_.tokens, T, c_.dim); });
     return Status::Ok();
   }
   Status Norm(int64_t layer, NormWeight w, int64_t T) {
@@ -41,10 +55,12 @@ class CpuOps {
     return Norm(layer, w, T);
   }
   Status Gemm(Buf out, Buf in, int64_t layer, Proj p, int64_t T, int64_t k, int64_t n) {
-    matmul(Data(out), Data(in), WeightOf(layer, p), T, k, n);
+    WithElements(WeightOf(layer, p),
+                 [&](const auto* w) { matmul(Data(out), Data(in), w, T, k, n); });
     return Status::Ok();
   }
-  Status GemmInput(Buf, int64_t) { return Status::Ok(); }  // the weights are f32
+  // Activations stay f32: 16-bit weights are widened inside matmul.
+  Status GemmInput(Buf, int64_t) { return Status::Ok(); }
   Status Rope(Buf a, int64_t heads, int64_t T) {
     rope(Data(a), in_.positions, m_.inv_freq_.data(), T, heads, c_.head_dim, RopePairing::kHalf);
     return Status::Ok();
@@ -113,19 +129,19 @@ class CpuOps {
     }
     return nullptr;
   }
-  const float* WeightOf(int64_t layer, Proj p) const {
+  const HostMatrix& WeightOf(int64_t layer, Proj p) const {
     const LayerWeights& w = m_.weights_.layers[layer];
     switch (p) {
-      case Proj::kQ: return w.wq.data();
-      case Proj::kK: return w.wk.data();
-      case Proj::kV: return w.wv.data();
-      case Proj::kO: return w.wo.data();
-      case Proj::kGate: return w.w_gate.data();
-      case Proj::kUp: return w.w_up.data();
-      case Proj::kDown: return w.w_down.data();
-      case Proj::kLmHead: return m_.weights_.lm_head.data();
+      case Proj::kQ: return w.wq;
+      case Proj::kK: return w.wk;
+      case Proj::kV: return w.wv;
+      case Proj::kO: return w.wo;
+      case Proj::kGate: return w.w_gate;
+      case Proj::kUp: return w.w_up;
+      case Proj::kDown: return w.w_down;
+      case Proj::kLmHead: break;
     }
-    return nullptr;
+    return m_.weights_.lm_head;
   }
   KV* Pool(int64_t layer, int which) const {
     return static_cast<KV*>(which == 0 ? m_.kv_->k(layer) : m_.kv_->v(layer));
@@ -152,7 +168,8 @@ StatusOr<std::unique_ptr<ShardModel>> ShardModel::Load(const std::string& model_
     return InvalidArgument("max tokens per step must be positive");
   }
   KVS_ASSIGN_OR_RETURN(auto checkpoint, Checkpoint::Open(model_dir));
-  KVS_ASSIGN_OR_RETURN(m->weights_, LoadShardWeights(*checkpoint, config, m->layout_));
+  KVS_ASSIGN_OR_RETURN(m->weights_,
+                       LoadShardWeights(*checkpoint, config, m->layout_, options.weight_dtype));
   KvPoolShape shape;
   shape.layers = config.n_layers;
   shape.num_blocks = options.num_blocks;

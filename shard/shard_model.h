@@ -4,6 +4,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -22,10 +23,12 @@
 namespace kvshard {
 
 struct ShardOptions {
-  int64_t num_blocks = 0;             // KV blocks per layer on every rank
-  int64_t block_size = 16;            // tokens per KV block (of one seq shard's pool)
-  int seq_shards = 1;                 // seq shards per head group (shard/tp_layout.h)
-  DType kv_dtype = DType::kF32;       // KV cache storage
+  int64_t num_blocks = 0;        // KV blocks per layer on every rank
+  int64_t block_size = 16;       // tokens per KV block (of one seq shard's pool)
+  int seq_shards = 1;            // seq shards per head group (shard/tp_layout.h)
+  DType kv_dtype = DType::kF32;  // KV cache storage
+  // The weight matrices' dtype in memory; unset: each keeps its stored dtype (shard/weights.h).
+  std::optional<DType> weight_dtype;
   int64_t max_tokens_per_step = 512;  // workspace size: the most tokens one step may carry
   int64_t max_seqs = 256;             // block table slots: sequences running at once
   int tune_threads = 0;  // > 0: pick the OpenMP team size in 1..tune_threads by measurement
@@ -56,7 +59,8 @@ class ShardModel : public ShardBackend {
   int64_t max_tokens_per_step() const override { return options_.max_tokens_per_step; }
   int64_t max_seqs() const override { return options_.max_seqs; }
   int64_t weight_bytes() const override { return weights_.bytes(); }
-  int64_t decode_read_bytes() const override { return weights_.decode_read_bytes(config_.dim); }
+  std::string weight_dtype() const override { return weights_.matrix_dtypes(); }
+  int64_t decode_read_bytes() const override { return weights_.decode_read_bytes(); }
   int64_t kv_bytes_per_token() const override { return kv_->shape().bytes_per_token(); }
   int64_t kv_bytes() const override { return kv_->shape().total_bytes(); }
 

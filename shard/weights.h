@@ -1,45 +1,85 @@
 // One rank's slice of the model weights, read straight from the checkpoint (only that slice is
-// touched) and held as f32 in host memory.
+// touched) and held in host memory: each matrix in its stored dtype (bf16 and f16 stay 16-bit and
+// are widened inside the kernels) or in a dtype the caller names, the norm weights in f32.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "common/status.h"
+#include "shard/dtype.h"
 #include "shard/model_config.h"
 #include "shard/safetensors.h"
 #include "shard/tp_layout.h"
 
 namespace kvshard {
 
+// A row-major [rows, cols] matrix in host memory, 64-byte aligned, in f32, f16 or bf16.
+class HostMatrix {
+ public:
+  HostMatrix() = default;
+  // Uninitialised storage; throws std::bad_alloc when the host has no room.
+  HostMatrix(DType dtype, int64_t rows, int64_t cols);
+  // `values` (rows * cols f32) converted to `dtype`.
+  static HostMatrix FromF32(const std::vector<float>& values, int64_t rows, int64_t cols,
+                            DType dtype);
+
+  DType dtype() const { return dtype_; }
+  int64_t rows() const { return rows_; }
+  int64_t cols() const { return cols_; }
+  int64_t numel() const { return rows_ * cols_; }
+  int64_t bytes() const { return numel() * static_cast<int64_t>(DTypeSize(dtype_)); }
+  void* data() { return data_.get(); }
+  const void* data() const { return data_.get(); }
+  // Rows [row0, row1) as a new matrix of the same dtype.
+  HostMatrix Rows(int64_t row0, int64_t row1) const;
+  std::vector<float> ToF32() const;
+
+ private:
+  struct Free {
+    void operator()(std::byte* p) const;
+  };
+  DType dtype_ = DType::kF32;
+  int64_t rows_ = 0, cols_ = 0;
+  std::unique_ptr<std::byte, Free> data_;
+};
+
 struct LayerWeights {
   std::vector<float> attn_norm;  // f32 [dim]
-  std::vector<float> wq;         // f32 [q_heads * head_dim, dim]   rows of this rank's heads
-  std::vector<float> wk;         // f32 [kv_heads * head_dim, dim]
-  std::vector<float> wv;         // f32 [kv_heads * head_dim, dim]
-  std::vector<float> wo;         // f32 [dim, o_cols]   this rank's columns of its group's heads
+  HostMatrix wq;                 // [q_heads * head_dim, dim]   rows of this rank's heads
+  HostMatrix wk;                 // [kv_heads * head_dim, dim]
+  HostMatrix wv;                 // [kv_heads * head_dim, dim]
+  HostMatrix wo;                 // [dim, o_cols]   this rank's columns of its group's heads
   std::vector<float> ffn_norm;   // f32 [dim]
-  std::vector<float> w_gate;     // f32 [ffn, dim]
-  std::vector<float> w_up;       // f32 [ffn, dim]
-  std::vector<float> w_down;     // f32 [dim, ffn]
+  HostMatrix w_gate;             // [ffn, dim]
+  HostMatrix w_up;               // [ffn, dim]
+  HostMatrix w_down;             // [dim, ffn]
 };
 
 struct ShardWeights {
-  std::vector<float> embedding;   // f32 [vocab, dim] (every rank embeds its own input)
+  HostMatrix embedding;           // [vocab, dim] (every rank embeds its own input)
   std::vector<float> final_norm;  // f32 [dim]
-  std::vector<float> lm_head;     // f32 [vocab_slice, dim] this rank's rows of the output head
+  HostMatrix lm_head;             // [vocab_slice, dim] this rank's rows of the output head
   std::vector<LayerWeights> layers;
 
   // Bytes held in memory by this rank.
   int64_t bytes() const;
   // Bytes one decode step reads: every layer, the norms and the output head, one embedding row.
-  int64_t decode_read_bytes(int64_t dim) const;
+  int64_t decode_read_bytes() const;
+  // The matrices' dtypes: "BF16", or "F32+BF16" (in DType order) when they differ.
+  std::string matrix_dtypes() const;
 };
 
 // Reads the rank's slice. Shapes are checked against config.json; a missing tensor or a shape
-// that disagrees is an error naming the tensor.
+// that disagrees is an error naming the tensor. `matrix_dtype` is the dtype every matrix is held
+// in; without one each keeps its stored dtype (Checkpoint::StoredDType: a block-quantized GGUF
+// tensor is dequantized to f32).
 StatusOr<ShardWeights> LoadShardWeights(const Checkpoint& checkpoint, const ModelConfig& config,
-                                        const TpLayout& layout);
+                                        const TpLayout& layout,
+                                        std::optional<DType> matrix_dtype = std::nullopt);
 
 }  // namespace kvshard

@@ -1,41 +1,95 @@
 #include "kernels/cpu/matmul.h"
 
 #include <algorithm>
+#include <type_traits>
+#include <vector>
 
 #include "kernels/cpu/simd.h"
 
 namespace kvshard {
 namespace {
 
-// Four rows of w against one x row at once: x is loaded once per four weight rows.
-inline void dot4(const float* x, const float* w0, const float* w1, const float* w2, const float* w3,
-                 int64_t n, float* r) {
-  using namespace simd;
-  constexpr int W = kWidth;
-  vec a0 = zero(), a1 = zero(), a2 = zero(), a3 = zero();
-  int64_t k = 0;
-  for (; k + W <= n; k += W) {
-    const vec xv = load(x + k);
-    a0 = fma(xv, load(w0 + k), a0);
-    a1 = fma(xv, load(w1 + k), a1);
-    a2 = fma(xv, load(w2 + k), a2);
-    a3 = fma(xv, load(w3 + k), a3);
-  }
-  float s0 = sum(a0), s1 = sum(a1), s2 = sum(a2), s3 = sum(a3);
-  for (; k < n; ++k) {
-    s0 += x[k] * w0[k];
-    s1 += x[k] * w1[k];
-    s2 += x[k] * w2[k];
-    s3 += x[k] * w3[k];
-  }
-  r[0] = s0;
-  r[1] = s1;
-  r[2] = s2;
-  r[3] = s3;
+inline simd::vec load_w(const float* p) { return simd::load(p); }
+inline simd::vec load_w(const f16_t* p) {
+  return simd::load_f16(reinterpret_cast<const uint16_t*>(p));
+}
+inline simd::vec load_w(const bf16_t* p) {
+  return simd::load_bf16(reinterpret_cast<const uint16_t*>(p));
 }
 
-template <bool kAccumulate>
-void matmul_impl(float* out, const float* x, const float* w, int64_t tokens, int64_t in,
+// The last n (< kWidth) columns of dot4, scalar. One compiled copy for every weight dtype (16-bit
+// tails are widened first), so that a 16-bit product equals the f32 product of its widening bit
+// for bit whatever the compiler contracts or vectorises here.
+[[gnu::noinline]] void dot4_tail(const float* x, const float* w0, const float* w1, const float* w2,
+                                 const float* w3, int64_t n, float* s) {
+  for (int64_t k = 0; k < n; ++k) {
+    s[0] += x[k] * w0[k];
+    s[1] += x[k] * w1[k];
+    s[2] += x[k] * w2[k];
+    s[3] += x[k] * w3[k];
+  }
+}
+
+// Four rows of w against one x row at once: x is loaded once per four weight rows.
+template <typename W>
+inline void dot4(const float* x, const W* w0, const W* w1, const W* w2, const W* w3, int64_t n,
+                 float* r) {
+  using namespace simd;
+  constexpr int kW = kWidth;
+  vec a0 = zero(), a1 = zero(), a2 = zero(), a3 = zero();
+  int64_t k = 0;
+  for (; k + kW <= n; k += kW) {
+    const vec xv = load(x + k);
+    a0 = fma(xv, load_w(w0 + k), a0);
+    a1 = fma(xv, load_w(w1 + k), a1);
+    a2 = fma(xv, load_w(w2 + k), a2);
+    a3 = fma(xv, load_w(w3 + k), a3);
+  }
+  r[0] = sum(a0);
+  r[1] = sum(a1);
+  r[2] = sum(a2);
+  r[3] = sum(a3);
+  if (k == n) return;
+  if constexpr (std::is_same_v<W, float>) {
+    dot4_tail(x + k, w0 + k, w1 + k, w2 + k, w3 + k, n - k, r);
+  } else {
+    float t[4][kW] = {};
+    const W* rows[4] = {w0, w1, w2, w3};
+    for (int i = 0; i < 4; ++i) {
+      for (int64_t j = k; j < n; ++j) t[i][j - k] = to_f32(rows[i][j]);
+    }
+    dot4_tail(x + k, t[0], t[1], t[2], t[3], n - k, r);
+  }
+}
+
+template <typename W>
+void widen_row(const W* w, float* out, int64_t n) {
+  using namespace simd;
+  int64_t k = 0;
+  for (; k + kWidth <= n; k += kWidth) store(out + k, load_w(w + k));
+  for (; k < n; ++k) out[k] = to_f32(w[k]);
+}
+
+// One tile of up to 4 output rows starting at n0, for tokens [t0, t1).
+template <bool kAccumulate, typename W>
+void tile_rows(float* out, const float* x, const W* const* wr, int64_t rows, int64_t n0, int64_t t0,
+               int64_t t1, int64_t in, int64_t n_out) {
+  for (int64_t t = t0; t < t1; ++t) {
+    float r[4];
+    dot4(x + t * in, wr[0], wr[1], wr[2], wr[3], in, r);
+    float* o = out + t * n_out + n0;
+    for (int64_t i = 0; i < rows; ++i) {
+      if constexpr (kAccumulate) {
+        o[i] += r[i];
+      } else {
+        o[i] = r[i];
+      }
+    }
+  }
+}
+
+template <bool kAccumulate, typename W>
+void matmul_impl(float* out, const float* x, const W* w, int64_t tokens, int64_t in,
                  int64_t n_out) {
   // Tiles of 4 output rows × blocks of tokens: a block of x rows stays in L2 while the tiles of w
   // stream past it, so w is read once per token block rather than once per token.
@@ -43,25 +97,28 @@ void matmul_impl(float* out, const float* x, const float* w, int64_t tokens, int
   const int64_t tiles = (n_out + 3) / 4;
   for (int64_t t0 = 0; t0 < tokens; t0 += kTokenBlock) {
     const int64_t t1 = std::min(tokens, t0 + kTokenBlock);
+    // 16-bit weights used by several tokens are widened once per tile into a per-thread buffer
+    // (4 rows of f32) rather than once per token; a decode step widens them as it loads them.
+    const bool widen_tile = !std::is_same_v<W, float> && t1 - t0 > 1;
     // A small product runs on the calling thread: a team's fork and barrier would cost more than
     // it saves, and beside a busy process each barrier may wait for a descheduled thread.
 #pragma omp parallel for schedule(static) if ((t1 - t0) * in * n_out >= kParallelMacs)
     for (int64_t tile = 0; tile < tiles; ++tile) {
       const int64_t n0 = tile * 4;
       const int64_t rows = std::min<int64_t>(4, n_out - n0);
-      const float* wr[4];
+      const W* wr[4];
       for (int i = 0; i < 4; ++i) wr[i] = w + (n0 + std::min<int64_t>(i, rows - 1)) * in;
-      for (int64_t t = t0; t < t1; ++t) {
-        float r[4];
-        dot4(x + t * in, wr[0], wr[1], wr[2], wr[3], in, r);
-        float* o = out + t * n_out + n0;
-        for (int64_t i = 0; i < rows; ++i) {
-          if constexpr (kAccumulate) {
-            o[i] += r[i];
-          } else {
-            o[i] = r[i];
-          }
+      if (widen_tile) {
+        static thread_local std::vector<float> wide;  // grows to 4 * the widest in, once
+        if (wide.size() < static_cast<size_t>(4 * in)) wide.resize(4 * in);
+        const float* wf[4];
+        for (int i = 0; i < 4; ++i) {
+          if (i < rows) widen_row(wr[i], wide.data() + i * in, in);
+          wf[i] = wide.data() + std::min<int64_t>(i, rows - 1) * in;
         }
+        tile_rows<kAccumulate>(out, x, wf, rows, n0, t0, t1, in, n_out);
+      } else {
+        tile_rows<kAccumulate>(out, x, wr, rows, n0, t0, t1, in, n_out);
       }
     }
   }
@@ -70,6 +127,16 @@ void matmul_impl(float* out, const float* x, const float* w, int64_t tokens, int
 }  // namespace
 
 void matmul(float* out, const float* x, const float* w, int64_t tokens, int64_t in_features,
+            int64_t out_features) {
+  matmul_impl<false>(out, x, w, tokens, in_features, out_features);
+}
+
+void matmul(float* out, const float* x, const f16_t* w, int64_t tokens, int64_t in_features,
+            int64_t out_features) {
+  matmul_impl<false>(out, x, w, tokens, in_features, out_features);
+}
+
+void matmul(float* out, const float* x, const bf16_t* w, int64_t tokens, int64_t in_features,
             int64_t out_features) {
   matmul_impl<false>(out, x, w, tokens, in_features, out_features);
 }

@@ -1,10 +1,14 @@
 // out[t, n] = sum_k x[t, k] * w[n, k]: a linear layer with Hugging Face's [out, in] weight layout.
 // Decode (t = 1) is a matrix-vector product bound by reading w once; prefill reuses each tile of w
 // across all tokens. Threads split the output features (OpenMP), for products of kParallelMacs or
-// more.
+// more. w may be f32, f16 or bf16: 16-bit weights are widened to f32 as they are loaded (F16C /
+// AVX-512 conversions, a shift for bf16; exact), so the result equals the f32 product of the
+// widened weights bit for bit. Prefill widens each tile of w once per block of tokens.
 #pragma once
 
 #include <cstdint>
+
+#include "kernels/cpu/half.h"
 
 namespace kvshard {
 
@@ -13,6 +17,10 @@ inline constexpr int64_t kParallelMacs = int64_t{1} << 14;
 
 // out: f32 [tokens, out_features]; x: f32 [tokens, in_features]; w: f32 [out_features, in_features]
 void matmul(float* out, const float* x, const float* w, int64_t tokens, int64_t in_features,
+            int64_t out_features);
+void matmul(float* out, const float* x, const f16_t* w, int64_t tokens, int64_t in_features,
+            int64_t out_features);
+void matmul(float* out, const float* x, const bf16_t* w, int64_t tokens, int64_t in_features,
             int64_t out_features);
 
 // out += the same product (used to accumulate a residual without a temporary).

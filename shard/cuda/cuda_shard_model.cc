@@ -32,7 +32,8 @@ StatusOr<std::unique_ptr<CudaShardModel>> CudaShardModel::Load(const std::string
   KVS_ASSIGN_OR_RETURN(const TpLayout layout,
                        MakeTpLayout(config, comm->size(), comm->rank(), options.seq_shards));
   KVS_ASSIGN_OR_RETURN(auto checkpoint, Checkpoint::Open(model_dir));
-  KVS_ASSIGN_OR_RETURN(const ShardWeights weights, LoadShardWeights(*checkpoint, config, layout));
+  KVS_ASSIGN_OR_RETURN(const ShardWeights weights,
+                       LoadShardWeights(*checkpoint, config, layout, options.weight_dtype));
   return Create(config, weights, options, comm);
 }
 

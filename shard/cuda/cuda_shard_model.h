@@ -84,6 +84,7 @@ class CudaShardModel : public ShardBackend {
   int64_t max_tokens_per_step() const override { return options_.max_tokens_per_step; }
   int64_t max_seqs() const override { return options_.max_seqs; }
   int64_t weight_bytes() const override { return weights_.bytes; }
+  std::string weight_dtype() const override { return DTypeName(weights_.dtype); }
   int64_t decode_read_bytes() const override;
   int64_t kv_bytes_per_token() const override;
   int64_t kv_bytes() const override { return static_cast<int64_t>(kv_.bytes()); }

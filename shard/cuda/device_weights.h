@@ -1,6 +1,6 @@
-// One rank's weight slice on its GPU: the matrices in the compute dtype (bf16 by default,
-// converted from the f32 host slice of shard/weights.h, which is exact for bf16 checkpoints), the
-// norm weights in f32.
+// One rank's weight slice on its GPU: the matrices in the compute dtype (bf16 by default; the host
+// slice of shard/weights.h is read in that dtype, so it is copied as it is), the norm weights in
+// f32.
 #pragma once
 
 #include <cuda_runtime.h>

@@ -4,7 +4,9 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include <algorithm>
 #include <cmath>
+#include <optional>
 #include <string>
 
 #include "coordinator/serving_engine.h"
@@ -22,7 +24,8 @@ struct Trace {
 };
 
 // Runs the request on a group of `tp` ranks; the group's root returns the trace.
-Trace RunOnGroup(const std::string& model_dir, int tp, bool use_cache, DType kv_dtype) {
+Trace RunOnGroup(const std::string& model_dir, int tp, bool use_cache, DType kv_dtype,
+                 std::optional<DType> weight_dtype = std::nullopt) {
   int world_rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
   MPI_Comm group;
@@ -36,6 +39,7 @@ Trace RunOnGroup(const std::string& model_dir, int tp, bool use_cache, DType kv_
   opt.num_blocks = 8;  // 128 tokens: the sequence crosses several block boundaries
   opt.block_size = 16;
   opt.kv_dtype = kv_dtype;
+  opt.weight_dtype = weight_dtype;
   opt.max_tokens_per_step = 24;  // the 40-token prompt runs as chunked prefill
   auto model = ShardModel::Load(model_dir, *config, opt, comm->get());
   EXPECT_TRUE(model.ok()) << model.status().ToString();
@@ -73,6 +77,11 @@ TEST_P(TpEquivalence, SameLogitsAtEveryLayoutWithAndWithoutCache) {
   const Trace tp4 = RunOnGroup(dir, 4, true, DType::kF32);
   const Trace tp4_recompute = RunOnGroup(dir, 4, false, DType::kF32);
   const Trace tp2_bf16 = RunOnGroup(dir, 2, true, DType::kBF16);
+  // The weights in the other width: a bf16 checkpoint widened to f32 in memory, an f32 one
+  // rounded to bf16.
+  const bool bf16_checkpoint = GetParam().find("bf16") != std::string::npos;
+  const Trace tp2_other_width =
+      RunOnGroup(dir, 2, true, DType::kF32, bf16_checkpoint ? DType::kF32 : DType::kBF16);
   if (world_rank != 0) return;
   ASSERT_EQ(ref.tokens.size(), 30u);
   ASSERT_EQ(ref.logits.size(), 30u);
@@ -86,6 +95,27 @@ TEST_P(TpEquivalence, SameLogitsAtEveryLayoutWithAndWithoutCache) {
   // A bf16 cache rounds K and V to 8 bits of mantissa: close, not equal.
   EXPECT_LT(RelativeDiff(ref.logits, tp2_bf16.logits), 5e-2) << "bf16 KV cache far from f32";
   EXPECT_GT(RelativeDiff(ref.logits, tp2_bf16.logits), 0.0) << "bf16 KV cache was not used";
+  if (bf16_checkpoint) {
+    // bf16 weights kept bf16 and widened in the kernels are exactly the f32 copy's arithmetic.
+    EXPECT_EQ(RelativeDiff(tp2.logits, tp2_other_width.logits), 0.0)
+        << "bf16 weights in memory != their f32 widening";
+    EXPECT_EQ(tp2.tokens, tp2_other_width.tokens);
+  } else {
+    // Rounded weights may flip a near-tie of random logits; compare the steps up to and
+    // including the first different token (each step's logits come from the same context).
+    size_t same = 0;
+    while (same < tp2.tokens.size() && same < tp2_other_width.tokens.size() &&
+           tp2.tokens[same] == tp2_other_width.tokens[same]) {
+      ++same;
+    }
+    const size_t steps = std::min(same + 1, tp2.logits.size());
+    const std::vector<std::vector<float>> a(tp2.logits.begin(), tp2.logits.begin() + steps);
+    const std::vector<std::vector<float>> b(tp2_other_width.logits.begin(),
+                                            tp2_other_width.logits.begin() + steps);
+    EXPECT_GE(same, 5u) << "bf16 weights change the greedy tokens from the start";
+    EXPECT_LT(RelativeDiff(a, b), 5e-2) << "bf16 weights far off";
+    EXPECT_GT(RelativeDiff(a, b), 0.0) << "weight dtype bf16 was not used";
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, TpEquivalence,

@@ -5,6 +5,8 @@
 #include <random>
 
 #include "kernels/cpu/activation.h"
+#include "kernels/cpu/embedding.h"
+#include "kernels/cpu/half.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/rmsnorm.h"
 #include "kernels/cpu/rope.h"
@@ -34,6 +36,54 @@ TEST(Matmul, MatchesNaiveForOddShapes) {
         EXPECT_NEAR(y[t * out + n], ref, 1e-4 * std::sqrt(in)) << T << "x" << in << "x" << out;
         EXPECT_NEAR(acc[t * out + n], ref + 1.0, 1e-4 * std::sqrt(in));
       }
+    }
+  }
+}
+
+// 16-bit weights are widened exactly inside matmul, in the order the f32 kernel uses: the result
+// equals the f32 product of the widened weights bit for bit, in decode (one token, widened as
+// loaded) and in prefill (token blocks over a widened tile), at sizes off the vector width.
+template <typename W>
+void ExpectSixteenBitMatmulEqualsWidened() {
+  for (auto [T, in, out] :
+       {std::tuple{1, 64, 96}, {1, 37, 5}, {2, 17, 6}, {70, 33, 7}, {65, 128, 9}, {1, 1000, 3}}) {
+    const auto x = Random(T * in, 11), w32 = Random(out * in, 12);
+    std::vector<W> w(w32.size());
+    std::vector<float> widened(w32.size());
+    for (size_t i = 0; i < w.size(); ++i) {
+      w[i] = from_f32<W>(w32[i]);
+      widened[i] = to_f32(w[i]);
+    }
+    std::vector<float> got(T * out), want(T * out);
+    matmul(got.data(), x.data(), w.data(), T, in, out);
+    matmul(want.data(), x.data(), widened.data(), T, in, out);
+    for (int i = 0; i < T * out; ++i) {
+      ASSERT_EQ(got[i], want[i]) << T << "x" << in << "x" << out << " at " << i;
+    }
+  }
+}
+
+TEST(Matmul, Bf16WeightsEqualTheirF32Widening) { ExpectSixteenBitMatmulEqualsWidened<bf16_t>(); }
+TEST(Matmul, F16WeightsEqualTheirF32Widening) { ExpectSixteenBitMatmulEqualsWidened<f16_t>(); }
+
+TEST(Embedding, SixteenBitTablesAreWidened) {
+  const int64_t vocab = 5, dim = 19;
+  const auto t32 = Random(vocab * dim, 13);
+  std::vector<bf16_t> tb(t32.size());
+  std::vector<f16_t> th(t32.size());
+  for (size_t i = 0; i < t32.size(); ++i) {
+    tb[i] = from_f32<bf16_t>(t32[i]);
+    th[i] = from_f32<f16_t>(t32[i]);
+  }
+  const int32_t ids[] = {4, 0, 4, 2};
+  std::vector<float> ob(4 * dim), oh(4 * dim);
+  embedding(ob.data(), tb.data(), ids, 4, dim);
+  embedding(oh.data(), th.data(), ids, 4, dim);
+  for (int t = 0; t < 4; ++t) {
+    for (int64_t i = 0; i < dim; ++i) {
+      EXPECT_EQ(ob[t * dim + i], to_f32(tb[ids[t] * dim + i]));
+      EXPECT_EQ(oh[t * dim + i], to_f32(th[ids[t] * dim + i]));
+      EXPECT_NEAR(ob[t * dim + i], t32[ids[t] * dim + i], 1e-2 * std::fabs(t32[ids[t] * dim + i]));
     }
   }
 }

@@ -135,6 +135,23 @@ TEST(SafetensorsTest, WriteThenReadEveryDtype) {
   ASSERT_TRUE(bytes.ok());
   EXPECT_EQ(bytes->size(), 10u);
   EXPECT_EQ(std::memcmp(bytes->data(), fx.bf16.data(), 10), 0);
+
+  // A slice in its own dtype is the stored bytes; in another dtype it is converted.
+  EXPECT_EQ((*ckpt)->StoredDType("w.bf16").value(), DType::kBF16);
+  EXPECT_EQ((*ckpt)->StoredDType("w.f16").value(), DType::kF16);
+  EXPECT_EQ((*ckpt)->StoredDType("w.f32").value(), DType::kF32);
+  EXPECT_EQ((*ckpt)->StoredDType("w.f64").status().code(), StatusCode::kNotFound);
+  std::vector<uint16_t> half(3);
+  ASSERT_TRUE((*ckpt)->ReadSlice("w.bf16", {5}, 1, 4, 0, 1, DType::kBF16, half.data()).ok());
+  EXPECT_EQ(std::memcmp(half.data(), fx.bf16.data() + 1, 6), 0);
+  half.assign(4, 0);
+  ASSERT_TRUE((*ckpt)->ReadSlice("w.f32", {3, 4}, 1, 3, 1, 3, DType::kBF16, half.data()).ok());
+  EXPECT_EQ(half, (std::vector<uint16_t>{FloatToBf16(101.5f), FloatToBf16(102.5f),
+                                         FloatToBf16(201.5f), FloatToBf16(202.5f)}));
+  half.assign(6, 0);
+  ASSERT_TRUE((*ckpt)->ReadSlice("w.f16", {2, 3, 2}, 0, 2, 2, 5, DType::kBF16, half.data()).ok());
+  EXPECT_EQ(half, (std::vector<uint16_t>{FloatToBf16(-2), FloatToBf16(-3), FloatToBf16(-4),
+                                         FloatToBf16(-102), FloatToBf16(-103), FloatToBf16(-104)}));
 }
 
 TEST(SafetensorsTest, EmptyAndScalarTensors) {
