@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <new>
+#include <type_traits>
 
 #include "kernels/cpu/activation.h"
 #include "kernels/cpu/embedding.h"
@@ -55,8 +56,16 @@ class CpuOps {
     return Norm(layer, w, T);
   }
   Status Gemm(Buf out, Buf in, int64_t layer, Proj p, int64_t T, int64_t k, int64_t n) {
-    WithElements(WeightOf(layer, p),
-                 [&](const auto* w) { matmul(Data(out), Data(in), w, T, k, n); });
+    const HostMatrix& m = WeightOf(layer, p);
+    WithElements(m, [&](const auto* w) {
+      if constexpr (std::is_same_v<decltype(w), const float*>) {
+        matmul(Data(out), Data(in), w, T, k, n);
+      } else if (m.packed()) {
+        matmul_packed(Data(out), Data(in), w, T, k, n);
+      } else {
+        matmul(Data(out), Data(in), w, T, k, n);
+      }
+    });
     return Status::Ok();
   }
   // Activations stay f32: 16-bit weights are widened inside matmul.
@@ -170,6 +179,19 @@ StatusOr<std::unique_ptr<ShardModel>> ShardModel::Load(const std::string& model_
   KVS_ASSIGN_OR_RETURN(auto checkpoint, Checkpoint::Open(model_dir));
   KVS_ASSIGN_OR_RETURN(m->weights_,
                        LoadShardWeights(*checkpoint, config, m->layout_, options.weight_dtype));
+  checkpoint.reset();  // unmapped before the packed copies are made
+  // 16-bit matrices packed for decode (kernels/cpu/matmul.h), one at a time.
+  try {
+    auto pack = [](HostMatrix* w) {
+      if (w->dtype() != DType::kF32) *w = w->Packed();
+    };
+    pack(&m->weights_.lm_head);
+    for (LayerWeights& L : m->weights_.layers) {
+      for (HostMatrix* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) pack(w);
+    }
+  } catch (const std::bad_alloc&) {
+    return ResourceExhausted("not enough host memory to pack this rank's 16-bit weights");
+  }
   KvPoolShape shape;
   shape.layers = config.n_layers;
   shape.num_blocks = options.num_blocks;

@@ -4,18 +4,47 @@
 #include <cstring>
 #include <new>
 
+#include "kernels/cpu/matmul.h"
+
 namespace kvshard {
 
 void HostMatrix::Free::operator()(std::byte* p) const { std::free(p); }
 
-HostMatrix::HostMatrix(DType dtype, int64_t rows, int64_t cols)
-    : dtype_(dtype), rows_(rows), cols_(cols) {
-  constexpr size_t kAlign = 64;  // a cache line: vector loads of a row never straddle two
-  const size_t size = (static_cast<size_t>(bytes()) + kAlign - 1) / kAlign * kAlign;
-  if (size == 0) return;
+namespace {
+
+// 64 bytes (a cache line) aligned storage; throws std::bad_alloc.
+std::byte* AllocateAligned(int64_t bytes) {
+  constexpr size_t kAlign = 64;
+  const size_t size = (static_cast<size_t>(bytes) + kAlign - 1) / kAlign * kAlign;
+  if (size == 0) return nullptr;
   auto* p = static_cast<std::byte*>(std::aligned_alloc(kAlign, size));
   if (p == nullptr) throw std::bad_alloc();
-  data_.reset(p);
+  return p;
+}
+
+}  // namespace
+
+HostMatrix::HostMatrix(DType dtype, int64_t rows, int64_t cols)
+    : dtype_(dtype), rows_(rows), cols_(cols) {
+  data_.reset(AllocateAligned(bytes()));
+}
+
+int64_t HostMatrix::storage_elems() const {
+  return packed_ ? packed_weights_size(rows_, cols_) : rows_ * cols_;
+}
+
+HostMatrix HostMatrix::Packed() const {
+  HostMatrix m;
+  m.dtype_ = dtype_;
+  m.rows_ = rows_;
+  m.cols_ = cols_;
+  m.packed_ = true;
+  m.data_.reset(AllocateAligned(m.bytes()));
+  if (m.bytes() > 0) {
+    pack_weights(static_cast<const uint16_t*>(data()), static_cast<uint16_t*>(m.data()), rows_,
+                 cols_);
+  }
+  return m;
 }
 
 HostMatrix HostMatrix::FromF32(const std::vector<float>& values, int64_t rows, int64_t cols,

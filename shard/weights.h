@@ -32,19 +32,26 @@ class HostMatrix {
   int64_t rows() const { return rows_; }
   int64_t cols() const { return cols_; }
   int64_t numel() const { return rows_ * cols_; }
-  int64_t bytes() const { return numel() * static_cast<int64_t>(DTypeSize(dtype_)); }
+  // Whether the storage is packed for the CPU matmul (kernels/cpu/matmul.h: 16-bit only).
+  bool packed() const { return packed_; }
+  // Bytes of storage (a packed matrix pads its last tile of 4 rows).
+  int64_t bytes() const { return storage_elems() * static_cast<int64_t>(DTypeSize(dtype_)); }
   void* data() { return data_.get(); }
   const void* data() const { return data_.get(); }
-  // Rows [row0, row1) as a new matrix of the same dtype.
+  // Rows [row0, row1) as a new matrix of the same dtype (of an unpacked matrix).
   HostMatrix Rows(int64_t row0, int64_t row1) const;
-  std::vector<float> ToF32() const;
+  // The same values packed for matmul_packed (a 16-bit, unpacked matrix).
+  HostMatrix Packed() const;
+  std::vector<float> ToF32() const;  // of an unpacked matrix
 
  private:
   struct Free {
     void operator()(std::byte* p) const;
   };
+  int64_t storage_elems() const;
   DType dtype_ = DType::kF32;
   int64_t rows_ = 0, cols_ = 0;
+  bool packed_ = false;
   std::unique_ptr<std::byte, Free> data_;
 };
 

@@ -70,6 +70,56 @@ void widen_row(const W* w, float* out, int64_t n) {
   for (; k < n; ++k) out[k] = to_f32(w[k]);
 }
 
+// dot4 over a packed tile (matmul.h): the same additions in the same order as dot4 on the four
+// rows it packs, reading the tile front to back.
+template <typename W>
+inline void dot4_packed(const float* x, const W* p, int64_t n, float* r) {
+  using namespace simd;
+  constexpr int kW = kWidth;
+  vec a0 = zero(), a1 = zero(), a2 = zero(), a3 = zero();
+  const int64_t main = n / kPackedChunk * kPackedChunk;
+  int64_t k = 0;
+  for (; k < main; k += kPackedChunk, p += 4 * kPackedChunk) {
+    for (int v = 0; v < kPackedChunk; v += kW) {
+      const vec xv = load(x + k + v);
+      a0 = fma(xv, load_w(p + v), a0);
+      a1 = fma(xv, load_w(p + kPackedChunk + v), a1);
+      a2 = fma(xv, load_w(p + 2 * kPackedChunk + v), a2);
+      a3 = fma(xv, load_w(p + 3 * kPackedChunk + v), a3);
+    }
+  }
+  const int64_t rem = n - main;  // the last columns, row after row
+  const W* q[4] = {p, p + rem, p + 2 * rem, p + 3 * rem};
+  for (; k + kW <= n; k += kW) {
+    const vec xv = load(x + k);
+    const int64_t j = k - main;
+    a0 = fma(xv, load_w(q[0] + j), a0);
+    a1 = fma(xv, load_w(q[1] + j), a1);
+    a2 = fma(xv, load_w(q[2] + j), a2);
+    a3 = fma(xv, load_w(q[3] + j), a3);
+  }
+  r[0] = sum(a0);
+  r[1] = sum(a1);
+  r[2] = sum(a2);
+  r[3] = sum(a3);
+  if (k == n) return;
+  float t[4][kW] = {};
+  for (int i = 0; i < 4; ++i) {
+    for (int64_t j = k; j < n; ++j) t[i][j - k] = to_f32(q[i][j - main]);
+  }
+  dot4_tail(x + k, t[0], t[1], t[2], t[3], n - k, r);
+}
+
+// The packed tile's four rows widened to f32, row-major [4, n].
+template <typename W>
+void unpack_tile(const W* p, int64_t n, float* out) {
+  const int64_t main = n / kPackedChunk * kPackedChunk, rem = n - main;
+  for (int64_t c = 0; c < main; c += kPackedChunk, p += 4 * kPackedChunk) {
+    for (int i = 0; i < 4; ++i) widen_row(p + i * kPackedChunk, out + i * n + c, kPackedChunk);
+  }
+  for (int i = 0; i < 4; ++i) widen_row(p + i * rem, out + i * n + main, rem);
+}
+
 // One tile of up to 4 output rows starting at n0, for tokens [t0, t1).
 template <bool kAccumulate, typename W>
 void tile_rows(float* out, const float* x, const W* const* wr, int64_t rows, int64_t n0, int64_t t0,
@@ -124,7 +174,62 @@ void matmul_impl(float* out, const float* x, const W* w, int64_t tokens, int64_t
   }
 }
 
+template <typename W>
+void matmul_packed_impl(float* out, const float* x, const W* packed, int64_t tokens, int64_t in,
+                        int64_t n_out) {
+  constexpr int64_t kTokenBlock = 64;
+  const int64_t tiles = (n_out + 3) / 4;
+  for (int64_t t0 = 0; t0 < tokens; t0 += kTokenBlock) {
+    const int64_t t1 = std::min(tokens, t0 + kTokenBlock);
+#pragma omp parallel for schedule(static) if ((t1 - t0) * in * n_out >= kParallelMacs)
+    for (int64_t tile = 0; tile < tiles; ++tile) {
+      const int64_t n0 = tile * 4;
+      const int64_t rows = std::min<int64_t>(4, n_out - n0);
+      const W* p = packed + tile * 4 * in;
+      if (t1 - t0 > 1) {  // widened once for the token block, as matmul_impl does
+        static thread_local std::vector<float> wide;
+        if (wide.size() < static_cast<size_t>(4 * in)) wide.resize(4 * in);
+        unpack_tile(p, in, wide.data());
+        const float* wf[4] = {wide.data(), wide.data() + in, wide.data() + 2 * in,
+                              wide.data() + 3 * in};
+        tile_rows<false>(out, x, wf, rows, n0, t0, t1, in, n_out);
+        continue;
+      }
+      float r[4];
+      dot4_packed(x + t0 * in, p, in, r);
+      for (int64_t i = 0; i < rows; ++i) out[t0 * n_out + n0 + i] = r[i];
+    }
+  }
+}
+
 }  // namespace
+
+int64_t packed_weights_size(int64_t rows, int64_t cols) { return (rows + 3) / 4 * 4 * cols; }
+
+void pack_weights(const uint16_t* w, uint16_t* packed, int64_t rows, int64_t cols) {
+  const int64_t main = cols / kPackedChunk * kPackedChunk, rem = cols - main;
+  for (int64_t tile = 0; tile < (rows + 3) / 4; ++tile) {
+    uint16_t* p = packed + tile * 4 * cols;
+    const uint16_t* src[4];
+    for (int i = 0; i < 4; ++i) src[i] = w + std::min<int64_t>(tile * 4 + i, rows - 1) * cols;
+    for (int64_t c = 0; c < main; c += kPackedChunk) {
+      for (int i = 0; i < 4; ++i, p += kPackedChunk) {
+        std::copy(src[i] + c, src[i] + c + kPackedChunk, p);
+      }
+    }
+    for (int i = 0; i < 4; ++i, p += rem) std::copy(src[i] + main, src[i] + cols, p);
+  }
+}
+
+void matmul_packed(float* out, const float* x, const f16_t* packed, int64_t tokens,
+                   int64_t in_features, int64_t out_features) {
+  matmul_packed_impl(out, x, packed, tokens, in_features, out_features);
+}
+
+void matmul_packed(float* out, const float* x, const bf16_t* packed, int64_t tokens,
+                   int64_t in_features, int64_t out_features) {
+  matmul_packed_impl(out, x, packed, tokens, in_features, out_features);
+}
 
 void matmul(float* out, const float* x, const float* w, int64_t tokens, int64_t in_features,
             int64_t out_features) {

@@ -63,6 +63,37 @@ void ExpectSixteenBitMatmulEqualsWidened() {
   }
 }
 
+// Packed 16-bit weights: the same products as the rows they pack, bit for bit, with columns off
+// the 32-column chunk and rows off the 4-row tile.
+template <typename W>
+void ExpectPackedMatmulEqualsUnpacked() {
+  for (auto [T, in, out] : {std::tuple{1, 64, 96},
+                            {1, 37, 5},
+                            {1, 95, 6},
+                            {2, 17, 6},
+                            {70, 33, 7},
+                            {65, 128, 9},
+                            {1, 1000, 3},
+                            {1, 16, 1}}) {
+    const auto x = Random(T * in, 21), w32 = Random(out * in, 22);
+    std::vector<W> w(w32.size());
+    for (size_t i = 0; i < w.size(); ++i) w[i] = from_f32<W>(w32[i]);
+    ASSERT_EQ(packed_weights_size(out, in), (out + 3) / 4 * 4 * in);
+    std::vector<W> packed(packed_weights_size(out, in));
+    pack_weights(reinterpret_cast<const uint16_t*>(w.data()),
+                 reinterpret_cast<uint16_t*>(packed.data()), out, in);
+    std::vector<float> got(T * out), want(T * out);
+    matmul_packed(got.data(), x.data(), packed.data(), T, in, out);
+    matmul(want.data(), x.data(), w.data(), T, in, out);
+    for (int i = 0; i < T * out; ++i) {
+      ASSERT_EQ(got[i], want[i]) << T << "x" << in << "x" << out << " at " << i;
+    }
+  }
+}
+
+TEST(Matmul, PackedBf16EqualsUnpacked) { ExpectPackedMatmulEqualsUnpacked<bf16_t>(); }
+TEST(Matmul, PackedF16EqualsUnpacked) { ExpectPackedMatmulEqualsUnpacked<f16_t>(); }
+
 TEST(Matmul, Bf16WeightsEqualTheirF32Widening) { ExpectSixteenBitMatmulEqualsWidened<bf16_t>(); }
 TEST(Matmul, F16WeightsEqualTheirF32Widening) { ExpectSixteenBitMatmulEqualsWidened<f16_t>(); }
 
