@@ -260,7 +260,7 @@ def main():
         kd, kds = best(r["kv_decode"])
         lp, lps = best(r["ll_prefill"])
         ld, lds = best(r["ll_decode"])
-        frac = max(r["fraction"])
+        frac = r["fraction"][r["kv_decode"].index(kd)]  # of the best decode round
         line = {"model": label, "threads": t, "prompt": p, "kvshard_weight_dtype": r["weight_dtype"],
                 "kvshard_weights_bytes": r["weights"], "kvshard_prefill_tok_s": kp,
                 "kvshard_prefill_spread": kps, "llama_cpp_prefill_tok_s": lp,

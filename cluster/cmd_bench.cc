@@ -2,7 +2,9 @@
 //
 // A decode step must read every weight of every rank once plus the KV cache of the context, so
 // its floor is decode_bytes_per_token / mem_read_gbs. The ceiling is a streaming read on the same
-// number of threads (every rank reading at once), measured here, not quoted.
+// number of threads (every rank reading at once), measured here, not quoted. Prefill is compared
+// with the compute ceiling measured the same way (kernels/cpu/compute_peak.h): prefill_gflops
+// (PrefillFlop / the prefill's seconds) over peak_gflops is prefill_fraction.
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
@@ -14,6 +16,7 @@
 #include "cluster/commands.h"
 #include "cluster/runtime.h"
 #include "coordinator/serving_engine.h"
+#include "kernels/cpu/compute_peak.h"
 #include "kernels/cpu/simd.h"
 #include "kernels/cpu/stream_read.h"
 #include "shard/shard_worker.h"
@@ -42,6 +45,8 @@ struct Totals {
   double read_gbs = 0;             // all ranks at once: host read (CPU) or device copy (GPU) GB/s
   double kv_bytes_max_rank = 0;    // the largest rank's KV pool
   double weights_max_rank = 0;     // the largest rank's weights
+  double peak_gflops = 0;          // CPU ranks: the f32 FMA probe, every rank at once, summed
+  double bf16_peak_gflops = 0;     // the bf16 dot-product probe likewise; 0 without one
 };
 
 // Runs on every rank at once, before rank 0 starts driving steps.
@@ -61,6 +66,14 @@ StatusOr<Totals> MeasureTotals(Runtime& rt, int64_t buffer_bytes) {
     ceiling = measure_read_bandwidth_gbs(buffer_bytes, rt.threads, 3);
   }
   KVS_RETURN_IF_ERROR(AgreeOnStatus(*rt.comm, local));
+  // The compute ceilings on CPU ranks, every rank probing at once as it reads at once above.
+  double peaks[2] = {0, 0};
+  if (!rt.device) {
+    KVS_RETURN_IF_ERROR(rt.comm->Barrier());
+    peaks[0] = measure_fma_peak_gflops(rt.threads, 3);
+    peaks[1] = measure_bf16_dot_peak_gflops(rt.threads, 3).value_or(0.0);
+  }
+  KVS_RETURN_IF_ERROR(rt.comm->AllReduceSumDouble(peaks, 2));
   // A rank's KV bytes per token are for the tokens it holds: 1 / seq_shards of them.
   const double shards = static_cast<double>(rt.model->layout().seq_shards);
   double v[4] = {static_cast<double>(rt.model->weight_bytes()),
@@ -73,11 +86,26 @@ StatusOr<Totals> MeasureTotals(Runtime& rt, int64_t buffer_bytes) {
   per_rank[2 * rt.comm->rank() + 1] = static_cast<double>(rt.model->weight_bytes());
   KVS_RETURN_IF_ERROR(rt.comm->AllReduceSumDouble(per_rank.data(), per_rank.size()));
   Totals t{v[0], v[1], v[2], v[3]};
+  t.peak_gflops = peaks[0];
+  t.bf16_peak_gflops = peaks[1];
   for (int r = 0; r < rt.comm->size(); ++r) {
     t.kv_bytes_max_rank = std::max(t.kv_bytes_max_rank, per_rank[2 * r]);
     t.weights_max_rank = std::max(t.weights_max_rank, per_rank[2 * r + 1]);
   }
   return t;
+}
+
+// FLOP of prefilling `prompt` tokens (a multiply-add is 2): every projection of every token, the
+// causal attention (token p scores and sums p + 1 positions: 4 * head_dim FLOP each per head),
+// and the output head for the last token's logits. The same whatever the layout.
+double PrefillFlop(const ModelConfig& c, int64_t prompt) {
+  const double q = static_cast<double>(c.n_heads * c.head_dim);
+  const double kv = static_cast<double>(c.n_kv_heads * c.head_dim);
+  const double dim = static_cast<double>(c.dim), ffn = static_cast<double>(c.hidden_dim);
+  const double per_token = 2.0 * c.n_layers * (dim * (q + 2 * kv) + q * dim + 3 * dim * ffn);
+  const double p = static_cast<double>(prompt);
+  const double attention = 4.0 * c.n_layers * q * p * (p + 1) / 2;
+  return per_token * p + attention + 2.0 * c.vocab_size * dim;
 }
 
 std::vector<int32_t> RandomPrompt(int64_t n, int64_t vocab) {
@@ -100,6 +128,7 @@ Status RunRoot(const BenchFlags& f, Runtime& rt, ServingEngine& engine, const To
   // KV read per step grows with the sequence; the mean context over the timed steps.
   const double mean_ctx = f.context + (cached.decode_steps + 1) / 2.0;
   const double decode_bytes = totals.decode_weight_bytes + mean_ctx * totals.kv_bytes_per_token;
+  const double prefill_gflops = PrefillFlop(rt.config, f.context) / cached.prefill_seconds / 1e9;
   nlohmann::json out = {
       {"model", f.shard.model_dir},
       {"device", rt.device_name},
@@ -117,6 +146,7 @@ Status RunRoot(const BenchFlags& f, Runtime& rt, ServingEngine& engine, const To
       {"kv_dtype", f.shard.kv_dtype},
       {"weight_dtype", rt.model->weight_dtype()},
       {"prefill_tokens_per_s", f.context / cached.prefill_seconds},
+      {"prefill_gflops", prefill_gflops},
       {"decode_tokens_per_s", 1.0 / step_s},
       {"decode_ms_per_token", step_s * 1e3},
       {"weights_bytes", totals.weights_bytes},
@@ -128,6 +158,15 @@ Status RunRoot(const BenchFlags& f, Runtime& rt, ServingEngine& engine, const To
       {"bandwidth_fraction", decode_bytes / step_s / (totals.read_gbs * 1e9)},
       {"plan_bytes_per_decode_step", plan_bytes},
   };
+  if (!rt.device) {
+    out["peak_gflops"] = totals.peak_gflops;
+    out["prefill_fraction"] = prefill_gflops / totals.peak_gflops;
+    if (totals.bf16_peak_gflops > 0) {
+      out["bf16_peak_gflops"] = totals.bf16_peak_gflops;
+    } else {
+      out["bf16_peak_gflops"] = nullptr;  // no bf16 dot-product instruction in this build
+    }
+  }
   if (f.compare_no_cache) {
     RequestSpec nc = req;
     nc.use_kv_cache = false;

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "kernels/cpu/dequant.h"
 #include "shard/gguf.h"
 #include "shard/mapped_file.h"
 
@@ -295,12 +296,6 @@ StatusOr<ModelConfig> ModelConfigFromGguf(const GgufFile& f) {
     return InvalidArgument("{}: general.architecture {:?}; kvshard runs \"llama\" models", f.name(),
                            arch);
   }
-  if (f.Tensor("rope_freqs.weight") != nullptr) {
-    return InvalidArgument(
-        "{}: per-dimension RoPE factors (rope_freqs.weight, Llama 3.1 style scaling) are not read "
-        "from GGUF yet; use the safetensors checkpoint",
-        f.name());
-  }
   // The equivalent config.json, so that the same checks and defaults apply.
   json j = {{"model_type", "llama"}, {"torch_dtype", "float32"}, {"hidden_act", "silu"}};
   const auto take_int = [&](const char* key, const char* field, bool required) -> Status {
@@ -349,6 +344,24 @@ StatusOr<ModelConfig> ModelConfigFromGguf(const GgufFile& f) {
   j["tie_word_embeddings"] = f.Tensor("output.weight") == nullptr;
   auto config = ParseModelConfig(j.dump());
   if (!config.ok()) return config.status().WithContext(f.name() + " (its GGUF metadata)");
+  if (const GgufTensor* t = f.Tensor("rope_freqs.weight")) {
+    const int64_t half = config->head_dim / 2;
+    const std::optional<GgmlTypeInfo> type = GgmlTypeInfoOf(t->type);
+    if (t->ne.size() != 1 || t->ne[0] != half || !type || !type->dequantizable ||
+        type->block_elems != 1) {
+      return DataLoss("{}: rope_freqs.weight must be {} values (head_dim / 2) of F32, F16 or BF16",
+                      f.name(), half);
+    }
+    config->rope_freq_factors.resize(half);
+    dequantize_row(t->type, f.TensorData(*t), config->rope_freq_factors.data(), half);
+    for (int64_t i = 0; i < half; ++i) {
+      const float x = config->rope_freq_factors[i];
+      if (!std::isfinite(x) || x <= 0) {
+        return DataLoss("{}: rope_freqs.weight[{}] is {}; RoPE factors must be finite and positive",
+                        f.name(), i, x);
+      }
+    }
+  }
   return config;
 }
 

@@ -31,6 +31,9 @@ struct ModelConfig {
   float rms_norm_eps = 1e-5f;
   float rope_theta = 10000.f;
   RopeScaling rope_scaling;
+  // [head_dim / 2] or empty: a GGUF's rope_freqs.weight, each RoPE inverse frequency divided by
+  // its factor (how llama.cpp's converter stores Llama 3.1-style scaling).
+  std::vector<float> rope_freq_factors;
   bool tie_word_embeddings = false;
   int32_t bos_token_id = 1;
   std::vector<int32_t> eos_token_ids{2};  // eos_token_id: an int or a list in the JSON
@@ -50,7 +53,8 @@ StatusOr<ModelConfig> LoadModelConfig(const std::string& model_dir);
 
 // A GGUF file's llama metadata as a ModelConfig, through the same checks as config.json (errors
 // name the file): general.architecture must be "llama"; tied embeddings when there is no
-// output.weight; per-dimension RoPE factors (rope_freqs.weight) are refused for now.
+// output.weight; per-dimension RoPE factors from rope_freqs.weight (head_dim / 2 finite, positive
+// values of a type kvshard reads).
 class GgufFile;
 StatusOr<ModelConfig> ModelConfigFromGguf(const GgufFile& file);
 

@@ -27,6 +27,7 @@ std::vector<float> RopeInverseFrequencies(const ModelConfig& c) {
         f = (1 - smooth) * f / rs.factor + smooth * f;
       }
     }
+    if (!c.rope_freq_factors.empty()) f /= c.rope_freq_factors[i];
     inv[i] = static_cast<float>(f);
   }
   return inv;

@@ -7,7 +7,8 @@
 
 namespace kvshard {
 
-// f32 [head_dim / 2]: theta^(-2i/head_dim), rescaled as config.rope_scaling says.
+// f32 [head_dim / 2]: theta^(-2i/head_dim), rescaled as config.rope_scaling says, then divided by
+// config.rope_freq_factors where a GGUF gave them.
 std::vector<float> RopeInverseFrequencies(const ModelConfig& config);
 
 }  // namespace kvshard

@@ -18,6 +18,7 @@
 #include "kernels/cpu/dequant.h"
 #include "kernels/cpu/half.h"
 #include "shard/model_config.h"
+#include "shard/rope_frequencies.h"
 #include "shard/safetensors.h"
 
 namespace kvshard {
@@ -258,6 +259,71 @@ TEST(Gguf, MalformedImagesGetClearErrors) {
     EXPECT_NE(ErrorOf(image).find("overlap"), std::string::npos);
   }
   EXPECT_NE(GgufFile::Open("/nonexistent.gguf").status().ToString().find("nonexistent"),
+            std::string::npos);
+}
+
+// rope_freqs.weight as llama.cpp's converter writes it for Llama 3.1-style scaling: the RoPE
+// frequencies equal those of the config.json rope_scaling they come from.
+GgufWriter RopeFreqsFile(const std::vector<float>& factors) {
+  GgufWriter w;
+  w.KvString("general.architecture", "llama");
+  w.KvU32("llama.embedding_length", 64);
+  w.KvU32("llama.feed_forward_length", 96);
+  w.KvU32("llama.block_count", 1);
+  w.KvU32("llama.attention.head_count", 4);
+  w.KvU32("llama.attention.head_count_kv", 2);
+  w.KvU32("llama.context_length", 4096);
+  w.KvU32("llama.vocab_size", 32);
+  w.KvF32("llama.rope.freq_base", 500000.0f);
+  w.Tensor("rope_freqs.weight", 0, {factors.size()}, F32Bytes(factors));
+  return w;
+}
+
+TEST(Gguf, RopeFreqsEqualTheLlama3ScalingTheyEncode) {
+  RopeScaling rs;
+  rs.type = RopeScalingType::kLlama3;
+  rs.factor = 8;
+  rs.low_freq_factor = 1;
+  rs.high_freq_factor = 4;
+  rs.original_max_position_embeddings = 1024;
+  std::vector<float> factors;
+  for (int i = 0; i < 8; ++i) {  // head_dim 16, as the converter computes them
+    const double freq = 1.0 / std::pow(500000.0, 2.0 * i / 16);
+    const double wavelen = 2 * M_PI / freq, low = 1024.0 / 1, high = 1024.0 / 4;
+    double f = 1;
+    if (wavelen > low) {
+      f = 8;
+    } else if (wavelen >= high) {
+      const double smooth = (1024.0 / wavelen - 1) / (4 - 1);
+      f = 1 / ((1 - smooth) / 8 + smooth);
+    }
+    factors.push_back(static_cast<float>(f));
+  }
+  ASSERT_NE(factors.front(), factors.back());  // both bands, and the blend, are exercised
+  auto file = ParseImage(RopeFreqsFile(factors).Image());
+  ASSERT_TRUE(file.ok()) << file.status().ToString();
+  auto config = ModelConfigFromGguf(**file);
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  EXPECT_EQ(config->rope_freq_factors, factors);
+  ModelConfig reference = *config;
+  reference.rope_freq_factors.clear();
+  reference.rope_scaling = rs;
+  const std::vector<float> got = RopeInverseFrequencies(*config);
+  const std::vector<float> want = RopeInverseFrequencies(reference);
+  ASSERT_EQ(got.size(), 8u);
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[i], 1e-6 * want[i]) << i;
+
+  auto short_file = ParseImage(RopeFreqsFile({1, 1, 1}).Image());
+  ASSERT_TRUE(short_file.ok());
+  EXPECT_NE(ModelConfigFromGguf(**short_file)
+                .status()
+                .ToString()
+                .find("rope_freqs.weight must be 8 values"),
+            std::string::npos);
+  factors[3] = -1;
+  auto negative = ParseImage(RopeFreqsFile(factors).Image());
+  ASSERT_TRUE(negative.ok());
+  EXPECT_NE(ModelConfigFromGguf(**negative).status().ToString().find("finite and positive"),
             std::string::npos);
 }
 

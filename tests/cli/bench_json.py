@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""`kvshard bench --json` on the CPU: both ceilings measured in the same run (the read ceiling
+for decode, the f32 FMA probe and, where the build has one, the bf16 dot-product probe for
+prefill), the fractions taken against them, and the FLOP count behind prefill_gflops equal to an
+independent count from config.json. Run on a bf16 copy too: weights_bytes and
+decode_bytes_per_token follow the dtype held.
+
+Usage: bench_json.py KVSHARD MODEL_DIR
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+kvshard, model = sys.argv[1], Path(sys.argv[2])
+CONTEXT = 48
+
+
+def bench(model_dir, *extra):
+    out = subprocess.run([kvshard, "bench", "--model", str(model_dir), "--context", str(CONTEXT),
+                          "--gen", "6", "--threads", "1", "--json", *extra],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def check(cond, what):
+    if not cond:
+        sys.exit(f"FAIL: {what}")
+
+
+cfg = json.loads((model / "config.json").read_text())
+j = bench(model)
+print(json.dumps(j))
+for key in ("mem_read_gbs", "bandwidth_fraction", "peak_gflops", "prefill_gflops",
+            "prefill_fraction", "bf16_peak_gflops", "weight_dtype", "weights_bytes"):
+    check(key in j, f"{key} missing")
+check(j["peak_gflops"] > 0 and j["mem_read_gbs"] > 0, "ceilings must be measured")
+check(0 < j["prefill_fraction"] < 1.5, f"prefill_fraction {j['prefill_fraction']}")
+check(abs(j["prefill_fraction"] - j["prefill_gflops"] / j["peak_gflops"]) < 1e-9,
+      "prefill_fraction = prefill_gflops / peak_gflops")
+check(j["bf16_peak_gflops"] is None or j["bf16_peak_gflops"] > 0, "bf16 probe")
+check(j["weight_dtype"] == "F32", f"weight_dtype {j['weight_dtype']}")
+
+# The FLOP of the prefill, counted from the config.
+L, d, f = cfg["num_hidden_layers"], cfg["hidden_size"], cfg["intermediate_size"]
+hd = cfg.get("head_dim", d // cfg["num_attention_heads"])
+q, kv = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
+flop = CONTEXT * 2 * L * (d * q + 2 * d * kv + q * d + 3 * d * f)
+flop += sum(4 * L * q * (p + 1) for p in range(CONTEXT))
+flop += 2 * cfg["vocab_size"] * d
+got = j["prefill_gflops"] * 1e9 * CONTEXT / j["prefill_tokens_per_s"]
+check(abs(got / flop - 1) < 1e-6, f"prefill FLOP {got} != {flop}")
+
+# The same weights held as bf16: half the matrix bytes, read by decode as such.
+b = bench(model, "--weight-dtype", "bf16")
+print(json.dumps(b))
+check(b["weight_dtype"] == "BF16", f"weight_dtype {b['weight_dtype']}")
+norms = 4 * d * (2 * L + 1)
+check(abs((b["weights_bytes"] - norms) * 2 - (j["weights_bytes"] - norms)) < 1e-6,
+      f"bf16 weights {b['weights_bytes']} vs f32 {j['weights_bytes']}")
+check(b["decode_bytes_per_token"] < 0.6 * j["decode_bytes_per_token"], "bf16 decode bytes")
+print("ok")
