@@ -300,7 +300,8 @@ TEST(Gguf, RopeFreqsEqualTheLlama3ScalingTheyEncode) {
     factors.push_back(static_cast<float>(f));
   }
   ASSERT_NE(factors.front(), factors.back());  // both bands, and the blend, are exercised
-  auto file = ParseImage(RopeFreqsFile(factors).Image());
+  const std::string image = RopeFreqsFile(factors).Image();  // the parsed file views it
+  auto file = ParseImage(image);
   ASSERT_TRUE(file.ok()) << file.status().ToString();
   auto config = ModelConfigFromGguf(**file);
   ASSERT_TRUE(config.ok()) << config.status().ToString();
@@ -313,7 +314,8 @@ TEST(Gguf, RopeFreqsEqualTheLlama3ScalingTheyEncode) {
   ASSERT_EQ(got.size(), 8u);
   for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[i], 1e-6 * want[i]) << i;
 
-  auto short_file = ParseImage(RopeFreqsFile({1, 1, 1}).Image());
+  const std::string short_image = RopeFreqsFile({1, 1, 1}).Image();
+  auto short_file = ParseImage(short_image);
   ASSERT_TRUE(short_file.ok());
   EXPECT_NE(ModelConfigFromGguf(**short_file)
                 .status()
@@ -321,7 +323,8 @@ TEST(Gguf, RopeFreqsEqualTheLlama3ScalingTheyEncode) {
                 .find("rope_freqs.weight must be 8 values"),
             std::string::npos);
   factors[3] = -1;
-  auto negative = ParseImage(RopeFreqsFile(factors).Image());
+  const std::string negative_image = RopeFreqsFile(factors).Image();
+  auto negative = ParseImage(negative_image);
   ASSERT_TRUE(negative.ok());
   EXPECT_NE(ModelConfigFromGguf(**negative).status().ToString().find("finite and positive"),
             std::string::npos);
