@@ -9,6 +9,7 @@ PKGS=(
   libthrift-dev libboost-dev libboost-context-dev thrift-compiler python3-thrift libcpp-httplib-dev
   iproute2 procps iptables libnetfilter-queue-dev
   ansible ansible-lint openssh-server openssh-client python3-apt libopenblas0
+  libopenblas0-openmp
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -1,9 +1,12 @@
 #include "kernels/cpu/matmul.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <type_traits>
 #include <vector>
 
+#include "kernels/cpu/blas.h"
 #include "kernels/cpu/simd.h"
 
 namespace kvshard {
@@ -202,6 +205,57 @@ void matmul_packed_impl(float* out, const float* x, const W* packed, int64_t tok
   }
 }
 
+// Prefill-sized products go to OpenBLAS's sgemm (kernels/cpu/blas.h) where it is there: at
+// least this many tokens, and a weight matrix at least this large.
+constexpr int64_t kBlasMinTokens = 16;
+constexpr int64_t kBlasMinWeights = int64_t{1} << 16;
+// Rows of a 16-bit matrix widened to f32 at once for sgemm (kBlasPanel * in floats per panel).
+constexpr int64_t kBlasPanel = 256;
+
+bool use_blas(int64_t tokens, int64_t in, int64_t n_out) {
+  return tokens >= kBlasMinTokens && in * n_out >= kBlasMinWeights && blas() != nullptr;
+}
+
+void sgemm(float* out, const float* x, const float* w, int64_t tokens, int64_t in, int64_t n_out,
+           int64_t ldo, float beta) {
+  constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;  // CBLAS's enum values
+  const BlasFns* b = blas();
+  b->set_num_threads(omp_get_max_threads());
+  b->sgemm(kRowMajor, kNoTrans, kTrans, static_cast<int>(tokens), static_cast<int>(n_out),
+           static_cast<int>(in), 1.0f, x, static_cast<int>(in), w, static_cast<int>(in), beta, out,
+           static_cast<int>(ldo));
+}
+
+// A 16-bit matrix (row-major, or packed in tiles of 4 rows) through sgemm, widened to f32 a panel
+// of kBlasPanel rows at a time.
+template <typename W>
+void sgemm_16bit(float* out, const float* x, const W* w, bool packed, int64_t tokens, int64_t in,
+                 int64_t n_out) {
+  static thread_local std::vector<float> panel;
+  if (panel.size() < static_cast<size_t>(kBlasPanel * in)) panel.resize(kBlasPanel * in);
+  for (int64_t n0 = 0; n0 < n_out; n0 += kBlasPanel) {
+    const int64_t rows = std::min(kBlasPanel, n_out - n0);
+    float* p = panel.data();
+    if (packed) {  // n0 is a multiple of 4: whole tiles; the last one may be padding
+      const int64_t tiles = (rows + 3) / 4;
+#pragma omp parallel for schedule(static)
+      for (int64_t t = 0; t < tiles; ++t) {
+        if (4 * t + 4 <= rows) {
+          unpack_tile(w + (n0 + 4 * t) * in, in, p + 4 * t * in);
+        } else {
+          std::vector<float> last(4 * in);
+          unpack_tile(w + (n0 + 4 * t) * in, in, last.data());
+          std::copy(last.begin(), last.begin() + (rows - 4 * t) * in, p + 4 * t * in);
+        }
+      }
+    } else {
+#pragma omp parallel for schedule(static)
+      for (int64_t r = 0; r < rows; ++r) widen_row(w + (n0 + r) * in, p + r * in, in);
+    }
+    sgemm(out + n0, x, p, tokens, in, rows, n_out, 0.0f);
+  }
+}
+
 }  // namespace
 
 int64_t packed_weights_size(int64_t rows, int64_t cols) { return (rows + 3) / 4 * 4 * cols; }
@@ -221,33 +275,65 @@ void pack_weights(const uint16_t* w, uint16_t* packed, int64_t rows, int64_t col
   }
 }
 
+namespace {
+
+template <typename W>
+void matmul_any(float* out, const float* x, const W* w, bool packed, int64_t tokens, int64_t in,
+                int64_t n_out) {
+  if (use_blas(tokens, in, n_out)) {
+    if constexpr (std::is_same_v<W, float>) {
+      sgemm(out, x, w, tokens, in, n_out, n_out, 0.0f);
+    } else {
+      sgemm_16bit(out, x, w, packed, tokens, in, n_out);
+    }
+    return;
+  }
+  if constexpr (std::is_same_v<W, float>) {
+    matmul_impl<false>(out, x, w, tokens, in, n_out);
+  } else if (packed) {
+    matmul_packed_impl(out, x, w, tokens, in, n_out);
+  } else {
+    matmul_impl<false>(out, x, w, tokens, in, n_out);
+  }
+}
+
+}  // namespace
+
+bool matmul_uses_blas(int64_t tokens, int64_t in_features, int64_t out_features) {
+  return use_blas(tokens, in_features, out_features);
+}
+
 void matmul_packed(float* out, const float* x, const f16_t* packed, int64_t tokens,
                    int64_t in_features, int64_t out_features) {
-  matmul_packed_impl(out, x, packed, tokens, in_features, out_features);
+  matmul_any(out, x, packed, true, tokens, in_features, out_features);
 }
 
 void matmul_packed(float* out, const float* x, const bf16_t* packed, int64_t tokens,
                    int64_t in_features, int64_t out_features) {
-  matmul_packed_impl(out, x, packed, tokens, in_features, out_features);
+  matmul_any(out, x, packed, true, tokens, in_features, out_features);
 }
 
 void matmul(float* out, const float* x, const float* w, int64_t tokens, int64_t in_features,
             int64_t out_features) {
-  matmul_impl<false>(out, x, w, tokens, in_features, out_features);
+  matmul_any(out, x, w, false, tokens, in_features, out_features);
 }
 
 void matmul(float* out, const float* x, const f16_t* w, int64_t tokens, int64_t in_features,
             int64_t out_features) {
-  matmul_impl<false>(out, x, w, tokens, in_features, out_features);
+  matmul_any(out, x, w, false, tokens, in_features, out_features);
 }
 
 void matmul(float* out, const float* x, const bf16_t* w, int64_t tokens, int64_t in_features,
             int64_t out_features) {
-  matmul_impl<false>(out, x, w, tokens, in_features, out_features);
+  matmul_any(out, x, w, false, tokens, in_features, out_features);
 }
 
 void matmul_accumulate(float* out, const float* x, const float* w, int64_t tokens,
                        int64_t in_features, int64_t out_features) {
+  if (use_blas(tokens, in_features, out_features)) {
+    sgemm(out, x, w, tokens, in_features, out_features, out_features, 1.0f);
+    return;
+  }
   matmul_impl<true>(out, x, w, tokens, in_features, out_features);
 }
 

@@ -43,6 +43,12 @@ void matmul_packed(float* out, const float* x, const bf16_t* packed, int64_t tok
 void matmul_accumulate(float* out, const float* x, const float* w, int64_t tokens,
                        int64_t in_features, int64_t out_features);
 
+// Whether a product of this shape runs on OpenBLAS's sgemm (builds with KVSHARD_HAVE_OPENBLAS:
+// prefill-sized products, at least 16 tokens and 65,536 weights; 16-bit weights are widened to
+// f32 a panel of 256 rows at a time). Its additions are in OpenBLAS's order, so such a product
+// equals the others' within f32 rounding, not bit for bit; decode never takes it.
+bool matmul_uses_blas(int64_t tokens, int64_t in_features, int64_t out_features);
+
 // Dot product of two f32 vectors with several accumulators and wide loads.
 float dot_f32(const float* a, const float* b, int64_t n);
 

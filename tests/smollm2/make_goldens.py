@@ -1,4 +1,4 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """Golden chat answers of SmolLM2-135M-Instruct (the Q4_1 GGUF that scripts/fetch-assets.sh
 fetches) for tests/cli (kvshard generate --chat at mpirun -np 1 and -np 3), made by two
 implementations that share no code with kvshard:
@@ -7,6 +7,10 @@ implementations that share no code with kvshard:
              gguf-py dequantizes them, in the GGUF's layout (RoPE on interleaved pairs, as
              llama.cpp applies it, so kvshard's Q/K row reordering is not reused), float32
              activations, greedy, no KV cache.
+  transformers: Hugging Face transformers on CPU torch (both from PyPI), reading the same GGUF
+             (from_pretrained(gguf_file=...): gguf-py's dequantization, then its own Llama, the
+             Q/K rows put back by its own converter), float32, greedy generate() from the same
+             prompt ids.
   llama.cpp: llama-completion built from the source vendored in the llama-cpp-python 0.3.36 sdist
              (PyPI), greedy (--temp 0 --top-k 1), the same prompt text; its CPU path multiplies
              Q4_1 weights by activations quantized to Q8_1, so where two tokens' logits are within
@@ -14,10 +18,11 @@ implementations that share no code with kvshard:
 
 Each prompt is one user turn in SmolLM2's ChatML template with its default system prompt; the
 prompt ids are llama.cpp's llama-tokenize of that text (kvshard's own tokenizer is checked
-against the same ids by the tests). The goldens are the numpy texts; CI does not rebuild them.
+against the same ids by the tests). The goldens are the numpy texts, which transformers' must
+equal (the script fails otherwise); CI does not rebuild them.
 
-    pip install gguf numpy
-    /usr/bin/python3 tests/smollm2/make_goldens.py --llama-cpp /path/to/llama.cpp/build/bin
+    pip install gguf numpy transformers torch
+    python3 tests/smollm2/make_goldens.py --llama-cpp /path/to/llama.cpp/build/bin
 """
 
 import argparse
@@ -110,11 +115,32 @@ class Model:
         return bytes(back[ch] for i in ids for ch in self.tokens[i]).decode("utf-8", "replace")
 
 
+class Transformers:
+    def __init__(self, path):
+        import torch
+        from transformers import AutoModelForCausalLM
+        self.torch = torch
+        torch.set_num_threads(2)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            os.path.dirname(path), gguf_file=os.path.basename(path), torch_dtype=torch.float32,
+            attn_implementation="eager")
+        self.model.eval()
+
+    def greedy(self, ids, stop):
+        with self.torch.no_grad():
+            out = self.model.generate(self.torch.tensor([ids]), max_new_tokens=MAX_TOKENS,
+                                      do_sample=False, eos_token_id=sorted(stop),
+                                      pad_token_id=sorted(stop)[0])
+        gen = [int(t) for t in out[0][len(ids):]]
+        return gen[:next((i + 1 for i, t in enumerate(gen) if t in stop), len(gen))]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--llama-cpp", required=True, help="directory with llama-completion, llama-tokenize")
     args = ap.parse_args()
     model = Model(MODEL)
+    hf = Transformers(MODEL)
     stop = {model.tokens.index("<|im_end|>"), model.tokens.index("<|endoftext|>")}
     goldens = []
     for k, question in enumerate(PROMPTS):
@@ -126,13 +152,20 @@ def main():
         ids = json.loads(out)
         gen, margins = model.greedy(ids, stop)
         answer = model.text([t for t in gen if t not in stop])
+        hf_gen = hf.greedy(ids, stop)
+        hf_answer = model.text([t for t in hf_gen if t not in stop])
+        if hf_gen != gen:
+            raise SystemExit("transformers and numpy disagree on %r:\n%r\n%r"
+                             % (question, hf_answer, answer))
         lcpp = subprocess.run([os.path.join(args.llama_cpp, "llama-completion"), "-m", MODEL,
                                "-p", prompt, "-n", str(MAX_TOKENS), "--temp", "0", "--top-k", "1",
                                "-no-cnv", "-t", "2", "--no-display-prompt", "--simple-io",
                                "--no-warmup"], capture_output=True, text=True, check=True).stdout
         lcpp = lcpp.strip()
         goldens.append({"question": question, "prompt_ids": ids, "numpy_ids": gen,
-                        "numpy_text": answer, "llama_cpp_text": lcpp,
+                        "numpy_text": answer, "transformers_ids": hf_gen,
+                        "transformers_text": hf_answer, "transformers_agree": hf_gen == gen,
+                        "llama_cpp_text": lcpp,
                         "agree": lcpp == answer.strip(),
                         "first_token_margin": margins[0], "smallest_margin": min(margins)})
         with open(os.path.join(HERE, "golden_%d.txt" % k), "w") as f:

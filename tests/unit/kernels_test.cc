@@ -94,6 +94,52 @@ void ExpectPackedMatmulEqualsUnpacked() {
 TEST(Matmul, PackedBf16EqualsUnpacked) { ExpectPackedMatmulEqualsUnpacked<bf16_t>(); }
 TEST(Matmul, PackedF16EqualsUnpacked) { ExpectPackedMatmulEqualsUnpacked<f16_t>(); }
 
+// Prefill-sized products (OpenBLAS's sgemm where the build has it; the kernels' own path in the
+// avx2.* and scalar.* builds): against double-precision sums, for f32, bf16 and f16 weights,
+// row-major and packed, with rows off the panel and the tile and columns off the chunk.
+TEST(Matmul, PrefillSizedProductsMatchNaive) {
+  for (auto [T, in, out] : {std::tuple{16, 256, 256}, {40, 300, 263}, {70, 1024, 100}}) {
+    SCOPED_TRACE(::testing::Message()
+                 << T << "x" << in << "x" << out << " blas " << matmul_uses_blas(T, in, out));
+    const auto x = Random(T * in, 31), w32 = Random(out * in, 32);
+    std::vector<bf16_t> wb(w32.size());
+    std::vector<f16_t> wh(w32.size());
+    std::vector<float> wbf(w32.size()), whf(w32.size());
+    for (size_t i = 0; i < w32.size(); ++i) {
+      wb[i] = from_f32<bf16_t>(w32[i]);
+      wh[i] = from_f32<f16_t>(w32[i]);
+      wbf[i] = to_f32(wb[i]);
+      whf[i] = to_f32(wh[i]);
+    }
+    std::vector<bf16_t> pb(packed_weights_size(out, in));
+    pack_weights(reinterpret_cast<const uint16_t*>(wb.data()),
+                 reinterpret_cast<uint16_t*>(pb.data()), out, in);
+    std::vector<float> y(T * out), acc(T * out, 1.0f), yb(T * out), yh(T * out), ypb(T * out);
+    matmul(y.data(), x.data(), w32.data(), T, in, out);
+    matmul_accumulate(acc.data(), x.data(), w32.data(), T, in, out);
+    matmul(yb.data(), x.data(), wb.data(), T, in, out);
+    matmul(yh.data(), x.data(), wh.data(), T, in, out);
+    matmul_packed(ypb.data(), x.data(), pb.data(), T, in, out);
+    for (int t = 0; t < T; ++t) {
+      for (int n = 0; n < out; ++n) {
+        double ref = 0, refb = 0, refh = 0;
+        for (int k = 0; k < in; ++k) {
+          ref += static_cast<double>(x[t * in + k]) * w32[n * in + k];
+          refb += static_cast<double>(x[t * in + k]) * wbf[n * in + k];
+          refh += static_cast<double>(x[t * in + k]) * whf[n * in + k];
+        }
+        const double tol = 1e-4 * std::sqrt(in);
+        const int i = t * out + n;
+        ASSERT_NEAR(y[i], ref, tol) << t << "," << n;
+        ASSERT_NEAR(acc[i], ref + 1.0, tol) << t << "," << n;
+        ASSERT_NEAR(yb[i], refb, tol) << t << "," << n;
+        ASSERT_NEAR(yh[i], refh, tol) << t << "," << n;
+        ASSERT_EQ(ypb[i], yb[i]) << t << "," << n << ": packed != row-major";
+      }
+    }
+  }
+}
+
 TEST(Matmul, Bf16WeightsEqualTheirF32Widening) { ExpectSixteenBitMatmulEqualsWidened<bf16_t>(); }
 TEST(Matmul, F16WeightsEqualTheirF32Widening) { ExpectSixteenBitMatmulEqualsWidened<f16_t>(); }
 

@@ -1,0 +1,26 @@
+// OpenBLAS, for the prefill-sized products of kernels/cpu/matmul.cc: its OpenMP build (Debian's
+// libopenblas0-openmp, whose threads are the engine's OpenMP team), opened at run time, so that a
+// host without it runs the kernels' own path. It picks its kernels for the CPU it finds (or as
+// OPENBLAS_CORETYPE says: kvshard leaves that to the host).
+#pragma once
+
+#include <string>
+
+namespace kvshard {
+
+struct BlasFns {
+  // cblas_sgemm(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+  void (*sgemm)(int, int, int, int, int, int, float, const float*, int, const float*, int, float,
+                float*, int);
+  void (*set_num_threads)(int);
+  char* (*corename)();
+};
+
+// The library's functions, opened on first use (thread-safe); nullptr when this build has none
+// or the library cannot be opened (the kernels' own path runs then).
+const BlasFns* blas();
+
+// "OpenBLAS (OpenMP) Haswell" (its kernels), or "none".
+std::string blas_description();
+
+}  // namespace kvshard
