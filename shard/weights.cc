@@ -8,7 +8,9 @@
 
 namespace kvshard {
 
-void HostMatrix::Free::operator()(std::byte* p) const { std::free(p); }
+void HostMatrixFree::operator()(std::byte* p) const {
+  if (owned) std::free(p);
+}
 
 namespace {
 
@@ -54,13 +56,15 @@ HostMatrix HostMatrix::FromF32(const std::vector<float>& values, int64_t rows, i
   return m;
 }
 
-HostMatrix HostMatrix::Rows(int64_t row0, int64_t row1) const {
-  HostMatrix m(dtype_, row1 - row0, cols_);
-  const size_t row_bytes = static_cast<size_t>(cols_) * DTypeSize(dtype_);
-  if (m.bytes() > 0) {
-    std::memcpy(m.data(), data_.get() + row0 * row_bytes, static_cast<size_t>(m.bytes()));
-  }
-  return m;
+HostMatrix HostMatrix::RowsView(const HostMatrix& m, int64_t row0, int64_t row1) {
+  HostMatrix v;
+  v.dtype_ = m.dtype_;
+  v.rows_ = row1 - row0;
+  v.cols_ = m.cols_;
+  const size_t row_bytes = static_cast<size_t>(m.cols_) * DTypeSize(m.dtype_);
+  v.data_ = std::unique_ptr<std::byte, HostMatrixFree>(
+      const_cast<std::byte*>(m.data_.get()) + row0 * row_bytes, HostMatrixFree{false});
+  return v;
 }
 
 std::vector<float> HostMatrix::ToF32() const {
@@ -133,7 +137,7 @@ StatusOr<ShardWeights> LoadAll(const Reader& rd, const ModelConfig& c, const TpL
                                              c.vocab_size, 0, c.dim));
   KVS_ASSIGN_OR_RETURN(w.final_norm, rd.Vector("model.norm.weight", c.dim));
   if (c.tie_word_embeddings) {
-    w.lm_head = w.embedding.Rows(l.vocab0, l.vocab0 + l.vocab);
+    w.lm_head = HostMatrix::RowsView(w.embedding, l.vocab0, l.vocab0 + l.vocab);
   } else {
     KVS_ASSIGN_OR_RETURN(w.lm_head, rd.Slice("lm_head.weight", c.vocab_size, c.dim, l.vocab0,
                                              l.vocab0 + l.vocab, 0, c.dim));
@@ -148,7 +152,7 @@ StatusOr<ShardWeights> LoadAll(const Reader& rd, const ModelConfig& c, const TpL
 }  // namespace
 
 int64_t ShardWeights::bytes() const {
-  int64_t b = embedding.bytes() + VecBytes(final_norm) + lm_head.bytes();
+  int64_t b = embedding.bytes() + VecBytes(final_norm) + (lm_head.view() ? 0 : lm_head.bytes());
   for (const auto& L : layers) {
     b += VecBytes(L.attn_norm) + VecBytes(L.ffn_norm);
     for (const HostMatrix* m : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) {
@@ -178,7 +182,8 @@ std::string ShardWeights::matrix_dtypes() const {
 
 int64_t ShardWeights::decode_read_bytes() const {
   const int64_t row = embedding.cols() * static_cast<int64_t>(DTypeSize(embedding.dtype()));
-  return bytes() - embedding.bytes() + row;
+  // The output head is read whole each step, a view of the embedding included.
+  return bytes() - embedding.bytes() + row + (lm_head.view() ? lm_head.bytes() : 0);
 }
 
 StatusOr<ShardWeights> LoadShardWeights(const Checkpoint& checkpoint, const ModelConfig& config,

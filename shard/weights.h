@@ -18,6 +18,12 @@
 
 namespace kvshard {
 
+// Frees a HostMatrix's storage, unless it is a view of another's.
+struct HostMatrixFree {
+  bool owned = true;
+  void operator()(std::byte* p) const;
+};
+
 // A row-major [rows, cols] matrix in host memory, 64-byte aligned, in f32, f16 or bf16.
 class HostMatrix {
  public:
@@ -38,21 +44,19 @@ class HostMatrix {
   int64_t bytes() const { return storage_elems() * static_cast<int64_t>(DTypeSize(dtype_)); }
   void* data() { return data_.get(); }
   const void* data() const { return data_.get(); }
-  // Rows [row0, row1) as a new matrix of the same dtype (of an unpacked matrix).
-  HostMatrix Rows(int64_t row0, int64_t row1) const;
+  // Rows [row0, row1) of `m` (unpacked) without a copy: `m` must outlive the view.
+  static HostMatrix RowsView(const HostMatrix& m, int64_t row0, int64_t row1);
+  bool view() const { return !data_.get_deleter().owned; }
   // The same values packed for matmul_packed (a 16-bit, unpacked matrix).
   HostMatrix Packed() const;
   std::vector<float> ToF32() const;  // of an unpacked matrix
 
  private:
-  struct Free {
-    void operator()(std::byte* p) const;
-  };
   int64_t storage_elems() const;
   DType dtype_ = DType::kF32;
   int64_t rows_ = 0, cols_ = 0;
   bool packed_ = false;
-  std::unique_ptr<std::byte, Free> data_;
+  std::unique_ptr<std::byte, HostMatrixFree> data_;
 };
 
 struct LayerWeights {
@@ -70,10 +74,11 @@ struct LayerWeights {
 struct ShardWeights {
   HostMatrix embedding;           // [vocab, dim] (every rank embeds its own input)
   std::vector<float> final_norm;  // f32 [dim]
-  HostMatrix lm_head;             // [vocab_slice, dim] this rank's rows of the output head
+  HostMatrix lm_head;  // [vocab_slice, dim] this rank's rows of the output head; with tied
+                       // embeddings in f32 a view of the embedding's rows (held once)
   std::vector<LayerWeights> layers;
 
-  // Bytes held in memory by this rank.
+  // Bytes held in memory by this rank (a view counts in the matrix it views).
   int64_t bytes() const;
   // Bytes one decode step reads: every layer, the norms and the output head, one embedding row.
   int64_t decode_read_bytes() const;

@@ -2,8 +2,8 @@
 """`kvshard bench --json` on the CPU: both ceilings measured in the same run (the read ceiling
 for decode, the f32 FMA probe and, where the build has one, the bf16 dot-product probe for
 prefill), the fractions taken against them, and the FLOP count behind prefill_gflops equal to an
-independent count from config.json. Run on a bf16 copy too: weights_bytes and
-decode_bytes_per_token follow the dtype held.
+independent count from config.json; weights_bytes equal to what the config says is held, in f32
+and with --weight-dtype bf16.
 
 Usage: bench_json.py KVSHARD MODEL_DIR
 """
@@ -51,12 +51,24 @@ flop += 2 * cfg["vocab_size"] * d
 got = j["prefill_gflops"] * 1e9 * CONTEXT / j["prefill_tokens_per_s"]
 check(abs(got / flop - 1) < 1e-6, f"prefill FLOP {got} != {flop}")
 
+# What is held, counted from the config: the layers' matrices, the embedding, the f32 norms, and
+# the output head: with tied embeddings in f32 it is a view of the embedding (held once, read
+# whole by every decode step); a 16-bit one is packed for decode, its own copy.
+V = cfg["vocab_size"]
+layer_matrices = L * (d * q + 2 * d * kv + q * d + 3 * d * f)
+norms = 4 * d * (2 * L + 1)
+tied = cfg.get("tie_word_embeddings", False)
+held_f32 = 4 * (layer_matrices + V * d + (0 if tied else V * d)) + norms
+check(j["weights_bytes"] == held_f32, f"f32 weights_bytes {j['weights_bytes']} != {held_f32}")
+read_f32 = held_f32 - 4 * V * d + 4 * d + (4 * V * d if tied else 0)
+check(j["decode_bytes_per_token"] >= read_f32, "decode reads the head and every layer")
+
 # The same weights held as bf16: half the matrix bytes, read by decode as such.
 b = bench(model, "--weight-dtype", "bf16")
 print(json.dumps(b))
 check(b["weight_dtype"] == "BF16", f"weight_dtype {b['weight_dtype']}")
-norms = 4 * d * (2 * L + 1)
-check(abs((b["weights_bytes"] - norms) * 2 - (j["weights_bytes"] - norms)) < 1e-6,
-      f"bf16 weights {b['weights_bytes']} vs f32 {j['weights_bytes']}")
+held_bf16 = 2 * (layer_matrices + 2 * V * d) + norms  # V rows: whole tiles of 4 here
+check(V % 4 == 0 and b["weights_bytes"] == held_bf16,
+      f"bf16 weights_bytes {b['weights_bytes']} != {held_bf16}")
 check(b["decode_bytes_per_token"] < 0.6 * j["decode_bytes_per_token"], "bf16 decode bytes")
 print("ok")

@@ -96,7 +96,9 @@ TEST(WeightMemory, Bf16CheckpointHeldAsBf16TakesHalfTheMemoryAndGeneratesTheSame
   ASSERT_EQ(bf16.tokens.size(), 24u);
   EXPECT_EQ(bf16.tokens, f32.tokens);
   EXPECT_LT(RelativeDiff(bf16.logits, f32.logits), 1e-5);
-  if (!matmul_uses_blas(20, 256, 256)) EXPECT_EQ(RelativeDiff(bf16.logits, f32.logits), 0.0);
+  if (!matmul_uses_blas(20, 256, 256)) {
+    EXPECT_EQ(RelativeDiff(bf16.logits, f32.logits), 0.0);
+  }
 }
 
 }  // namespace
