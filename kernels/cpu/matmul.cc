@@ -141,11 +141,12 @@ void tile_rows(float* out, const float* x, const W* const* wr, int64_t rows, int
   }
 }
 
-template <bool kAccumulate, typename W>
+// Tiles of 4 output rows x blocks of tokens: a block of x rows stays in L2 while the tiles of w
+// stream past it, so w is read once per token block rather than once per token. w is row-major,
+// or (16-bit, kPacked) packed in tiles as matmul.h describes.
+template <bool kAccumulate, bool kPacked, typename W>
 void matmul_impl(float* out, const float* x, const W* w, int64_t tokens, int64_t in,
                  int64_t n_out) {
-  // Tiles of 4 output rows × blocks of tokens: a block of x rows stays in L2 while the tiles of w
-  // stream past it, so w is read once per token block rather than once per token.
   constexpr int64_t kTokenBlock = 64;
   const int64_t tiles = (n_out + 3) / 4;
   for (int64_t t0 = 0; t0 < tokens; t0 += kTokenBlock) {
@@ -164,43 +165,27 @@ void matmul_impl(float* out, const float* x, const W* w, int64_t tokens, int64_t
       if (widen_tile) {
         static thread_local std::vector<float> wide;  // grows to 4 * the widest in, once
         if (wide.size() < static_cast<size_t>(4 * in)) wide.resize(4 * in);
-        const float* wf[4];
-        for (int i = 0; i < 4; ++i) {
-          if (i < rows) widen_row(wr[i], wide.data() + i * in, in);
-          wf[i] = wide.data() + std::min<int64_t>(i, rows - 1) * in;
+        if constexpr (kPacked) {
+          unpack_tile(w + n0 * in, in, wide.data());  // padding rows repeat the last one
+        } else {
+          for (int i = 0; i < rows; ++i) widen_row(wr[i], wide.data() + i * in, in);
         }
+        const float* wf[4];
+        for (int i = 0; i < 4; ++i) wf[i] = wide.data() + std::min<int64_t>(i, rows - 1) * in;
         tile_rows<kAccumulate>(out, x, wf, rows, n0, t0, t1, in, n_out);
+      } else if constexpr (kPacked) {
+        float r[4];
+        dot4_packed(x + t0 * in, w + n0 * in, in, r);
+        for (int64_t i = 0; i < rows; ++i) {
+          if constexpr (kAccumulate) {
+            out[t0 * n_out + n0 + i] += r[i];
+          } else {
+            out[t0 * n_out + n0 + i] = r[i];
+          }
+        }
       } else {
         tile_rows<kAccumulate>(out, x, wr, rows, n0, t0, t1, in, n_out);
       }
-    }
-  }
-}
-
-template <typename W>
-void matmul_packed_impl(float* out, const float* x, const W* packed, int64_t tokens, int64_t in,
-                        int64_t n_out) {
-  constexpr int64_t kTokenBlock = 64;
-  const int64_t tiles = (n_out + 3) / 4;
-  for (int64_t t0 = 0; t0 < tokens; t0 += kTokenBlock) {
-    const int64_t t1 = std::min(tokens, t0 + kTokenBlock);
-#pragma omp parallel for schedule(static) if ((t1 - t0) * in * n_out >= kParallelMacs)
-    for (int64_t tile = 0; tile < tiles; ++tile) {
-      const int64_t n0 = tile * 4;
-      const int64_t rows = std::min<int64_t>(4, n_out - n0);
-      const W* p = packed + tile * 4 * in;
-      if (t1 - t0 > 1) {  // widened once for the token block, as matmul_impl does
-        static thread_local std::vector<float> wide;
-        if (wide.size() < static_cast<size_t>(4 * in)) wide.resize(4 * in);
-        unpack_tile(p, in, wide.data());
-        const float* wf[4] = {wide.data(), wide.data() + in, wide.data() + 2 * in,
-                              wide.data() + 3 * in};
-        tile_rows<false>(out, x, wf, rows, n0, t0, t1, in, n_out);
-        continue;
-      }
-      float r[4];
-      dot4_packed(x + t0 * in, p, in, r);
-      for (int64_t i = 0; i < rows; ++i) out[t0 * n_out + n0 + i] = r[i];
     }
   }
 }
@@ -211,6 +196,7 @@ constexpr int64_t kBlasMinTokens = 16;
 constexpr int64_t kBlasMinWeights = int64_t{1} << 16;
 // Rows of a 16-bit matrix widened to f32 at once for sgemm (kBlasPanel * in floats per panel).
 constexpr int64_t kBlasPanel = 256;
+static_assert(kBlasPanel % 4 == 0, "a panel holds whole tiles of a packed matrix");
 
 bool use_blas(int64_t tokens, int64_t in, int64_t n_out) {
   return tokens >= kBlasMinTokens && in * n_out >= kBlasMinWeights && blas() != nullptr;
@@ -236,17 +222,10 @@ void sgemm_16bit(float* out, const float* x, const W* w, bool packed, int64_t to
   for (int64_t n0 = 0; n0 < n_out; n0 += kBlasPanel) {
     const int64_t rows = std::min(kBlasPanel, n_out - n0);
     float* p = panel.data();
-    if (packed) {  // n0 is a multiple of 4: whole tiles; the last one may be padding
-      const int64_t tiles = (rows + 3) / 4;
+    if (packed) {  // whole tiles (n0 is a multiple of 4); the panel has room for the padding
 #pragma omp parallel for schedule(static)
-      for (int64_t t = 0; t < tiles; ++t) {
-        if (4 * t + 4 <= rows) {
-          unpack_tile(w + (n0 + 4 * t) * in, in, p + 4 * t * in);
-        } else {
-          std::vector<float> last(4 * in);
-          unpack_tile(w + (n0 + 4 * t) * in, in, last.data());
-          std::copy(last.begin(), last.begin() + (rows - 4 * t) * in, p + 4 * t * in);
-        }
+      for (int64_t t = 0; t < (rows + 3) / 4; ++t) {
+        unpack_tile(w + (n0 + 4 * t) * in, in, p + 4 * t * in);
       }
     } else {
 #pragma omp parallel for schedule(static)
@@ -289,11 +268,11 @@ void matmul_any(float* out, const float* x, const W* w, bool packed, int64_t tok
     return;
   }
   if constexpr (std::is_same_v<W, float>) {
-    matmul_impl<false>(out, x, w, tokens, in, n_out);
+    matmul_impl<false, false>(out, x, w, tokens, in, n_out);
   } else if (packed) {
-    matmul_packed_impl(out, x, w, tokens, in, n_out);
+    matmul_impl<false, true>(out, x, w, tokens, in, n_out);
   } else {
-    matmul_impl<false>(out, x, w, tokens, in, n_out);
+    matmul_impl<false, false>(out, x, w, tokens, in, n_out);
   }
 }
 
@@ -334,7 +313,7 @@ void matmul_accumulate(float* out, const float* x, const float* w, int64_t token
     sgemm(out, x, w, tokens, in_features, out_features, out_features, 1.0f);
     return;
   }
-  matmul_impl<true>(out, x, w, tokens, in_features, out_features);
+  matmul_impl<true, false>(out, x, w, tokens, in_features, out_features);
 }
 
 float dot_f32(const float* a, const float* b, int64_t n) {
