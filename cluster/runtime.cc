@@ -33,7 +33,9 @@ void AddShardFlags(CLI::App* cmd, ShardFlags* f) {
   cmd->add_option("--kv-memory", f->kv_memory,
                   "KV cache memory per rank, e.g. 512MiB or 2GiB (sizes the pool; overrides "
                   "--kv-blocks)");
-  cmd->add_option("--kv-dtype", f->kv_dtype, "KV cache dtype: f32, f16 or bf16");
+  cmd->add_option("--kv-dtype", f->kv_dtype,
+                  "KV cache dtype: f32, f16, bf16, int8 or fp8 (e4m3; codes with one f32 scale per "
+                  "token and KV head)");
   cmd->add_option("--max-tokens-per-step", f->max_tokens_per_step,
                   "Largest prefill chunk (tokens per step)")
       ->check(CLI::Range(1, 1 << 20));
@@ -170,7 +172,7 @@ Status StartCuda(const ShardFlags& flags, int64_t min_kv_tokens, Runtime* rt) {
   options.max_seqs = flags.max_seqs;
   options.cuda_graphs = !flags.no_cuda_graphs;
   std::unique_ptr<cuda::CudaShardModel> model;
-  auto kv_dtype = ParseDType(flags.kv_dtype);
+  auto kv_dtype = ParseKvDType(flags.kv_dtype);
   auto weight_dtype =
       flags.weight_dtype == "auto"
           ? StatusOr<DType>(rt->config.dtype == DType::kF16 ? DType::kF16 : DType::kBF16)
@@ -206,7 +208,7 @@ Status StartCuda(const ShardFlags& flags, int64_t min_kv_tokens, Runtime* rt) {
 StatusOr<int64_t> KvBlocksPerRank(const ShardFlags& flags, const ModelConfig& config, int world,
                                   int64_t min_kv_tokens) {
   KVS_ASSIGN_OR_RETURN(const TpLayout layout, MakeTpLayout(config, world, 0, flags.seq_shards));
-  KVS_ASSIGN_OR_RETURN(const DType kv_dtype, ParseDType(flags.kv_dtype));
+  KVS_ASSIGN_OR_RETURN(const DType kv_dtype, ParseKvDType(flags.kv_dtype));
   KvPoolShape shape;
   shape.layers = config.n_layers;
   shape.block_size = flags.block_size;
@@ -237,7 +239,7 @@ Status LoadShard(const ShardFlags& flags, int64_t min_kv_tokens, Runtime* rt) {
   ShardOptions options;
   options.block_size = flags.block_size;
   options.seq_shards = flags.seq_shards;
-  KVS_ASSIGN_OR_RETURN(options.kv_dtype, ParseDType(flags.kv_dtype));
+  KVS_ASSIGN_OR_RETURN(options.kv_dtype, ParseKvDType(flags.kv_dtype));
   if (flags.weight_dtype != "auto") {
     KVS_ASSIGN_OR_RETURN(options.weight_dtype, ParseDType(flags.weight_dtype));
   }
@@ -275,10 +277,11 @@ void LogLayout(const Runtime& rt) {
   spdlog::info(
       "{} ranks on {} ({} threads each) as {} head groups x {} seq shards; rank 0 holds {} query "
       "heads, {} KV heads (x{} replicas), {} of weights ({}), {} KV blocks of {} tokens = {} KV "
-      "({} B/token)",
+      "({}, {} B/token)",
       l.tp, rt.device_name == "cuda" ? "GPUs" : "CPUs", rt.threads, l.head_groups, l.seq_shards,
       l.q_heads, l.kv_heads, l.kv_replicas, FormatBytes(m.weight_bytes()), m.weight_dtype(),
-      m.num_blocks(), m.block_size(), FormatBytes(m.kv_bytes()), m.kv_bytes_per_token());
+      m.num_blocks(), m.block_size(), FormatBytes(m.kv_bytes()), rt.kv_dtype,
+      m.kv_bytes_per_token());
   spdlog::info(
       "KV capacity of one request: {} tokens ({} blocks of {} tokens across {} seq shards)",
       m.request_capacity_tokens(), m.num_blocks(), m.logical_block_size(), l.seq_shards);
@@ -312,6 +315,8 @@ StatusOr<Runtime> StartRuntime(const ShardFlags& flags, int64_t min_kv_tokens) {
     resolved.device = without_gpu ? "cpu" : "cuda";
   }
   rt.device_name = resolved.device;
+  KVS_ASSIGN_OR_RETURN(const DType kv_dtype, ParseKvDType(flags.kv_dtype));
+  rt.kv_dtype = KvDTypeName(kv_dtype);
   if (resolved.device == "cuda") {
 #ifdef KVSHARD_HAVE_CUDA
     KVS_RETURN_IF_ERROR(StartCuda(resolved, min_kv_tokens, &rt));

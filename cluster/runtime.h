@@ -39,6 +39,7 @@ struct Runtime {
   std::unique_ptr<ShardBackend> model;
   int threads = 1;
   std::string device_name = "cpu";  // what --device resolved to: cpu or cuda
+  std::string kv_dtype = "f32";     // --kv-dtype as KvDTypeName spells it
   bool is_root() const { return comm->rank() == 0; }
 };
 

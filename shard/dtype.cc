@@ -13,6 +13,8 @@ size_t DTypeSize(DType dtype) {
     case DType::kF32: return 4;
     case DType::kF16: return 2;
     case DType::kBF16: return 2;
+    case DType::kI8: return 1;
+    case DType::kF8E4M3: return 1;
   }
   return 0;
 }
@@ -22,6 +24,19 @@ const char* DTypeName(DType dtype) {
     case DType::kF32: return "F32";
     case DType::kF16: return "F16";
     case DType::kBF16: return "BF16";
+    case DType::kI8: return "I8";
+    case DType::kF8E4M3: return "F8_E4M3";
+  }
+  return "?";
+}
+
+const char* KvDTypeName(DType dtype) {
+  switch (dtype) {
+    case DType::kF32: return "f32";
+    case DType::kF16: return "f16";
+    case DType::kBF16: return "bf16";
+    case DType::kI8: return "int8";
+    case DType::kF8E4M3: return "fp8";
   }
   return "?";
 }
@@ -31,6 +46,19 @@ StatusOr<DType> ParseDType(std::string_view name) {
   if (name == "F16" || name == "float16" || name == "f16") return DType::kF16;
   if (name == "BF16" || name == "bfloat16" || name == "bf16") return DType::kBF16;
   return InvalidArgument("unknown dtype \"{}\" (expected F32, F16 or BF16)", std::string(name));
+}
+
+StatusOr<DType> ParseKvDType(std::string_view name) {
+  if (name == "int8" || name == "i8" || name == "I8") return DType::kI8;
+  if (name == "fp8" || name == "f8_e4m3" || name == "F8_E4M3" || name == "fp8_e4m3") {
+    return DType::kF8E4M3;
+  }
+  auto d = ParseDType(name);
+  if (!d.ok()) {
+    return InvalidArgument("unknown KV cache dtype \"{}\" (expected f32, f16, bf16, int8 or fp8)",
+                           std::string(name));
+  }
+  return d;
 }
 
 // One implementation of each conversion: the kernels' (kernels/cpu/half.h), which the KV cache
@@ -60,6 +88,12 @@ void ConvertToF32(DType src, const void* in, float* out, size_t n) {
         out[i] = Bf16ToFloat(b);
       }
       return;
+    case DType::kI8:
+      for (size_t i = 0; i < n; ++i) out[i] = static_cast<float>(static_cast<int8_t>(bytes[i]));
+      return;
+    case DType::kF8E4M3:
+      for (size_t i = 0; i < n; ++i) out[i] = fp8_e4m3_bits_to_f32(bytes[i]);
+      return;
   }
 }
 
@@ -80,6 +114,12 @@ void ConvertFromF32(DType dst, const float* in, void* out, size_t n) {
         const uint16_t b = FloatToBf16(in[i]);
         std::memcpy(bytes + 2 * i, &b, 2);
       }
+      return;
+    case DType::kI8:  // the codes of unscaled values: rounded, saturated
+      for (size_t i = 0; i < n; ++i) bytes[i] = static_cast<uint8_t>(f32_to_i8(in[i]));
+      return;
+    case DType::kF8E4M3:
+      for (size_t i = 0; i < n; ++i) bytes[i] = f32_to_fp8_e4m3_bits(in[i]);
       return;
   }
 }

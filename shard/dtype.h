@@ -9,13 +9,22 @@
 
 namespace kvshard {
 
-enum class DType { kF32, kF16, kBF16 };
+// kI8 and kF8E4M3 are KV cache dtypes only (codes with one f32 scale per token and KV head,
+// kernels/cpu/kv_quant.h); no weight is ever held in them.
+enum class DType { kF32, kF16, kBF16, kI8, kF8E4M3 };
 
 size_t DTypeSize(DType dtype);
-// The safetensors spelling: "F32", "F16", "BF16".
+// True for the KV dtypes stored as codes plus per-row scales.
+inline bool IsQuantizedKv(DType dtype) { return dtype == DType::kI8 || dtype == DType::kF8E4M3; }
+// The safetensors spelling: "F32", "F16", "BF16" (and "I8", "F8_E4M3").
 const char* DTypeName(DType dtype);
-// Accepts the safetensors names and the torch-style "float32"/"float16"/"bfloat16"/"f32"/...
+// A weight dtype: the safetensors names and the torch-style
+// "float32"/"float16"/"bfloat16"/"f32"/...
 StatusOr<DType> ParseDType(std::string_view name);
+// A KV cache dtype (--kv-dtype): those of ParseDType, "int8" and "fp8" (e4m3).
+StatusOr<DType> ParseKvDType(std::string_view name);
+// The --kv-dtype spelling: f32, f16, bf16, int8, fp8.
+const char* KvDTypeName(DType dtype);
 
 // IEEE binary16. FloatToHalf rounds to nearest even; overflow gives inf, NaN stays NaN (quiet).
 float HalfToFloat(uint16_t h);

@@ -20,7 +20,8 @@ struct KvPoolShape {
   int64_t head_dim = 0;
   DType dtype = DType::kF32;
 
-  // Bytes of one token's K and V in one layer... summed over layers: what a cached token costs.
+  // Bytes of one token's K and V in one layer... summed over layers: what a cached token costs,
+  // the row scales of a quantized dtype included.
   int64_t bytes_per_token() const;
   int64_t bytes_per_block() const { return bytes_per_token() * block_size; }
   int64_t total_bytes() const { return bytes_per_block() * num_blocks; }
@@ -35,11 +36,21 @@ class KvPool {
   // dtype [num_blocks, block_size, kv_heads, head_dim]
   void* k(int64_t layer) { return data_.data() + (2 * layer) * layer_bytes_; }
   void* v(int64_t layer) { return data_.data() + (2 * layer + 1) * layer_bytes_; }
+  // Quantized dtypes (IsQuantizedKv): f32 [num_blocks * block_size, kv_heads], one scale per row
+  // of k(layer) / v(layer); nullptr for the others.
+  float* k_scale(int64_t layer) { return Scales(2 * layer); }
+  float* v_scale(int64_t layer) { return Scales(2 * layer + 1); }
 
  private:
   explicit KvPool(const KvPoolShape& shape);
+  float* Scales(int64_t i) {
+    if (scale_bytes_ == 0) return nullptr;
+    return reinterpret_cast<float*>(data_.data() + 2 * shape_.layers * layer_bytes_ +
+                                    i * scale_bytes_);
+  }
   KvPoolShape shape_;
   int64_t layer_bytes_ = 0;  // bytes of one layer's K (or V) pool
+  int64_t scale_bytes_ = 0;  // bytes of one layer's K (or V) scales (quantized dtypes)
   std::vector<std::byte> data_;
 };
 

@@ -272,6 +272,8 @@ const char* TorchDTypeName(DType dtype) {
     case DType::kF32: return "float32";
     case DType::kF16: return "float16";
     case DType::kBF16: return "bfloat16";
+    case DType::kI8:
+    case DType::kF8E4M3: break;  // KV dtypes only
   }
   return "float32";
 }

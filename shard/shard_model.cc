@@ -29,6 +29,8 @@ void WithElements(const HostMatrix& m, F&& f) {
     case DType::kF32: f(static_cast<const float*>(m.data())); return;
     case DType::kF16: f(static_cast<const f16_t*>(m.data())); return;
     case DType::kBF16: f(static_cast<const bf16_t*>(m.data())); return;
+    case DType::kI8:
+    case DType::kF8E4M3: return;  // KV dtypes only: never a weight's (ParseDType rejects them)
   }
 }
 
@@ -76,7 +78,7 @@ class CpuOps {
   }
   Status KvAppend(int64_t layer, int64_t T) {
     kv_append<KV>(Pool(layer, 0), Pool(layer, 1), m_.k_.data(), m_.v_.data(), in_.slots, T,
-                  l_.kv_heads, c_.head_dim);
+                  l_.kv_heads, c_.head_dim, m_.kv_->k_scale(layer), m_.kv_->v_scale(layer));
     return Status::Ok();
   }
   Status Attention(int64_t layer, int64_t T) {
@@ -84,7 +86,8 @@ class CpuOps {
     float* lse = l_.seq_shards > 1 ? m_.att_.data() + T * l_.q_heads * c_.head_dim : nullptr;
     paged_attention<KV>(m_.att_.data(), m_.q_.data(), Pool(layer, 0), Pool(layer, 1), view,
                         in_.token_seq, in_.positions, T, l_.q_heads, l_.kv_heads, c_.head_dim,
-                        1.0f / std::sqrt(static_cast<float>(c_.head_dim)), lse);
+                        1.0f / std::sqrt(static_cast<float>(c_.head_dim)), lse,
+                        m_.kv_->k_scale(layer), m_.kv_->v_scale(layer));
     return Status::Ok();
   }
   Status MergeAttention(int64_t T) {
@@ -268,6 +271,8 @@ Status ShardModel::Forward(const StepPlan& plan, std::vector<float>* logits) {
     case DType::kF32: KVS_RETURN_IF_ERROR(run(float{})); break;
     case DType::kF16: KVS_RETURN_IF_ERROR(run(f16_t{})); break;
     case DType::kBF16: KVS_RETURN_IF_ERROR(run(bf16_t{})); break;
+    case DType::kI8: KVS_RETURN_IF_ERROR(run(int8_t{})); break;
+    case DType::kF8E4M3: KVS_RETURN_IF_ERROR(run(fp8_e4m3_t{})); break;
   }
   if (tuner_ && plan.num_tokens() == plan.num_seqs()) {  // a decode step: tune the team size
     const double seconds =

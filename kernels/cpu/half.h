@@ -2,6 +2,7 @@
 // Kernels template over the storage type; arithmetic is always f32.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -12,6 +13,11 @@ struct f16_t {
 };
 struct bf16_t {
   uint16_t bits;
+};
+// OCP FP8 E4M3 ("e4m3fn"): 1 sign, 4 exponent (bias 7), 3 mantissa bits; no infinity, the largest
+// finite value 448, S.1111.111 NaN. A KV cache code (with a per-row scale), never a weight.
+struct fp8_e4m3_t {
+  uint8_t bits;
 };
 
 inline float f16_bits_to_f32(uint16_t h) {
@@ -80,6 +86,45 @@ inline uint16_t f32_to_bf16_bits(float f) {
   if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((x >> 16) | 0x40);  // quiet nan
   const uint32_t rounding = 0x7fff + ((x >> 16) & 1);
   return static_cast<uint16_t>((x + rounding) >> 16);
+}
+
+// E4M3 -> f32, exact. Its bits shifted into a binary16's place are a binary16 of the same sign
+// and mantissa whose exponent bias (15) is 8 more than E4M3's (7): so the value is that binary16
+// times 2^8, subnormals included. The vector kernels decode the same way (simd::load_fp8).
+inline float fp8_e4m3_bits_to_f32(uint8_t b) {
+  if ((b & 0x7f) == 0x7f) return std::nanf("");
+  const uint16_t h = static_cast<uint16_t>(((b & 0x80) << 8) | ((b & 0x7f) << 7));
+  return f16_bits_to_f32(h) * 256.0f;
+}
+
+// f32 -> E4M3, rounding to nearest even and saturating at +-448 (a scaled KV row never exceeds
+// it); NaN gives NaN.
+inline uint8_t f32_to_fp8_e4m3_bits(float f) {
+  if (std::isnan(f)) return 0x7f;
+  const uint8_t sign = std::signbit(f) ? 0x80 : 0;
+  float a = std::fabs(f);
+  if (a >= 448.0f) return sign | 0x7e;
+  // The spacing of E4M3 values around a: 2^(e - 3) for a normal a in [2^e, 2^(e+1)), 2^-9 below
+  // the smallest normal 2^-6. nearbyint rounds half to even in the default rounding mode.
+  int e = 0;
+  std::frexp(a, &e);  // a = m * 2^e, m in [0.5, 1): a in [2^(e-1), 2^e)
+  const int quantum_exp = (e - 1 < -6 ? -6 : e - 1) - 3;
+  const float q = std::nearbyint(std::ldexp(a, -quantum_exp));  // a in quanta
+  a = std::ldexp(q, quantum_exp);
+  if (a == 0.0f) return sign;
+  if (a >= 448.0f) return sign | 0x7e;
+  if (a < 0.015625f) return sign | static_cast<uint8_t>(q);  // subnormal: q quanta of 2^-9
+  std::frexp(a, &e);                                         // rounding may have carried
+  const int exp_field = e - 1 + 7;
+  const int mant = static_cast<int>(std::ldexp(a, -(e - 1) + 3)) - 8;
+  return sign | static_cast<uint8_t>((exp_field << 3) | mant);
+}
+
+// f32 -> int8, rounding to nearest even and saturating at +-127 (symmetric: -128 is never used).
+inline int8_t f32_to_i8(float f) {
+  if (std::isnan(f)) return 0;
+  const float r = std::nearbyint(f);
+  return static_cast<int8_t>(r > 127.0f ? 127.0f : (r < -127.0f ? -127.0f : r));
 }
 
 inline float to_f32(float v) { return v; }

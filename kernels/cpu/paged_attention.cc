@@ -13,26 +13,40 @@
 namespace kvshard {
 namespace {
 
-// Row of a KV pool as f32: f32 pools are used in place, 16-bit pools are widened into scratch.
+// One code as f32, unscaled.
+inline float code_f32(int8_t c) { return static_cast<float>(c); }
+inline float code_f32(fp8_e4m3_t c) { return fp8_e4m3_bits_to_f32(c.bits); }
+
+// Row of a KV pool as f32: f32 pools are used in place, the others are widened (and quantized
+// ones scaled) into scratch.
 template <typename KV>
-inline const float* row_f32(const KV* row, int64_t n, float* scratch) {
+inline const float* row_f32(const KV* row, float row_scale, int64_t n, float* scratch) {
   if constexpr (std::is_same_v<KV, float>) {
     return row;
   } else {
-    for (int64_t i = 0; i < n; ++i) scratch[i] = to_f32(row[i]);
+    kv_row_to_f32(scratch, row, row_scale, n);
     return scratch;
   }
 }
 
-// One vector of a KV row, widened to f32.
+// One vector of a KV row, widened to f32; quantized codes come out as code / kCodeDivisor<KV>.
+template <typename KV>
+inline constexpr float kCodeDivisor = 1.0f;
+template <>
+inline constexpr float kCodeDivisor<fp8_e4m3_t> = 256.0f;
+
 template <typename KV>
 inline simd::vec load_kv(const KV* p) {
   if constexpr (std::is_same_v<KV, float>) {
     return simd::load(p);
   } else if constexpr (std::is_same_v<KV, f16_t>) {
     return simd::load_f16(reinterpret_cast<const uint16_t*>(p));
-  } else {
+  } else if constexpr (std::is_same_v<KV, bf16_t>) {
     return simd::load_bf16(reinterpret_cast<const uint16_t*>(p));
+  } else if constexpr (std::is_same_v<KV, int8_t>) {
+    return simd::load_i8(p);
+  } else {
+    return simd::load_fp8_div256(reinterpret_cast<const uint8_t*>(p));
   }
 }
 
@@ -86,10 +100,13 @@ struct RowState {
 // the G x kTile scores (each K row loaded once per chunk of heads, the dot products summed by one
 // shuffle network instead of one reduction each), one online-softmax update per head with a
 // vector exp, then P x V with each V row loaded once per chunk of heads. `ahead_k/ahead_v`, when
-// given, are rows of a later block to prefetch, one per position.
+// given, are rows of a later block to prefetch, one per position. Quantized rows: ksc/vsc are
+// the tile's row scales (stride sc_stride); a score is dot(q, codes) x its K scale, and a
+// probability is multiplied by its V scale before P x V.
 template <typename KV, int G, int D>
 inline void attend_tile(RowState<G, D>& st, const float* qs, const KV* kb, const KV* vb, int n,
-                        int64_t kv_row, const KV* ahead_k, const KV* ahead_v) {
+                        int64_t kv_row, const KV* ahead_k, const KV* ahead_v, const float* ksc,
+                        const float* vsc, int64_t sc_stride) {
   using simd::vec;
   constexpr int W = simd::kWidth;
   constexpr int V = D / W;  // vectors per row
@@ -98,6 +115,14 @@ inline void attend_tile(RowState<G, D>& st, const float* qs, const KV* kb, const
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   float s[G][kTile];
   vec dots[G][kTile];
+  [[maybe_unused]] float kscale[kTile], vscale[kTile];
+  if constexpr (kQuantizedKv<KV>) {
+    for (int j = 0; j < kTile; ++j) {
+      const int64_t r = (j < n ? j : 0) * sc_stride;
+      kscale[j] = ksc[r] * kCodeDivisor<KV>;
+      vscale[j] = vsc[r] * kCodeDivisor<KV>;
+    }
+  }
   // Scores. A short tile repeats its first row; those lanes are dropped below.
   for (int g0 = 0; g0 < G; g0 += C) {
     vec q[C][V];
@@ -117,6 +142,11 @@ inline void attend_tile(RowState<G, D>& st, const float* qs, const KV* kb, const
   }
   for (int g = 0; g < G; ++g) {
     for (int j = 0; j < kTile; j += W) simd::sum_each(&dots[g][j], &s[g][j]);
+    if constexpr (kQuantizedKv<KV>) {
+      for (int j = 0; j < kTile; j += W) {
+        simd::store(&s[g][j], simd::mul(simd::load(&s[g][j]), simd::load(kscale + j)));
+      }
+    }
     for (int j = n; j < kTile; ++j) s[g][j] = kNegInf;
     vec mx = simd::load(s[g]);
     for (int j = W; j < kTile; j += W) mx = simd::max(mx, simd::load(s[g] + j));
@@ -132,7 +162,11 @@ inline void attend_tile(RowState<G, D>& st, const float* qs, const KV* kb, const
     vec sum = simd::zero();
     for (int j = 0; j < kTile; j += W) {
       const vec p = simd::exp_nonpositive(simd::sub(simd::load(s[g] + j), simd::set1(st.m[g])));
-      simd::store(s[g] + j, p);
+      if constexpr (kQuantizedKv<KV>) {
+        simd::store(s[g] + j, simd::mul(p, simd::load(vscale + j)));
+      } else {
+        simd::store(s[g] + j, p);
+      }
       sum = simd::add(sum, p);
     }
     st.l[g] += simd::sum(sum);
@@ -171,8 +205,8 @@ inline void attend_tile(RowState<G, D>& st, const float* qs, const KV* kb, const
 template <typename KV, int G, int D>
 void attend_run(float* o, float* lse, const float* q, int count, int64_t row_stride,
                 int64_t lse_stride, const int64_t* lens, const KV* k_cache, const KV* v_cache,
-                const PagedKvGeometry& geometry, const int32_t* table, int64_t kv_row, int64_t kvh,
-                float scale) {
+                const float* k_scale, const float* v_scale, const PagedKvGeometry& geometry,
+                const int32_t* table, int64_t kv_row, int64_t kvh, float scale) {
   constexpr int W = simd::kWidth;
   constexpr int kTile = 16;
   constexpr int kPrefetchBlocks = 2;
@@ -202,6 +236,10 @@ void attend_run(float* o, float* lse, const float* q, int count, int64_t row_str
     }
     for (int64_t t0 = p0; t0 < p_end; t0 += kTile) {
       const int64_t row0 = (base + (t0 - p0)) * kv_row + kvh * D;
+      const int64_t sc_stride = kv_row / D;  // scales: [slots, kv_heads]
+      const int64_t sc0 = (base + (t0 - p0)) * sc_stride + kvh;
+      const float* ksc = kQuantizedKv<KV> ? k_scale + sc0 : nullptr;
+      const float* vsc = kQuantizedKv<KV> ? v_scale + sc0 : nullptr;
       const int64_t ahead_off = t0 - p0;
       for (int u = 0; u < count; ++u) {
         const int64_t n = std::min<int64_t>({kTile, p_end - t0, lens[u] - t0});
@@ -209,7 +247,8 @@ void attend_run(float* o, float* lse, const float* q, int count, int64_t row_str
         const bool last = u == count - 1;
         attend_tile<KV, G, D>(state[u], qs[u], k_cache + row0, v_cache + row0, static_cast<int>(n),
                               kv_row, last && ahead_k ? ahead_k + ahead_off * kv_row : nullptr,
-                              last && ahead_v ? ahead_v + ahead_off * kv_row : nullptr);
+                              last && ahead_v ? ahead_v + ahead_off * kv_row : nullptr, ksc, vsc,
+                              sc_stride);
       }
     }
   }
@@ -232,16 +271,17 @@ void attend_run(float* o, float* lse, const float* q, int count, int64_t row_str
 }
 
 using TiledFn = void (*)(float*, float*, const float*, int, int64_t, int64_t, const int64_t*,
-                         const void*, const void*, const PagedKvGeometry&, const int32_t*, int64_t,
-                         int64_t, float);
+                         const void*, const void*, const float*, const float*,
+                         const PagedKvGeometry&, const int32_t*, int64_t, int64_t, float);
 
 template <typename KV, int G, int D>
 void attend_run_erased(float* o, float* lse, const float* q, int count, int64_t row_stride,
                        int64_t lse_stride, const int64_t* lens, const void* k, const void* v,
-                       const PagedKvGeometry& geometry, const int32_t* table, int64_t kv_row,
-                       int64_t kvh, float scale) {
+                       const float* k_scale, const float* v_scale, const PagedKvGeometry& geometry,
+                       const int32_t* table, int64_t kv_row, int64_t kvh, float scale) {
   attend_run<KV, G, D>(o, lse, q, count, row_stride, lse_stride, lens, static_cast<const KV*>(k),
-                       static_cast<const KV*>(v), geometry, table, kv_row, kvh, scale);
+                       static_cast<const KV*>(v), k_scale, v_scale, geometry, table, kv_row, kvh,
+                       scale);
 }
 
 template <typename KV, int D>
@@ -267,17 +307,57 @@ TiledFn TiledFor(int64_t group, int64_t head_dim) {
 
 }  // namespace
 
+namespace {
+
+// One row's codes and scale: symmetric, the row's largest magnitude maps to the largest code.
+template <typename KV>
+void quantize_row(KV* out, float* scale, const float* x, int64_t n) {
+  constexpr float kMaxCode = std::is_same_v<KV, int8_t> ? 127.0f : 448.0f;
+  float amax = 0;
+  for (int64_t i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
+  *scale = amax / kMaxCode;
+  const float inv = amax > 0 ? kMaxCode / amax : 0.0f;
+  for (int64_t i = 0; i < n; ++i) {
+    if constexpr (std::is_same_v<KV, int8_t>) {
+      out[i] = f32_to_i8(x[i] * inv);
+    } else {
+      out[i] = fp8_e4m3_t{f32_to_fp8_e4m3_bits(x[i] * inv)};
+    }
+  }
+}
+
+}  // namespace
+
+template <typename KV>
+void kv_row_to_f32(float* out, const KV* row, float scale, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    if constexpr (kQuantizedKv<KV>) {
+      out[i] = code_f32(row[i]) * scale;
+    } else {
+      out[i] = to_f32(row[i]);
+    }
+  }
+}
+
 template <typename KV>
 void kv_append(KV* k_cache, KV* v_cache, const float* k, const float* v, const int64_t* slots,
-               int64_t tokens, int64_t kv_heads, int64_t head_dim) {
+               int64_t tokens, int64_t kv_heads, int64_t head_dim, float* k_scale, float* v_scale) {
   const int64_t row = kv_heads * head_dim;
   for (int64_t t = 0; t < tokens; ++t) {
     if (slots[t] < 0) continue;  // another seq shard holds this position
     KV* kd = k_cache + slots[t] * row;
     KV* vd = v_cache + slots[t] * row;
-    for (int64_t i = 0; i < row; ++i) {
-      kd[i] = from_f32<KV>(k[t * row + i]);
-      vd[i] = from_f32<KV>(v[t * row + i]);
+    if constexpr (kQuantizedKv<KV>) {
+      for (int64_t h = 0; h < kv_heads; ++h) {
+        const int64_t i = h * head_dim;
+        quantize_row(kd + i, k_scale + slots[t] * kv_heads + h, k + t * row + i, head_dim);
+        quantize_row(vd + i, v_scale + slots[t] * kv_heads + h, v + t * row + i, head_dim);
+      }
+    } else {
+      for (int64_t i = 0; i < row; ++i) {
+        kd[i] = from_f32<KV>(k[t * row + i]);
+        vd[i] = from_f32<KV>(v[t * row + i]);
+      }
     }
   }
 }
@@ -286,7 +366,7 @@ template <typename KV>
 void paged_attention(float* out, const float* q, const KV* k_cache, const KV* v_cache,
                      const PagedKvView& view, const int32_t* token_seq, const int32_t* positions,
                      int64_t tokens, int64_t q_heads, int64_t kv_heads, int64_t head_dim,
-                     float scale, float* lse) {
+                     float scale, float* lse, const float* k_scale, const float* v_scale) {
   const int64_t group = q_heads / kv_heads;
   const PagedKvGeometry geometry = view.geometry;  // a copy: no reload inside the loops
   const int64_t kv_row = kv_heads * head_dim;
@@ -305,7 +385,7 @@ void paged_attention(float* out, const float* q, const KV* k_cache, const KV* v_
       for (int u = 0; u < r.count; ++u) lens[u] = static_cast<int64_t>(positions[r.first + u]) + 1;
       const int64_t row = r.first * q_heads + kvh * group;
       tiled(out + row * head_dim, lse ? lse + row : nullptr, q + row * head_dim, r.count,
-            q_heads * head_dim, q_heads, lens, k_cache, v_cache, geometry,
+            q_heads * head_dim, q_heads, lens, k_cache, v_cache, k_scale, v_scale, geometry,
             view.Table(token_seq[r.first]), kv_row, kvh, scale);
     }
     return;
@@ -333,8 +413,10 @@ void paged_attention(float* out, const float* q, const KV* k_cache, const KV* v_
       const int64_t base = geometry.SlotOf(table[b], 0);
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t slot = base + (p - p0);
-        const float* kr = row_f32(k_cache + slot * kv_row + kvh * head_dim, head_dim, kbuf);
-        const float* vr = row_f32(v_cache + slot * kv_row + kvh * head_dim, head_dim, vbuf);
+        const float ks = kQuantizedKv<KV> ? k_scale[slot * kv_heads + kvh] : 1.0f;
+        const float vs = kQuantizedKv<KV> ? v_scale[slot * kv_heads + kvh] : 1.0f;
+        const float* kr = row_f32(k_cache + slot * kv_row + kvh * head_dim, ks, head_dim, kbuf);
+        const float* vr = row_f32(v_cache + slot * kv_row + kvh * head_dim, vs, head_dim, vbuf);
         for (int64_t g = 0; g < group; ++g) {
           s[g] = dot_f32(qg + g * head_dim, kr, head_dim) * scale;
         }
@@ -456,13 +538,17 @@ void contiguous_attention(float* out, const float* q, const float* k, const floa
 
 #define KVSHARD_INSTANTIATE_ATTENTION(KV)                                                        \
   template void kv_append<KV>(KV*, KV*, const float*, const float*, const int64_t*, int64_t,     \
-                              int64_t, int64_t);                                                 \
+                              int64_t, int64_t, float*, float*);                                 \
+  template void kv_row_to_f32<KV>(float*, const KV*, float, int64_t);                            \
   template void paged_attention<KV>(float*, const float*, const KV*, const KV*,                  \
                                     const PagedKvView&, const int32_t*, const int32_t*, int64_t, \
-                                    int64_t, int64_t, int64_t, float, float*);
+                                    int64_t, int64_t, int64_t, float, float*, const float*,      \
+                                    const float*);
 KVSHARD_INSTANTIATE_ATTENTION(float)
 KVSHARD_INSTANTIATE_ATTENTION(f16_t)
 KVSHARD_INSTANTIATE_ATTENTION(bf16_t)
+KVSHARD_INSTANTIATE_ATTENTION(int8_t)
+KVSHARD_INSTANTIATE_ATTENTION(fp8_e4m3_t)
 #undef KVSHARD_INSTANTIATE_ATTENTION
 
 }  // namespace kvshard

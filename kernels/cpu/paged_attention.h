@@ -5,16 +5,36 @@
 
 #include <cstdint>
 
+#include "kernels/cpu/half.h"
 #include "plan/paged_kv.h"
 
 namespace kvshard {
 
+// KV element types: float, f16_t and bf16_t hold values; int8_t and fp8_e4m3_t (kernels/cpu/half.h)
+// hold codes, and each (slot, KV head) row of head_dim codes has one f32 scale beside the pool,
+// k_scale/v_scale: f32 [num_blocks * block_size, kv_heads]. A row's value is code * scale (int8:
+// symmetric, scale = max |x| / 127; fp8: scale = max |x| / 448), so a token costs head_dim + 4
+// bytes per KV head for each of K and V. The kernels dequantize inside the dot products; no
+// full-precision copy of the cache is made. The scale pointers are ignored for value types.
+template <typename KV>
+inline constexpr bool kQuantizedKv = false;
+template <>
+inline constexpr bool kQuantizedKv<int8_t> = true;
+template <>
+inline constexpr bool kQuantizedKv<fp8_e4m3_t> = true;
+
 // Writes each token's K and V into its slot. slots: [tokens], slot = block * block_size + offset,
 // or -1 for a token this pool does not hold (another seq shard's position).
 // k, v: f32 [tokens, kv_heads, head_dim]; k_cache, v_cache: KV [num_blocks * block_size, ...].
+// Quantized types write each row's codes and its scale.
 template <typename KV>
 void kv_append(KV* k_cache, KV* v_cache, const float* k, const float* v, const int64_t* slots,
-               int64_t tokens, int64_t kv_heads, int64_t head_dim);
+               int64_t tokens, int64_t kv_heads, int64_t head_dim, float* k_scale = nullptr,
+               float* v_scale = nullptr);
+
+// One row of a cache as f32 (code * scale for quantized types; scale ignored otherwise).
+template <typename KV>
+void kv_row_to_f32(float* out, const KV* row, float scale, int64_t n);
 
 // Causal attention of each query token over positions 0..positions[t] of its sequence, those of
 // them this pool holds (view.geometry: all of them unless positions are sharded).
@@ -28,7 +48,8 @@ template <typename KV>
 void paged_attention(float* out, const float* q, const KV* k_cache, const KV* v_cache,
                      const PagedKvView& view, const int32_t* token_seq, const int32_t* positions,
                      int64_t tokens, int64_t q_heads, int64_t kv_heads, int64_t head_dim,
-                     float scale, float* lse = nullptr);
+                     float scale, float* lse = nullptr, const float* k_scale = nullptr,
+                     const float* v_scale = nullptr);
 
 // The exact softmax attention over the union of `shards` disjoint sets of positions, from each
 // set's normalised output and log-sum-exp: out = sum_s exp(lse_s - m) o_s / sum_s exp(lse_s - m)

@@ -41,6 +41,20 @@ inline vec load_bf16(const uint16_t* p) {
   const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
 }
+// int8 KV codes, widened.
+inline vec load_i8(const int8_t* p) {
+  return _mm512_cvtepi32_ps(
+      _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+// E4M3 KV codes, decoded to value / 256 (kernels/cpu/half.h: the bits moved into a binary16's
+// place, converted by the F16C unit; the caller's scale carries the 2^8).
+inline vec load_fp8_div256(const uint8_t* p) {
+  const __m256i b = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  const __m256i h =
+      _mm256_or_si256(_mm256_slli_epi16(_mm256_and_si256(b, _mm256_set1_epi16(0x7f)), 7),
+                      _mm256_slli_epi16(_mm256_and_si256(b, _mm256_set1_epi16(0x80)), 8));
+  return _mm512_cvtph_ps(h);
+}
 // 2^n * p for integral n (as floats).
 inline vec scale_by_pow2(vec p, vec n) { return _mm512_scalef_ps(p, n); }
 inline vec round_nearest(vec a) {
@@ -106,6 +120,22 @@ inline vec load_bf16(const uint16_t* p) {
   const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
 }
+inline vec load_i8(const int8_t* p) {
+  return _mm256_cvtepi32_ps(
+      _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+inline vec load_fp8_div256(const uint8_t* p) {
+#if defined(__F16C__)
+  const __m128i b = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  const __m128i h = _mm_or_si128(_mm_slli_epi16(_mm_and_si128(b, _mm_set1_epi16(0x7f)), 7),
+                                 _mm_slli_epi16(_mm_and_si128(b, _mm_set1_epi16(0x80)), 8));
+  return _mm256_cvtph_ps(h);
+#else
+  alignas(32) float f[8];
+  for (int i = 0; i < 8; ++i) f[i] = fp8_e4m3_bits_to_f32(p[i]) * (1.0f / 256.0f);
+  return _mm256_load_ps(f);
+#endif
+}
 inline vec scale_by_pow2(vec p, vec n) {  // n in [-126, 127]
   const __m256i e =
       _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
@@ -154,6 +184,8 @@ inline vec load_bf16(const uint16_t* p) {
   std::memcpy(&f, &bits, 4);
   return f;
 }
+inline vec load_i8(const int8_t* p) { return static_cast<float>(*p); }
+inline vec load_fp8_div256(const uint8_t* p) { return fp8_e4m3_bits_to_f32(*p) * (1.0f / 256.0f); }
 inline vec scale_by_pow2(vec p, vec n) { return std::ldexp(p, static_cast<int>(n)); }
 inline vec round_nearest(vec a) { return std::nearbyint(a); }
 inline vec zero_below(vec x, float limit, vec r) { return x >= limit ? r : 0.0f; }

@@ -53,6 +53,10 @@ StatusOr<std::unique_ptr<CudaShardModel>> CudaShardModel::Create(const ModelConf
     return InvalidArgument("max tokens per step ({}) and block size ({}) must be positive",
                            options.max_tokens_per_step, options.block_size);
   }
+  if (IsQuantizedKv(options.kv_dtype)) {
+    return InvalidArgument("--kv-dtype {} runs on the CPU backend only so far (--device cpu)",
+                           KvDTypeName(options.kv_dtype));
+  }
   std::string why;
   if (!AttentionSupported(l.q_heads, l.kv_heads, config.head_dim, &why)) {
     return InvalidArgument("{}", why);
@@ -288,6 +292,8 @@ Status CudaShardModel::Enqueue(const StepShape& shape) {
         case DType::kF32: return EnqueueStep<float, float>(shape);
         case DType::kF16: return EnqueueStep<float, __half>(shape);
         case DType::kBF16: return EnqueueStep<float, __nv_bfloat16>(shape);
+        case DType::kI8:
+        case DType::kF8E4M3: break;  // refused in Create
       }
       break;
     case DType::kF16:
@@ -295,6 +301,8 @@ Status CudaShardModel::Enqueue(const StepShape& shape) {
         case DType::kF32: return EnqueueStep<__half, float>(shape);
         case DType::kF16: return EnqueueStep<__half, __half>(shape);
         case DType::kBF16: return EnqueueStep<__half, __nv_bfloat16>(shape);
+        case DType::kI8:
+        case DType::kF8E4M3: break;  // refused in Create
       }
       break;
     case DType::kBF16:
@@ -302,8 +310,12 @@ Status CudaShardModel::Enqueue(const StepShape& shape) {
         case DType::kF32: return EnqueueStep<__nv_bfloat16, float>(shape);
         case DType::kF16: return EnqueueStep<__nv_bfloat16, __half>(shape);
         case DType::kBF16: return EnqueueStep<__nv_bfloat16, __nv_bfloat16>(shape);
+        case DType::kI8:
+        case DType::kF8E4M3: break;  // refused in Create
       }
       break;
+    case DType::kI8:
+    case DType::kF8E4M3: break;  // never a weight dtype
   }
   return Internal("unknown dtype");
 }

@@ -3,7 +3,8 @@
 for decode, the f32 FMA probe and, where the build has one, the bf16 dot-product probe for
 prefill), the fractions taken against them, and the FLOP count behind prefill_gflops equal to an
 independent count from config.json; weights_bytes equal to what the config says is held, in f32
-and with --weight-dtype bf16.
+and with --weight-dtype bf16; the KV bytes per token and the context --kv-memory holds for every
+--kv-dtype, scales included.
 
 Usage: bench_json.py KVSHARD MODEL_DIR
 """
@@ -71,4 +72,19 @@ held_bf16 = 2 * (layer_matrices + 2 * V * d) + norms  # V rows: whole tiles of 4
 check(V % 4 == 0 and b["weights_bytes"] == held_bf16,
       f"bf16 weights_bytes {b['weights_bytes']} != {held_bf16}")
 check(b["decode_bytes_per_token"] < 0.6 * j["decode_bytes_per_token"], "bf16 decode bytes")
+
+# The KV cache at fixed memory: a token costs 2 * layers * kv_heads * head_dim * dtype bytes, and
+# a quantized dtype adds one f32 scale per KV head for each of K and V; max_context_tokens is what
+# --kv-memory holds of them in whole blocks.
+KV_MEMORY, BLOCK = 1 << 20, 16
+for dtype, size, scales in (("f32", 4, 0), ("bf16", 2, 0), ("int8", 1, 4), ("fp8", 1, 4)):
+    k = bench(model, "--kv-dtype", dtype, "--kv-memory", "1MiB")
+    per_token = 2 * L * cfg["num_key_value_heads"] * (hd * size + scales)
+    check(k["kv_dtype"] == dtype, f"kv_dtype {k['kv_dtype']} != {dtype}")
+    check(k["kv_bytes_per_token"] == per_token,
+          f"{dtype}: kv_bytes_per_token {k['kv_bytes_per_token']} != {per_token}")
+    want = KV_MEMORY // (per_token * BLOCK) * BLOCK
+    check(k["max_context_tokens"] == want,
+          f"{dtype}: max_context_tokens {k['max_context_tokens']} != {want}")
+    print(dtype, "max_context_tokens", k["max_context_tokens"], "at 1 MiB")
 print("ok")

@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <string>
+#include <tuple>
 
 #include "coordinator/serving_engine.h"
 #include "shard/shard_model.h"
@@ -43,7 +44,8 @@ std::vector<int32_t> Prompt(int64_t n, int64_t salt, int64_t vocab) {
 // The batch: prompts at the ownership edges of 2 and 4 shards of kBlockSize, all at once.
 const std::vector<int64_t> kBatchLengths = {1, 2, 3, 7, 8, 9, 15, 16, 17, 33};
 
-Outcome RunOnGrid(const std::string& model_dir, int groups, int shards, bool use_cache) {
+Outcome RunOnGrid(const std::string& model_dir, int groups, int shards, bool use_cache,
+                  DType kv_dtype) {
   int world_rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
   const int size = groups * shards;
@@ -62,6 +64,7 @@ Outcome RunOnGrid(const std::string& model_dir, int groups, int shards, bool use
   ShardOptions opt;
   opt.block_size = kBlockSize;
   opt.seq_shards = shards;
+  opt.kv_dtype = kv_dtype;
   opt.num_blocks = kPoolTokens / (kBlockSize * shards);
   opt.max_tokens_per_step = 24;  // the 40-token prompt runs as chunked prefill
   opt.max_seqs = 16;
@@ -125,20 +128,23 @@ Outcome RunOnGrid(const std::string& model_dir, int groups, int shards, bool use
   return out;
 }
 
-class GridEquivalence : public ::testing::TestWithParam<std::string> {};
+// A model and a KV cache dtype: quantized caches hold the same codes on every grid (one scale per
+// token and KV head, each row whole on one rank), so they must agree across grids as f32 does.
+class GridEquivalence : public ::testing::TestWithParam<std::tuple<std::string, DType>> {};
 
 TEST_P(GridEquivalence, SameOutputsOnEveryGrid) {
   int world_rank = 0, world = 1;
   MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
   MPI_Comm_size(MPI_COMM_WORLD, &world);
   ASSERT_EQ(world, 4) << "run under mpirun -np 4";
-  const std::string dir = TestModelDir(GetParam());
-  const Outcome ref = RunOnGrid(dir, 1, 1, true);
+  const auto [model, kv_dtype] = GetParam();
+  const std::string dir = TestModelDir(model);
+  const Outcome ref = RunOnGrid(dir, 1, 1, true, kv_dtype);
   const std::vector<std::pair<int, int>> grids = {{1, 2}, {1, 4}, {2, 2}, {4, 1}};
   std::vector<Outcome> got, recomputed;
   for (const auto& [g, s] : grids) {
-    got.push_back(RunOnGrid(dir, g, s, true));
-    recomputed.push_back(RunOnGrid(dir, g, s, false));
+    got.push_back(RunOnGrid(dir, g, s, true, kv_dtype));
+    recomputed.push_back(RunOnGrid(dir, g, s, false, kv_dtype));
   }
   if (world_rank != 0) return;
   ASSERT_EQ(ref.tokens.size(), 30u);
@@ -147,8 +153,8 @@ TEST_P(GridEquivalence, SameOutputsOnEveryGrid) {
   EXPECT_EQ(ref.capacity, kPoolTokens);
   int ran = 0;
   for (size_t i = 0; i < grids.size(); ++i) {
-    const std::string name =
-        fmt::format("{} grid {}x{}", GetParam(), grids[i].first, grids[i].second);
+    const std::string name = fmt::format("{} ({} cache) grid {}x{}", model, KvDTypeName(kv_dtype),
+                                         grids[i].first, grids[i].second);
     if (!got[i].valid) continue;
     ++ran;
     EXPECT_LT(RelativeDiff(ref.logits, got[i].logits), 1e-4) << name;
@@ -160,10 +166,14 @@ TEST_P(GridEquivalence, SameOutputsOnEveryGrid) {
     EXPECT_GT(got[i].snapshot.preemptions, 0) << name;
     EXPECT_EQ(got[i].capacity, kPoolTokens) << name;
   }
-  EXPECT_GE(ran, 2) << "too few grids could split " << GetParam();
+  EXPECT_GE(ran, 2) << "too few grids could split " << model;
 }
 
-INSTANTIATE_TEST_SUITE_P(Models, GridEquivalence, ::testing::Values("mha", "gqa", "mqa"));
+INSTANTIATE_TEST_SUITE_P(
+    Models, GridEquivalence,
+    ::testing::Values(std::make_tuple("mha", DType::kF32), std::make_tuple("gqa", DType::kF32),
+                      std::make_tuple("mqa", DType::kF32), std::make_tuple("mha", DType::kI8),
+                      std::make_tuple("gqa", DType::kI8), std::make_tuple("gqa", DType::kF8E4M3)));
 
 }  // namespace
 }  // namespace kvshard

@@ -19,7 +19,7 @@ struct Case {
 };
 
 template <typename KV>
-double MaxError(const Case& c, int64_t block_size, uint32_t seed) {
+double MaxError(const Case& c, int64_t block_size, uint32_t seed, double* quant_err = nullptr) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   const int64_t row = c.kv_heads * c.head_dim;
@@ -34,12 +34,17 @@ double MaxError(const Case& c, int64_t block_size, uint32_t seed) {
   std::iota(ids.begin(), ids.end(), 0);
   std::shuffle(ids.begin(), ids.end(), rng);
   ids.resize(nblocks);
-  std::vector<KV> kc(pool_blocks * block_size * row, from_f32<KV>(NAN));
-  std::vector<KV> vc(pool_blocks * block_size * row, from_f32<KV>(NAN));
+  // Rows never written read as NaN: values, or (quantized) their scales.
+  KV fill{};
+  if constexpr (!kQuantizedKv<KV>) fill = from_f32<KV>(NAN);
+  std::vector<KV> kc(pool_blocks * block_size * row, fill);
+  std::vector<KV> vc(pool_blocks * block_size * row, fill);
+  std::vector<float> ks(pool_blocks * block_size * c.kv_heads, NAN);
+  std::vector<float> vs(pool_blocks * block_size * c.kv_heads, NAN);
   std::vector<int64_t> slots(c.len);
   for (int64_t p = 0; p < c.len; ++p) slots[p] = ids[p / block_size] * block_size + p % block_size;
   kv_append<KV>(kc.data(), vc.data(), k.data(), v.data(), slots.data(), c.len, c.kv_heads,
-                c.head_dim);
+                c.head_dim, ks.data(), vs.data());
 
   const std::vector<int32_t> indptr = {0, static_cast<int32_t>(nblocks)};
   const PagedKvView view{indptr.data(), ids.data(), block_size};
@@ -48,11 +53,25 @@ double MaxError(const Case& c, int64_t block_size, uint32_t seed) {
   std::vector<float> got(c.q_heads * c.head_dim), want(c.q_heads * c.head_dim);
   std::vector<float> lse(c.q_heads);
   paged_attention<KV>(got.data(), q.data(), kc.data(), vc.data(), view, &seq, &pos, 1, c.q_heads,
-                      c.kv_heads, c.head_dim, scale, lse.data());
-  // The reference sees the cache as stored (rounded to KV), so only the kernel's error remains.
-  for (int64_t i = 0; i < c.len * row; ++i) {
-    k[i] = to_f32(from_f32<KV>(k[i]));
-    v[i] = to_f32(from_f32<KV>(v[i]));
+                      c.kv_heads, c.head_dim, scale, lse.data(), ks.data(), vs.data());
+  // The reference sees the cache as stored (rounded or quantized to KV), so only the kernel's
+  // error remains; `quant_err` is how far storing moved the rows.
+  for (int64_t p = 0; p < c.len; ++p) {
+    for (int64_t h = 0; h < c.kv_heads; ++h) {
+      const int64_t at = slots[p] * row + h * c.head_dim, sc = slots[p] * c.kv_heads + h;
+      std::vector<float> kr(c.head_dim), vr(c.head_dim);
+      kv_row_to_f32(kr.data(), kc.data() + at, ks[sc], c.head_dim);
+      kv_row_to_f32(vr.data(), vc.data() + at, vs[sc], c.head_dim);
+      for (int64_t i = 0; i < c.head_dim; ++i) {
+        const int64_t j = p * row + h * c.head_dim + i;
+        if (quant_err) {
+          *quant_err = std::max(*quant_err, static_cast<double>(std::fabs(kr[i] - k[j])));
+          *quant_err = std::max(*quant_err, static_cast<double>(std::fabs(vr[i] - v[j])));
+        }
+        k[j] = kr[i];
+        v[j] = vr[i];
+      }
+    }
   }
   contiguous_attention(want.data(), q.data(), k.data(), v.data(), c.len, c.q_heads, c.kv_heads,
                        c.head_dim, scale);
@@ -86,6 +105,8 @@ TEST(PagedAttention, MatchesContiguousAtBlockBoundaries) {
           << "len " << len << " heads " << c.q_heads << "/" << c.kv_heads;
       EXPECT_LT(MaxError<f16_t>(c, 16, len + 1), 1e-4) << "f16 cache, len " << len;
       EXPECT_LT(MaxError<bf16_t>(c, 16, len + 2), 1e-4) << "bf16 cache, len " << len;
+      EXPECT_LT(MaxError<int8_t>(c, 16, len + 3), 1e-4) << "int8 cache, len " << len;
+      EXPECT_LT(MaxError<fp8_e4m3_t>(c, 16, len + 4), 1e-4) << "fp8 cache, len " << len;
     }
   }
 }
@@ -105,9 +126,32 @@ TEST(PagedAttention, TiledKernelAtModelShapes) {
             EXPECT_LT(MaxError<f16_t>(c, bs, seed), 1e-4) << "f16, head_dim " << hd;
             EXPECT_LT(MaxError<bf16_t>(c, bs, seed), 1e-4) << "bf16, head_dim " << hd;
           }
+          if (len == 300 || len == 17) {
+            EXPECT_LT(MaxError<int8_t>(c, bs, seed), 1e-4)
+                << "int8, head_dim " << hd << " group " << group << " block " << bs;
+            EXPECT_LT(MaxError<fp8_e4m3_t>(c, bs, seed), 1e-4)
+                << "fp8, head_dim " << hd << " group " << group << " block " << bs;
+          }
         }
       }
     }
+  }
+}
+
+// What storing costs: an int8 row is within half a step (max |x| / 254) of the f32 row, an fp8
+// row within half of E4M3's relative spacing (2^-4 of the value, or the subnormal step).
+TEST(PagedAttention, QuantizedRowsAreWithinHalfAStep) {
+  for (int64_t hd : {8, 64, 128}) {
+    const Case c{40, 4, 2, hd};
+    double int8_err = 0, fp8_err = 0;
+    MaxError<int8_t>(c, 16, 5, &int8_err);
+    MaxError<fp8_e4m3_t>(c, 16, 6, &fp8_err);
+    // Unit normals: a row's max |x| is below 5.5, so int8's half step is below 5.5 / 254, and
+    // fp8's (half of 2^-3 relative to a value at most the row's max) below 5.5 / 16.
+    EXPECT_GT(int8_err, 0.0);
+    EXPECT_LT(int8_err, 5.5 / 254) << "head_dim " << hd;
+    EXPECT_GT(fp8_err, int8_err) << "e4m3 keeps 3 mantissa bits, int8 7";
+    EXPECT_LT(fp8_err, 5.5 / 16) << "head_dim " << hd;
   }
 }
 
@@ -156,6 +200,39 @@ TEST(HalfConversions, RoundTripsRepresentableValues) {
   EXPECT_TRUE(std::isinf(to_f32(from_f32<f16_t>(1e6f))));
   EXPECT_TRUE(std::isnan(to_f32(from_f32<f16_t>(NAN))));
   EXPECT_TRUE(std::isnan(to_f32(from_f32<bf16_t>(NAN))));
+}
+
+// E4M3 against the format's definition: every one of its 256 codes decodes to
+// (-1)^s 2^(e-7) (1 + m/8) (e > 0) or 2^-6 (m/8) (e = 0), S.1111.111 is NaN; encoding a decoded
+// value gives its code back, midpoints round to the even code, and beyond 448 saturates.
+TEST(HalfConversions, Fp8E4M3EveryCode) {
+  for (int b = 0; b < 256; ++b) {
+    const int s = b >> 7, e = (b >> 3) & 15, m = b & 7;
+    const float f = fp8_e4m3_bits_to_f32(static_cast<uint8_t>(b));
+    if (e == 15 && m == 7) {
+      EXPECT_TRUE(std::isnan(f)) << b;
+      continue;
+    }
+    const double want =
+        (s ? -1 : 1) * (e > 0 ? std::ldexp(1.0 + m / 8.0, e - 7) : std::ldexp(m / 8.0, -6));
+    EXPECT_EQ(f, want) << "code " << b;
+    if (b != 0x80) {
+      EXPECT_EQ(f32_to_fp8_e4m3_bits(f), b) << "code " << b;
+    }
+    // The midpoint to the next code up rounds to whichever of the two is even.
+    if (e < 15 && m < 7 && !(e == 14 && m == 6) && s == 0) {
+      const float next = fp8_e4m3_bits_to_f32(static_cast<uint8_t>(b + 1));
+      const float mid = (f + next) / 2;
+      EXPECT_EQ(f32_to_fp8_e4m3_bits(mid), (b % 2 == 0) ? b : b + 1) << "midpoint above " << b;
+    }
+  }
+  EXPECT_EQ(f32_to_fp8_e4m3_bits(-0.0f), 0x80);
+  EXPECT_EQ(f32_to_fp8_e4m3_bits(1e9f), 0x7e);
+  EXPECT_EQ(f32_to_fp8_e4m3_bits(-500.0f), 0xfe);
+  EXPECT_EQ(f32_to_fp8_e4m3_bits(1e-9f), 0x00);
+  EXPECT_EQ(f32_to_i8(126.5f), 126);
+  EXPECT_EQ(f32_to_i8(-1000.0f), -127);
+  EXPECT_EQ(f32_to_i8(2.5f), 2);
 }
 
 }  // namespace
