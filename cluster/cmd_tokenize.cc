@@ -6,6 +6,8 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 
 #include "cluster/commands.h"
 #include "coordinator/tokenizer.h"
@@ -16,7 +18,8 @@ namespace kvshard {
 namespace {
 
 struct TokenizeFlags {
-  std::string model, text;
+  std::string model, text, text_file;
+  bool text_given = false;
   bool bos = false, decode = false;
 };
 
@@ -44,7 +47,18 @@ StatusOr<std::unique_ptr<Tokenizer>> ModelTokenizer(const std::string& dir) {
 
 Status Tokenize(const TokenizeFlags& f) {
   KVS_ASSIGN_OR_RETURN(const std::unique_ptr<Tokenizer> tok, ModelTokenizer(f.model));
-  const std::vector<int32_t> ids = tok->Encode(f.text, f.bos);
+  std::string text = f.text;
+  if (f.text_given == !f.text_file.empty()) {
+    return InvalidArgument("give one of --text and --text-file");
+  }
+  if (!f.text_file.empty()) {
+    std::ifstream in(f.text_file, std::ios::binary);
+    if (!in) return NotFound("--text-file {}: cannot open", f.text_file);
+    std::ostringstream ss;
+    ss << in.rdbuf();
+    text = ss.str();
+  }
+  const std::vector<int32_t> ids = tok->Encode(text, f.bos);
   std::string line;
   for (int32_t id : ids) {
     if (!line.empty()) line += ',';
@@ -62,10 +76,12 @@ void RegisterTokenize(CLI::App& app, int* exit_code) {
   CLI::App* cmd = app.add_subcommand("tokenize", "Print the token ids of a text");
   cmd->add_option("--model", f->model, "Model directory (its tokenizer file) or .gguf file")
       ->required();
-  cmd->add_option("--text", f->text, "Text to tokenize")->required();
+  CLI::Option* text = cmd->add_option("--text", f->text, "Text to tokenize");
+  cmd->add_option("--text-file", f->text_file, "Or the bytes of this file");
   cmd->add_flag("--bos", f->bos, "Prepend BOS where the tokenizer's template does");
   cmd->add_flag("--decode", f->decode, "Also print the ids decoded back to text");
-  cmd->callback([f, exit_code] {
+  cmd->callback([f, exit_code, text] {
+    f->text_given = text->count() > 0;
     const Status st = Tokenize(*f);
     if (!st.ok()) spdlog::error("{}", st.ToString());
     *exit_code = st.ok() ? 0 : 1;

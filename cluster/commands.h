@@ -36,5 +36,6 @@ void RegisterConvertLlama2c(CLI::App& app, int* exit_code);
 void RegisterServe(CLI::App& app, int* exit_code);
 void RegisterClient(CLI::App& app, int* exit_code);
 void RegisterTokenize(CLI::App& app, int* exit_code);
+void RegisterPerplexity(CLI::App& app, int* exit_code);
 
 }  // namespace kvshard

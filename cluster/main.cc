@@ -24,6 +24,7 @@ int main(int argc, char** argv) {
   kvshard::RegisterServe(app, &exit_code);
   kvshard::RegisterClient(app, &exit_code);
   kvshard::RegisterTokenize(app, &exit_code);
+  kvshard::RegisterPerplexity(app, &exit_code);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -18,7 +18,7 @@ void PlanBuilder::Begin(StepPlan* plan) {
 
 Status PlanBuilder::Add(StepPlan* plan, int64_t seq, const std::vector<int32_t>& table,
                         int64_t blocks_needed, const int32_t* tokens, int64_t begin, int64_t end,
-                        bool want_logits) {
+                        int64_t logits_from) {
   auto it = seqs_.find(seq);
   if (it == seqs_.end()) {
     if (free_slots_.empty()) {
@@ -46,7 +46,10 @@ Status PlanBuilder::Add(StepPlan* plan, int64_t seq, const std::vector<int32_t>&
   }
   plan->qo_indptr.push_back(static_cast<int32_t>(plan->tokens.size()));
   plan->seq_slots.push_back(e.slot);
-  if (want_logits) plan->logits_rows.push_back(static_cast<int32_t>(plan->tokens.size() - 1));
+  const int64_t first = static_cast<int64_t>(plan->tokens.size()) - (end - begin);
+  for (int64_t p = std::max(logits_from, begin); p < end; ++p) {
+    plan->logits_rows.push_back(static_cast<int32_t>(first + (p - begin)));
+  }
   return Status::Ok();
 }
 

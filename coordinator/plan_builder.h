@@ -18,11 +18,13 @@ class PlanBuilder {
 
   // Starts the next plan: clears it and lists the tables released since the last one.
   void Begin(StepPlan* plan);
-  // Adds positions [begin, end) of a sequence (tokens: its ids) as one chunk of the step. `table`
-  // is the sequence's block table on rank 0; its first BlocksFor(end) entries must be final.
-  // ResourceExhausted when no table slot is free (more sequences than the shards have slots).
+  // Adds positions [begin, end) of a sequence (tokens: its ids) as one chunk of the step, with
+  // the logits of positions [logits_from, end) wanted (none when logits_from == end; the last
+  // position alone to sample the next token). `table` is the sequence's block table on rank 0;
+  // its first BlocksFor(end) entries must be final. ResourceExhausted when no table slot is free
+  // (more sequences than the shards have slots).
   Status Add(StepPlan* plan, int64_t seq, const std::vector<int32_t>& table, int64_t blocks_needed,
-             const int32_t* tokens, int64_t begin, int64_t end, bool want_logits);
+             const int32_t* tokens, int64_t begin, int64_t end, int64_t logits_from);
   // The sequence's table is gone on rank 0 (finished, preempted, or freed to recompute): its slot
   // is released in the next plan and may be given to another sequence there (not before).
   void Release(int64_t seq);

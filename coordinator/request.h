@@ -29,6 +29,11 @@ struct RequestSpec {
   // sequence neither uses nor fills the prefix cache.
   bool use_kv_cache = true;
   bool ignore_eos = false;  // the model's EOS ids do not end generation (benchmarks, tests)
+  // Also return the log-probability of every prompt token after the first, given those before
+  // it (teacher forcing: `kvshard perplexity`), from the logits of the prefill steps. Such a
+  // request computes its whole prompt (no prefix-cache hits: cached positions have no logits),
+  // and may have max_tokens 0 (it ends when its prompt is computed).
+  bool prompt_logprobs = false;
 };
 
 enum class RequestState { kQueued, kPrefill, kDecode, kFinished };
@@ -62,6 +67,7 @@ struct RequestStream {
   std::string finish_reason;  // "stop", "length", "cancelled", "error"
   std::string error;          // why, for "error"
   int64_t preemptions = 0;
+  std::vector<float> prompt_logprobs;  // spec.prompt_logprobs: [prompt_tokens - 1], when finished
   RequestTimings timings;
   Clock::time_point finished_at;
 };

@@ -46,7 +46,7 @@ std::vector<ScheduledChunk> Scheduler::Schedule(std::vector<Sequence*>* preempte
     // Share what the prefix cache holds (not in recompute mode); at least one token is left to
     // compute for the logits.
     const int64_t matched =
-        s->spec.use_kv_cache
+        s->spec.use_kv_cache && !s->spec.prompt_logprobs
             ? blocks_->MatchPrefix(s->id(), s->tokens.data(), total - 1, s->spec.cache_salt)
             : 0;
     const int64_t n = std::min(total - matched, budget);

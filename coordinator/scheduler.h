@@ -47,6 +47,9 @@ struct Sequence {
   TextStream text;
   int64_t generated = 0;
   int64_t preemptions = 0;
+  // spec.prompt_logprobs: log p(prompt[i + 1] | prompt[..i]) at [i], filled as prefill runs (a
+  // preempted sequence's recompute writes the same entries again).
+  std::vector<float> prompt_logprobs;
   Clock::time_point first_scheduled, first_token, last_token;
 };
 

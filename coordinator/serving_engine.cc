@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cmath>
 #include <thread>
 
 #include "coordinator/text_stream.h"
@@ -13,6 +14,25 @@ namespace {
 
 constexpr size_t kMaxStopStrings = 16;
 constexpr size_t kMaxStopBytes = 256;
+
+// The first position of a chunk whose logits the step returns: the last one to sample the next
+// token, or (prompt_logprobs) every prompt position before the prompt's last.
+int64_t LogitsFrom(const ScheduledChunk& c) {
+  const int64_t from = c.want_logits ? c.end - 1 : c.end;
+  if (c.seq->spec.prompt_logprobs && c.begin < c.seq->prompt_len() - 1) {
+    return std::min(from, c.begin);
+  }
+  return from;
+}
+
+// log softmax(logits)[id], the sum in double.
+float LogProbability(const float* logits, int64_t vocab, int32_t id) {
+  float mx = logits[0];
+  for (int64_t i = 1; i < vocab; ++i) mx = std::max(mx, logits[i]);
+  double sum = 0;
+  for (int64_t i = 0; i < vocab; ++i) sum += std::exp(static_cast<double>(logits[i] - mx));
+  return static_cast<float>(static_cast<double>(logits[id] - mx) - std::log(sum));
+}
 constexpr size_t kMaxStopIds = 64;
 constexpr size_t kMaxSaltBytes = 256;
 
@@ -59,7 +79,10 @@ Status ServingEngine::Validate(const RequestSpec& r) const {
     return InvalidArgument("prompt: {} tokens exceed the model's context of {} tokens", P,
                            c.max_seq_len);
   }
-  if (r.max_tokens <= 0) {
+  if (r.prompt_logprobs && r.max_tokens < 0) {
+    return InvalidArgument("max_tokens: must be at least 0, got {}", r.max_tokens);
+  }
+  if (!r.prompt_logprobs && r.max_tokens <= 0) {
     return InvalidArgument("max_tokens: must be positive, got {}", r.max_tokens);
   }
   if (P + r.max_tokens > c.max_seq_len) {
@@ -224,6 +247,7 @@ void ServingEngine::Finish(Sequence* seq, const std::string& reason, const std::
   {
     std::lock_guard<std::mutex> lock(st.mu);
     st.finished = true;
+    st.prompt_logprobs = std::move(seq->prompt_logprobs);
     st.finish_reason = st.cancel_requested.load() && reason != "error" ? "cancelled" : reason;
     st.error = error;
     st.finished_at = now;
@@ -286,7 +310,7 @@ StatusOr<bool> ServingEngine::Step() {
     if (s->first_scheduled == Clock::time_point{}) s->first_scheduled = start;
     KVS_RETURN_IF_ERROR(builder_.Add(&plan_, s->id(), blocks_.Table(s->id()),
                                      blocks_.BlocksFor(c.end), s->tokens.data(), c.begin, c.end,
-                                     c.want_logits));
+                                     LogitsFrom(c)));
   }
   last_plan_bytes_ = StepPlanWireBytes(plan_);
   KVS_RETURN_IF_ERROR(BroadcastStepPlan(model_->comm(), &plan_, 0, &payload_));
@@ -304,12 +328,26 @@ StatusOr<bool> ServingEngine::Step() {
     if (s->spec.use_kv_cache) {
       blocks_.CommitFullBlocks(s->id(), s->tokens.data(), s->computed, s->spec.cache_salt);
     }
+    // Prompt positions before the last: the log-probability of the prompt's next token.
+    for (int64_t p = LogitsFrom(c); p < c.end - (c.want_logits ? 1 : 0); ++p) {
+      const int64_t next = p + 1;
+      if (next < s->prompt_len()) {
+        s->prompt_logprobs.resize(s->prompt_len() - 1);
+        s->prompt_logprobs[p] = LogProbability(logits_.data() + row * V, V, s->tokens[next]);
+      }
+      ++row;
+    }
     if (!c.want_logits) {
       Publish(s, RequestState::kPrefill);
       continue;
     }
     if (trace_ && s->id() == trace_id_) {
       trace_->emplace_back(logits_.data() + row * V, logits_.data() + (row + 1) * V);
+    }
+    if (s->spec.max_tokens == 0) {  // prompt_logprobs alone: the prompt was the request
+      ++row;
+      Finish(s, "length", "");
+      continue;
     }
     const int32_t next = s->sampler.Sample(logits_.data() + row * V, V);
     ++row;
@@ -390,6 +428,10 @@ StatusOr<GenerationResult> ServingEngine::Generate(RequestSpec spec,
   }
   if (!st.ok()) return st;
   result.decode_steps = std::max<int64_t>(samples - 1, 0);
+  {
+    std::lock_guard<std::mutex> lock(stream->mu);
+    result.prompt_logprobs = std::move(stream->prompt_logprobs);
+  }
   return result;
 }
 

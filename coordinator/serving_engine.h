@@ -62,6 +62,8 @@ struct GenerationResult {
   double prefill_seconds = 0;   // the steps up to the first sampled token
   double decode_seconds = 0;    // every later step
   int64_t decode_steps = 0;     // sampling steps after the first
+  // RequestSpec::prompt_logprobs: log p(prompt[i + 1] | prompt[..i]) for i < prompt size - 1.
+  std::vector<float> prompt_logprobs;
 };
 
 class ServingEngine {

@@ -1,0 +1,67 @@
+#!/usr/bin/env python3
+"""`kvshard perplexity` against an independent implementation and across layouts and KV dtypes.
+
+- f32 cache: the perplexity of each case of reference.json (Hugging Face transformers over the
+  same weights and windows; make_reference.py) within 1e-5, at 1 rank; the first case also at 2
+  ranks (TP), on the 2x2 grid (2 head groups x 2 seq shards) and in chunks of 60 tokens (chunked
+  prefill) within 1e-5 of the reference.
+- bf16, int8 and fp8 caches on the first case: the same perplexity on 1 rank and on the 2x2 grid
+  (1e-4: every layout rounds the same values, up to the last bit of their f32 sums), and within the stated cost of the f32 cache: bf16
+  and int8 within 0.5%, fp8 within 3% (e4m3 keeps 3 mantissa bits; stories260K's heads of 8 are
+  the hardest case: docs/performance.md has the long-text table).
+
+Usage: check.py KVSHARD MPIRUN MODEL_DIR TEXT REFERENCE_JSON
+"""
+import json
+import shlex
+import subprocess
+import sys
+
+kvshard, mpirun, model, text, ref_path = sys.argv[1:6]
+ref = json.load(open(ref_path))
+
+
+def ppl(case, np=1, kv="f32", extra=()):
+    cmd = shlex.split(mpirun) + ["-np", str(np)] + [
+        kvshard, "perplexity", "--model", model, "--text", text, "--json",
+        "--limit-tokens", str(case["limit_tokens"]), "--context", str(case["context"]),
+        "--stride", str(case["stride"]), "--kv-dtype", kv, *extra]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    j = json.loads(out.strip().splitlines()[-1])
+    if j["kv_dtype"] != kv or j["tokens"] != case["tokens"]:
+        sys.exit(f"FAIL: {j} (wanted kv_dtype {kv}, {case['tokens']} tokens)")
+    print(f"np {np} {' '.join(extra)} kv {kv} context {case['context']} stride "
+          f"{case['stride']}: perplexity {j['perplexity']:.6f} over {j['tokens']} tokens")
+    return j["perplexity"]
+
+
+failed = []
+
+
+def near(got, want, rel, what):
+    if abs(got / want - 1) > rel:
+        failed.append(f"{what}: {got} vs {want} (tolerance {rel})")
+
+
+for case in ref["cases"]:
+    near(ppl(case), case["perplexity"], 1e-5, f"np 1 {case}")
+first = ref["cases"][0]
+near(ppl(first, 2), first["perplexity"], 1e-5, "np 2 (TP 2)")
+# Chunked prefill: each window's prompt log-probabilities come from 5 steps of 60 tokens or less.
+near(ppl(first, 1, extra=("--max-tokens-per-step", "60")), first["perplexity"], 1e-5,
+     "chunked prefill")
+grid = ("--seq-shards", "2", "--block-size", "8")
+near(ppl(first, 4, extra=grid), first["perplexity"], 1e-5, "2x2 grid")
+f32 = first["perplexity"]
+for kv, cost in (("bf16", 0.005), ("int8", 0.005), ("fp8", 0.03)):
+    one = ppl(first, 1, kv)
+    # Each layout sums the hidden state in its own order (all-reduce, merged seq shards), 1e-7
+    # apart; a K or V element that close to a rounding boundary may round the other way.
+    near(ppl(first, 4, kv, grid), one, 1e-4, f"{kv} cache: 2x2 grid vs 1 rank")
+    if not (f32 * (1 - cost) < one < f32 * (1 + cost)) or one == f32:
+        failed.append(f"{kv} cache: perplexity {one} not within {cost:.1%} of f32's {f32} "
+                      "(or equal: the cache was not used)")
+    print(f"  {kv}: {one / f32 - 1:+.3%} against the f32 cache")
+if failed:
+    sys.exit("FAIL:\n  " + "\n  ".join(failed))
+print("ok")
