@@ -4,6 +4,7 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 
 #include <cstdint>
 
@@ -14,6 +15,36 @@ namespace kvshard::cuda {
 __device__ __forceinline__ float to_f32(float v) { return v; }
 __device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
 __device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
+// Quantized KV codes, unscaled (the row's scale multiplies them: kernels/cpu/paged_attention.h).
+__device__ __forceinline__ float to_f32(int8_t v) { return static_cast<float>(v); }
+__device__ __forceinline__ float to_f32(__nv_fp8_e4m3 v) { return static_cast<float>(v); }
+
+template <typename KV>
+inline constexpr bool kQuantizedKv = false;
+template <>
+inline constexpr bool kQuantizedKv<int8_t> = true;
+template <>
+inline constexpr bool kQuantizedKv<__nv_fp8_e4m3> = true;
+// The largest code: a row's largest magnitude maps to it.
+template <typename KV>
+inline constexpr float kMaxCode = 127.0f;
+template <>
+inline constexpr float kMaxCode<__nv_fp8_e4m3> = 448.0f;
+
+// A scaled value's code: round to nearest even, saturated (int8: to +-127, fp8: to +-448), as the
+// CPU's f32_to_i8 / f32_to_fp8_e4m3_bits.
+template <typename KV>
+__device__ __forceinline__ KV quantize(float x);
+template <>
+__device__ __forceinline__ int8_t quantize<int8_t>(float x) {
+  return static_cast<int8_t>(fminf(fmaxf(rintf(x), -127.0f), 127.0f));
+}
+template <>
+__device__ __forceinline__ __nv_fp8_e4m3 quantize<__nv_fp8_e4m3>(float x) {
+  __nv_fp8_e4m3 r;
+  r.__x = __nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3);
+  return r;
+}
 
 // Round to nearest even, like the CPU's from_f32 (kernels/cpu/half.h).
 template <typename T>

@@ -12,9 +12,10 @@ template <typename KV>
 __global__ void __launch_bounds__(kAttentionThreads)
     paged_attention_kernel(float* out, float* out_lse, float* partial_out, float* partial_lse,
                            const float* q, const KV* k_cache, const KV* v_cache,
-                           const PagedKvView view, const int32_t* tiles, const int32_t* token_seq,
-                           const int32_t* positions, int q_heads, int kv_heads, int head_dim,
-                           int tile_tokens, int kv_tile, int num_splits, float scale) {
+                           const float* k_scale, const float* v_scale, const PagedKvView view,
+                           const int32_t* tiles, const int32_t* token_seq, const int32_t* positions,
+                           int q_heads, int kv_heads, int head_dim, int tile_tokens, int kv_tile,
+                           int num_splits, float scale) {
   const int kvh = blockIdx.y;
   const int split = blockIdx.z;
   const int group = q_heads / kv_heads;
@@ -92,6 +93,10 @@ __global__ void __launch_bounds__(kAttentionThreads)
         const int64_t slot = g.SlotOf(table[p / block_size], p % block_size);
         kx = to_f32(k_head[slot * kv_row + d]);
         vx = to_f32(v_head[slot * kv_row + d]);
+        if constexpr (kQuantizedKv<KV>) {  // code x its row's scale, dequantized in shared memory
+          kx *= k_scale[slot * kv_heads + kvh];
+          vx *= v_scale[slot * kv_heads + kvh];
+        }
       }
       k_s[j * kv_stride + d] = kx;
       v_s[j * kv_stride + d] = vx;
@@ -248,8 +253,11 @@ cudaError_t paged_attention(float* out, const float* q, const KV* k_cache, const
                             const int32_t* token_seq, const int32_t* positions, int64_t tokens,
                             int64_t q_heads, int64_t kv_heads, int64_t head_dim, float scale,
                             const AttentionLaunch& launch, float* workspace, cudaStream_t stream,
-                            float* lse) {
+                            float* lse, const float* k_scale, const float* v_scale) {
   if (tokens <= 0 || num_tiles <= 0) return cudaSuccess;
+  if (kQuantizedKv<KV> && (k_scale == nullptr || v_scale == nullptr)) {
+    return cudaErrorInvalidValue;
+  }
   if (!LaunchIsValid(launch, q_heads, kv_heads, head_dim, view.geometry.block_size, num_tiles,
                      tokens, workspace)) {
     return cudaErrorInvalidValue;
@@ -260,10 +268,10 @@ cudaError_t paged_attention(float* out, const float* q, const KV* k_cache, const
   const dim3 grid(static_cast<unsigned>(num_tiles), static_cast<unsigned>(kv_heads),
                   static_cast<unsigned>(splits));
   KVS_LAUNCH(grid, kAttentionThreads, launch.smem_bytes, stream, paged_attention_kernel<KV>)
-  (out, lse, partial_out, partial_lse, q, k_cache, v_cache, view, tiles, token_seq, positions,
-   static_cast<int>(q_heads), static_cast<int>(kv_heads), static_cast<int>(head_dim),
-   static_cast<int>(launch.tile_tokens), static_cast<int>(launch.kv_tile), static_cast<int>(splits),
-   scale);
+  (out, lse, partial_out, partial_lse, q, k_cache, v_cache, k_scale, v_scale, view, tiles,
+   token_seq, positions, static_cast<int>(q_heads), static_cast<int>(kv_heads),
+   static_cast<int>(head_dim), static_cast<int>(launch.tile_tokens),
+   static_cast<int>(launch.kv_tile), static_cast<int>(splits), scale);
   const cudaError_t rc = cudaGetLastError();
   if (rc != cudaSuccess || splits == 1) return rc;
   KVS_LAUNCH(static_cast<unsigned>(tokens * q_heads), kMergeThreads, 0, stream,
@@ -290,10 +298,12 @@ cudaError_t merge_attention_columns(float* out, const float* parts, int64_t shar
   template cudaError_t paged_attention<KV>(                                                    \
       float*, const float*, const KV*, const KV*, const PagedKvView&, const int32_t*, int64_t, \
       const int32_t*, const int32_t*, int64_t, int64_t, int64_t, int64_t, float,               \
-      const AttentionLaunch&, float*, cudaStream_t, float*);
+      const AttentionLaunch&, float*, cudaStream_t, float*, const float*, const float*);
 KVSHARD_INSTANTIATE_ATTENTION(float)
 KVSHARD_INSTANTIATE_ATTENTION(__half)
 KVSHARD_INSTANTIATE_ATTENTION(__nv_bfloat16)
+KVSHARD_INSTANTIATE_ATTENTION(int8_t)
+KVSHARD_INSTANTIATE_ATTENTION(__nv_fp8_e4m3)
 #undef KVSHARD_INSTANTIATE_ATTENTION
 
 }  // namespace kvshard::cuda

@@ -16,6 +16,7 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -35,13 +36,17 @@ namespace kvshard::cuda {
 // (view.geometry). lse, when given: f32 [tokens, q_heads], each row's log-sum-exp, -inf (with
 // out = 0) for a row that reaches none of this pool's positions, as the CPU kernel gives it.
 // Returns cudaErrorInvalidValue for a launch plan the kernel cannot run (see AttentionSupported).
+// KV = int8_t or __nv_fp8_e4m3: codes, each (slot, KV head) row times its scale in k_scale /
+// v_scale (f32 [num_blocks * block_size, kv_heads], kv_append's), dequantized as the tile enters
+// shared memory; both are required for them and ignored otherwise.
 template <typename KV>
 cudaError_t paged_attention(float* out, const float* q, const KV* k_cache, const KV* v_cache,
                             const PagedKvView& view, const int32_t* tiles, int64_t num_tiles,
                             const int32_t* token_seq, const int32_t* positions, int64_t tokens,
                             int64_t q_heads, int64_t kv_heads, int64_t head_dim, float scale,
                             const AttentionLaunch& launch, float* workspace, cudaStream_t stream,
-                            float* lse = nullptr);
+                            float* lse = nullptr, const float* k_scale = nullptr,
+                            const float* v_scale = nullptr);
 
 // The seq shards' exact merge for columns [col0, col0 + cols) of a step's attention output (the
 // twin of the CPU merge_attention_columns): parts: device f32, shard s's kernel output [tokens,

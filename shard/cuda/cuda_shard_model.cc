@@ -53,10 +53,6 @@ StatusOr<std::unique_ptr<CudaShardModel>> CudaShardModel::Create(const ModelConf
     return InvalidArgument("max tokens per step ({}) and block size ({}) must be positive",
                            options.max_tokens_per_step, options.block_size);
   }
-  if (IsQuantizedKv(options.kv_dtype)) {
-    return InvalidArgument("--kv-dtype {} runs on the CPU backend only so far (--device cpu)",
-                           KvDTypeName(options.kv_dtype));
-  }
   std::string why;
   if (!AttentionSupported(l.q_heads, l.kv_heads, config.head_dim, &why)) {
     return InvalidArgument("{}", why);
@@ -155,8 +151,11 @@ Status CudaShardModel::AllocateWorkspaces() {
 
 Status CudaShardModel::AllocateKv() {
   const size_t row = static_cast<size_t>(layout_.kv_heads * config_.head_dim);
-  const size_t block_bytes = static_cast<size_t>(options_.block_size) * row *
-                             DTypeSize(options_.kv_dtype) * 2 *
+  // A quantized row's scale sits beside the codes: one f32 per (slot, KV head), K and V.
+  const size_t scale_row =
+      IsQuantizedKv(options_.kv_dtype) ? static_cast<size_t>(layout_.kv_heads) * sizeof(float) : 0;
+  const size_t block_bytes = static_cast<size_t>(options_.block_size) *
+                             (row * DTypeSize(options_.kv_dtype) + scale_row) * 2 *
                              static_cast<size_t>(config_.n_layers);
   int64_t blocks = options_.num_blocks;
   if (blocks <= 0) {
@@ -179,10 +178,13 @@ Status CudaShardModel::AllocateKv() {
   blocks = std::min<int64_t>(blocks, INT32_MAX - 1);
   num_blocks_ = blocks;
   stage_.padding.scratch_block = static_cast<int32_t>(blocks);
-  kv_layer_bytes_ =
-      static_cast<size_t>(blocks + 1) * options_.block_size * row * DTypeSize(options_.kv_dtype);
+  const size_t slots = static_cast<size_t>(blocks + 1) * options_.block_size;
+  // Codes (or values) of every layer, then the scales of every layer (256-byte aligned).
+  kv_layer_bytes_ = (slots * row * DTypeSize(options_.kv_dtype) + 255) / 256 * 256;
+  kv_scale_layer_bytes_ = slots * scale_row;
   KVS_ASSIGN_OR_RETURN(
-      kv_, DeviceBuffer::Allocate(2 * config_.n_layers * kv_layer_bytes_, "the KV cache"));
+      kv_, DeviceBuffer::Allocate(2 * config_.n_layers * (kv_layer_bytes_ + kv_scale_layer_bytes_),
+                                  "the KV cache"));
   return KVS_CUDA(cudaMemset(kv_.get(), 0, kv_.bytes()));
 }
 
@@ -232,8 +234,9 @@ int64_t CudaShardModel::decode_read_bytes() const {
 }
 
 int64_t CudaShardModel::kv_bytes_per_token() const {
-  return 2 * config_.n_layers * layout_.kv_heads * config_.head_dim *
-         static_cast<int64_t>(DTypeSize(options_.kv_dtype));
+  const int64_t scale = IsQuantizedKv(options_.kv_dtype) ? static_cast<int64_t>(sizeof(float)) : 0;
+  return 2 * config_.n_layers * layout_.kv_heads *
+         (config_.head_dim * static_cast<int64_t>(DTypeSize(options_.kv_dtype)) + scale);
 }
 
 CudaShardModel::~CudaShardModel() {
@@ -244,6 +247,13 @@ template <typename KV>
 KV* CudaShardModel::KvLayer(int64_t layer, int which) const {
   return reinterpret_cast<KV*>(static_cast<std::byte*>(kv_.get()) +
                                (2 * layer + which) * kv_layer_bytes_);
+}
+
+float* CudaShardModel::KvScale(int64_t layer, int which) const {
+  if (kv_scale_layer_bytes_ == 0) return nullptr;
+  return reinterpret_cast<float*>(static_cast<std::byte*>(kv_.get()) +
+                                  2 * config_.n_layers * kv_layer_bytes_ +
+                                  (2 * layer + which) * kv_scale_layer_bytes_);
 }
 
 Status CudaShardModel::Forward(const StepPlan& plan, std::vector<float>* logits) {
@@ -292,8 +302,8 @@ Status CudaShardModel::Enqueue(const StepShape& shape) {
         case DType::kF32: return EnqueueStep<float, float>(shape);
         case DType::kF16: return EnqueueStep<float, __half>(shape);
         case DType::kBF16: return EnqueueStep<float, __nv_bfloat16>(shape);
-        case DType::kI8:
-        case DType::kF8E4M3: break;  // refused in Create
+        case DType::kI8: return EnqueueStep<float, int8_t>(shape);
+        case DType::kF8E4M3: return EnqueueStep<float, __nv_fp8_e4m3>(shape);
       }
       break;
     case DType::kF16:
@@ -301,8 +311,8 @@ Status CudaShardModel::Enqueue(const StepShape& shape) {
         case DType::kF32: return EnqueueStep<__half, float>(shape);
         case DType::kF16: return EnqueueStep<__half, __half>(shape);
         case DType::kBF16: return EnqueueStep<__half, __nv_bfloat16>(shape);
-        case DType::kI8:
-        case DType::kF8E4M3: break;  // refused in Create
+        case DType::kI8: return EnqueueStep<__half, int8_t>(shape);
+        case DType::kF8E4M3: return EnqueueStep<__half, __nv_fp8_e4m3>(shape);
       }
       break;
     case DType::kBF16:
@@ -310,8 +320,8 @@ Status CudaShardModel::Enqueue(const StepShape& shape) {
         case DType::kF32: return EnqueueStep<__nv_bfloat16, float>(shape);
         case DType::kF16: return EnqueueStep<__nv_bfloat16, __half>(shape);
         case DType::kBF16: return EnqueueStep<__nv_bfloat16, __nv_bfloat16>(shape);
-        case DType::kI8:
-        case DType::kF8E4M3: break;  // refused in Create
+        case DType::kI8: return EnqueueStep<__nv_bfloat16, int8_t>(shape);
+        case DType::kF8E4M3: return EnqueueStep<__nv_bfloat16, __nv_fp8_e4m3>(shape);
       }
       break;
     case DType::kI8:
@@ -363,7 +373,8 @@ class CudaOps {
   Status KvAppend(int64_t layer, int64_t T) {
     return KVS_CUDA(kv_append<KV>(m_.template KvLayer<KV>(layer, 0),
                                   m_.template KvLayer<KV>(layer, 1), F(Buf::kK), F(Buf::kV),
-                                  p_.slots, T, l_.kv_heads, c_.head_dim, st_));
+                                  p_.slots, T, l_.kv_heads, c_.head_dim, st_, m_.KvScale(layer, 0),
+                                  m_.KvScale(layer, 1)));
   }
   Status Attention(int64_t layer, int64_t T) {
     const PagedKvView view{p_.block_indptr, m_.tables_device_.template as<int32_t>(),
@@ -373,7 +384,8 @@ class CudaOps {
         m_.template KvLayer<KV>(layer, 1), view, p_.tiles, s_.num_tiles, p_.token_seq, p_.positions,
         T, l_.q_heads, l_.kv_heads, c_.head_dim, 1.0f / std::sqrt(static_cast<float>(c_.head_dim)),
         s_.attention, m_.attention_ws_.template as<float>(), st_,
-        l_.seq_shards > 1 ? F(Buf::kAtt) + T * l_.q_heads * c_.head_dim : nullptr));
+        l_.seq_shards > 1 ? F(Buf::kAtt) + T * l_.q_heads * c_.head_dim : nullptr,
+        m_.KvScale(layer, 0), m_.KvScale(layer, 1)));
   }
   Status MergeAttention(int64_t T) {
     return KVS_CUDA(merge_attention_columns(F(Buf::kAttMerged), F(Buf::kAttParts), l_.seq_shards, T,

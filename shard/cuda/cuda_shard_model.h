@@ -109,6 +109,8 @@ class CudaShardModel : public ShardBackend {
   Status RunDecodeGraph(const StepShape& shape);
   template <typename KV>
   KV* KvLayer(int64_t layer, int which) const;  // which: 0 = K, 1 = V
+  // A quantized cache's row scales, f32 [(num_blocks + 1) * block_size, kv_heads]; else nullptr.
+  float* KvScale(int64_t layer, int which) const;
 
   ModelConfig config_;
   TpLayout layout_;
@@ -121,10 +123,13 @@ class CudaShardModel : public ShardBackend {
   DeviceWeights weights_;
   DeviceBuffer inv_freq_;  // f32 [head_dim / 2]
 
-  int64_t num_blocks_ = 0;     // usable; the pool holds one more, the scratch block
-  size_t free_at_start_ = 0;   // device memory free before this model allocated anything
-  size_t kv_layer_bytes_ = 0;  // one layer's K (or V): (num_blocks + 1) * block_size * row
-  DeviceBuffer kv_;            // kv_dtype [layers][K, V][num_blocks + 1, block_size, kv_heads, hd]
+  int64_t num_blocks_ = 0;           // usable; the pool holds one more, the scratch block
+  size_t free_at_start_ = 0;         // device memory free before this model allocated anything
+  size_t kv_layer_bytes_ = 0;        // one layer's K (or V): (num_blocks + 1) * block_size * row
+  size_t kv_scale_layer_bytes_ = 0;  // one layer's K (or V) scales (quantized dtypes), after all
+  DeviceBuffer
+      kv_;  // kv_dtype [layers][K, V][num_blocks + 1, block_size, kv_heads, hd], then
+            // (quantized) f32 scales [layers][K, V][(num_blocks + 1) * block_size, kv_heads]
 
   // Workspace, sized once for T = max_tokens_per_step (Act: the weight dtype).
   DeviceBuffer x_;              // f32 [T, dim] residual stream

@@ -218,6 +218,10 @@ TEST(CudaShardModel, OneRankMatchesCpuWithAndWithoutGraphs) {
     ASSERT_TRUE(nccl.ok()) << nccl.status().ToString();
     CompareWithCpu(f32_model, *cpu_comm, **nccl, {DType::kF32, DType::kF32, true, 1e-3});
     CompareWithCpu(f32_model, *cpu_comm, **nccl, {DType::kF32, DType::kF16, true, 1e-2});
+    // Quantized caches: the same codes and scales as the CPU's from (almost) the same K and V;
+    // an element within an f32 rounding of a code boundary may take the next code.
+    CompareWithCpu(f32_model, *cpu_comm, **nccl, {DType::kF32, DType::kI8, true, 1e-2});
+    CompareWithCpu(f32_model, *cpu_comm, **nccl, {DType::kF32, DType::kF8E4M3, false, 2e-2});
   }
   StagedOptions staged_options;
   staged_options.max_reduce_floats = staged_options.max_gather_floats = 32 * 301;

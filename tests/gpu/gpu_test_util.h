@@ -54,6 +54,10 @@ template <>
 struct HostTwin<__nv_bfloat16> {
   using type = bf16_t;
 };
+template <>
+struct HostTwin<__nv_fp8_e4m3> {
+  using type = fp8_e4m3_t;
+};
 template <typename T>
 using HostOf = typename HostTwin<T>::type;
 

@@ -1,13 +1,15 @@
 // The CUDA paged attention against the CPU kernel (kernels/cpu/paged_attention.h) on the same
 // stored cache: decode with split-K and its merge, prefill tiles with causal masking inside a
 // tile, block boundaries (lengths 1, 15, 16, 17, 1000), GQA ratios 1, 4 and 8, odd block sizes,
-// scrambled block tables, batches mixing sequences, and every cache dtype.
+// scrambled block tables, batches mixing sequences, and every cache dtype (int8 and fp8: codes
+// and scales equal to the CPU kv_append's too).
 #include "kernels/cuda/paged_attention.h"
 
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <random>
 
@@ -83,20 +85,48 @@ double MaxError(const Batch& b, const Geometry& g, int64_t block_size, Plan plan
   // The cache is written by the GPU's kv_append (bit-identical to the CPU's, tested elsewhere)
   // and read back, so both kernels read exactly the same stored values. Unused slots hold NaN:
   // reading one would show.
+  // Quantized caches: their codes and scales are the CPU kv_append's, bit for bit, and the
+  // scales of unused slots are NaN.
   const int64_t pool_slots = b.pool_blocks * block_size;
-  DeviceArray<KV> d_kc(std::vector<H>(pool_slots * row, from_f32<H>(NAN)));
-  DeviceArray<KV> d_vc(std::vector<H>(pool_slots * row, from_f32<H>(NAN)));
+  H fill{};
+  if constexpr (!::kvshard::kQuantizedKv<H>) fill = from_f32<H>(NAN);
+  DeviceArray<KV> d_kc(std::vector<H>(pool_slots * row, fill));
+  DeviceArray<KV> d_vc(std::vector<H>(pool_slots * row, fill));
+  DeviceArray<float> d_ks(std::vector<float>(pool_slots * g.kv_heads, NAN));
+  DeviceArray<float> d_vs(std::vector<float>(pool_slots * g.kv_heads, NAN));
   DeviceArray<float> d_k(k), d_v(v), d_q(q);
   DeviceArray<int64_t> d_slots(b.slots);
   KVS_TEST_CUDA(kv_append<KV>(d_kc.get(), d_vc.get(), d_k.get(), d_v.get(), d_slots.get(), cached,
-                              g.kv_heads, g.head_dim, nullptr));
+                              g.kv_heads, g.head_dim, nullptr, d_ks.get(), d_vs.get()));
   const std::vector<H> kc = d_kc.ToHost(), vc = d_vc.ToHost();
+  const std::vector<float> ks = d_ks.ToHost(), vs = d_vs.ToHost();
+  if constexpr (::kvshard::kQuantizedKv<H>) {
+    std::vector<H> cpu_kc(pool_slots * row), cpu_vc(pool_slots * row);
+    std::vector<float> cpu_ks(pool_slots * g.kv_heads, NAN), cpu_vs(pool_slots * g.kv_heads, NAN);
+    ::kvshard::kv_append<H>(cpu_kc.data(), cpu_vc.data(), k.data(), v.data(), b.slots.data(),
+                            cached, g.kv_heads, g.head_dim, cpu_ks.data(), cpu_vs.data());
+    for (int64_t s : b.slots) {
+      for (int64_t i = s * row; i < (s + 1) * row; ++i) {
+        if (std::memcmp(&kc[i], &cpu_kc[i], sizeof(H)) != 0 ||
+            std::memcmp(&vc[i], &cpu_vc[i], sizeof(H)) != 0) {
+          ADD_FAILURE() << "GPU code != CPU code at element " << i;
+          return INFINITY;
+        }
+      }
+      for (int64_t h = s * g.kv_heads; h < (s + 1) * g.kv_heads; ++h) {
+        if (ks[h] != cpu_ks[h] || vs[h] != cpu_vs[h]) {
+          ADD_FAILURE() << "GPU scale != CPU scale at row " << h;
+          return INFINITY;
+        }
+      }
+    }
+  }
 
   std::vector<float> want(b.tokens() * g.q_heads * g.head_dim);
   const PagedKvView host_view{b.block_indptr.data(), b.block_indices.data(), block_size};
   ::kvshard::paged_attention<H>(want.data(), q.data(), kc.data(), vc.data(), host_view,
                                 b.token_seq.data(), b.positions.data(), b.tokens(), g.q_heads,
-                                g.kv_heads, g.head_dim, scale);
+                                g.kv_heads, g.head_dim, scale, nullptr, ks.data(), vs.data());
 
   const int64_t group = g.q_heads / g.kv_heads;
   AttentionLaunch launch;
@@ -121,10 +151,10 @@ double MaxError(const Batch& b, const Geometry& g, int64_t block_size, Plan plan
   DeviceArray<float> d_ws(std::max<int64_t>(
       1, AttentionWorkspaceFloats(b.tokens(), g.q_heads, g.head_dim, launch.num_splits)));
   const PagedKvView view{d_indptr.get(), d_indices.get(), block_size};
-  KVS_TEST_CUDA(paged_attention<KV>(d_out.get(), d_q.get(), d_kc.get(), d_vc.get(), view,
-                                    d_tiles.get(), static_cast<int64_t>(tiles.size()) - 1,
-                                    d_seq.get(), d_pos.get(), b.tokens(), g.q_heads, g.kv_heads,
-                                    g.head_dim, scale, launch, d_ws.get(), nullptr));
+  KVS_TEST_CUDA(paged_attention<KV>(
+      d_out.get(), d_q.get(), d_kc.get(), d_vc.get(), view, d_tiles.get(),
+      static_cast<int64_t>(tiles.size()) - 1, d_seq.get(), d_pos.get(), b.tokens(), g.q_heads,
+      g.kv_heads, g.head_dim, scale, launch, d_ws.get(), nullptr, nullptr, d_ks.get(), d_vs.get()));
   KVS_TEST_CUDA(cudaDeviceSynchronize());
   const std::vector<float> got = d_out.ToHost();
   double err = 0;
@@ -156,6 +186,11 @@ TEST(CudaPagedAttention, DecodeMatchesCpuAtBlockBoundaries) {
       EXPECT_LT(MaxError<__half>(b, g, 16, Plan::kDecode, 0, 2), kTolerance) << "f16, " << what;
       EXPECT_LT(MaxError<__nv_bfloat16>(b, g, 16, Plan::kDecode, 0, 3), kTolerance)
           << "bf16, " << what;
+      if (len == 17 || len == 1000) {
+        EXPECT_LT(MaxError<int8_t>(b, g, 16, Plan::kDecode, 0, 4), kTolerance) << "int8, " << what;
+        EXPECT_LT(MaxError<__nv_fp8_e4m3>(b, g, 16, Plan::kDecode, 0, 5), kTolerance)
+            << "fp8, " << what;
+      }
     }
   }
 }
@@ -192,6 +227,9 @@ TEST(CudaPagedAttention, PrefillIsCausalWithinAndAcrossTiles) {
         "heads " + std::to_string(g.q_heads) + "/" + std::to_string(g.kv_heads);
     EXPECT_LT(MaxError<float>(b, g, 16, Plan::kPrefill, 0, 10), kTolerance) << what;
     EXPECT_LT(MaxError<__nv_bfloat16>(b, g, 16, Plan::kPrefill, 0, 11), kTolerance) << what;
+    EXPECT_LT(MaxError<int8_t>(b, g, 16, Plan::kPrefill, 0, 16), kTolerance) << "int8, " << what;
+    EXPECT_LT(MaxError<__nv_fp8_e4m3>(b, g, 16, Plan::kPrefill, 0, 17), kTolerance)
+        << "fp8, " << what;
     // The decode plan is correct (if slow) for prefill too: every token its own tile.
     EXPECT_LT(MaxError<__half>(b, g, 16, Plan::kDecode, 3, 12), kTolerance) << what;
   }
