@@ -24,6 +24,8 @@ struct MakeModelFlags {
   int shards = 1;
   std::string tokenizer;  // copy this tokenizer instead of writing a synthetic vocabulary
   float rope_theta = 10000.0f;
+  int64_t sliding_window = 0;  // > 0: every layer but full_layers attends to this many positions
+  std::vector<int64_t> full_layers;
 };
 
 // Fast uniform [-1, 1) values from a seeded generator; the shape of the numbers matters less
@@ -46,6 +48,17 @@ Status MakeModel(const MakeModelFlags& f) {
   c.max_seq_len = f.max_seq_len;
   c.rope_theta = f.rope_theta;
   c.tie_word_embeddings = f.tie;
+  if (f.sliding_window > 0) {
+    c.layer_window.assign(static_cast<size_t>(std::max<int64_t>(f.layers, 0)), f.sliding_window);
+    for (const int64_t l : f.full_layers) {
+      if (l < 0 || l >= f.layers) {
+        return InvalidArgument("--full-layers: layer {} outside [0, {})", l, f.layers);
+      }
+      c.layer_window[static_cast<size_t>(l)] = 0;
+    }
+  } else if (!f.full_layers.empty()) {
+    return InvalidArgument("--full-layers goes with --sliding-window");
+  }
   KVS_ASSIGN_OR_RETURN(c.dtype, ParseDType(f.dtype));
   // Whatever the flags say must be a config kvshard itself accepts.
   KVS_ASSIGN_OR_RETURN(c, ParseModelConfig(ModelConfigToJson(c)));
@@ -110,6 +123,12 @@ void RegisterMakeModel(CLI::App& app, int* exit_code) {
   cmd->add_flag("--tie", f->tie, "Tie the output head to the embedding");
   cmd->add_option("--shards", f->shards, "Split the weights over this many safetensors files");
   cmd->add_option("--tokenizer", f->tokenizer, "Use this tokenizer.bin / tokenizer.model");
+  cmd->add_option(
+      "--sliding-window", f->sliding_window,
+      "Sliding-window attention: each query sees this many positions (itself included)");
+  cmd->add_option("--full-layers", f->full_layers,
+                  "With --sliding-window: these layers attend to the whole context")
+      ->delimiter(',');
   cmd->callback([f, exit_code] {
     const Status st = MakeModel(*f);
     if (!st.ok()) spdlog::error("{}", st.ToString());

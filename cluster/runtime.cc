@@ -36,6 +36,10 @@ void AddShardFlags(CLI::App* cmd, ShardFlags* f) {
   cmd->add_option("--kv-dtype", f->kv_dtype,
                   "KV cache dtype: f32, f16, bf16, int8 or fp8 (e4m3; codes with one f32 scale per "
                   "token and KV head)");
+  cmd->add_option("--sliding-window", f->sliding_window,
+                  "Every layer attends to the last N positions only (overrides the model's "
+                  "sliding_window; blocks behind the window return to the pool as a request runs)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
   cmd->add_option("--max-tokens-per-step", f->max_tokens_per_step,
                   "Largest prefill chunk (tokens per step)")
       ->check(CLI::Range(1, 1 << 20));
@@ -63,6 +67,15 @@ MpiSession::~MpiSession() {
 }
 
 namespace {
+
+// The model's config, with --sliding-window applied.
+StatusOr<ModelConfig> LoadConfig(const ShardFlags& flags) {
+  KVS_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(flags.model_dir));
+  if (flags.sliding_window > 0) {
+    config.layer_window.assign(static_cast<size_t>(config.n_layers), flags.sliding_window);
+  }
+  return config;
+}
 
 // Ranks sharing this host, so that threads default to this host's share of the cores.
 int LocalRanks() {
@@ -133,7 +146,7 @@ Status StartCuda(const ShardFlags& flags, int64_t min_kv_tokens, Runtime* rt) {
   bool shares_gpu = false;
   Status local = SelectDevice(cuda.get(), &shares_gpu);
   if (local.ok()) {
-    auto config = LoadModelConfig(flags.model_dir);
+    auto config = LoadConfig(flags);
     local = config.ok() ? Status::Ok() : config.status();
     if (config.ok()) rt->config = *config;
   }
@@ -235,7 +248,7 @@ StatusOr<int64_t> KvBlocksPerRank(const ShardFlags& flags, const ModelConfig& co
 namespace {
 
 Status LoadShard(const ShardFlags& flags, int64_t min_kv_tokens, Runtime* rt) {
-  KVS_ASSIGN_OR_RETURN(rt->config, LoadModelConfig(flags.model_dir));
+  KVS_ASSIGN_OR_RETURN(rt->config, LoadConfig(flags));
   ShardOptions options;
   options.block_size = flags.block_size;
   options.seq_shards = flags.seq_shards;

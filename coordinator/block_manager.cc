@@ -82,10 +82,41 @@ Status BlockManager::EnsureCapacity(int64_t seq, int64_t tokens) {
   return Status::Ok();
 }
 
+int64_t BlockManager::ReleaseBefore(int64_t seq, int64_t position) {
+  auto it = seqs_.find(seq);
+  if (it == seqs_.end() || position <= 0) return 0;
+  std::vector<int32_t>& table = it->second.table;
+  const int64_t whole = std::min<int64_t>(position / block_size_, table.size());
+  int64_t released = 0;
+  for (int64_t i = 0; i < whole; ++i) {
+    const int32_t id = table[i];
+    if (id == kReleased) continue;
+    table[i] = kReleased;
+    ++released;
+    Block& b = blocks_[id];
+    if (--b.refcount > 0) continue;
+    if (b.registered) {
+      b.lru_pos = lru_.insert(lru_.end(), id);
+    } else {
+      free_.push_back(id);
+    }
+  }
+  return released;
+}
+
+int64_t BlockManager::HeldBlocks(int64_t seq) const {
+  auto it = seqs_.find(seq);
+  if (it == seqs_.end()) return 0;
+  int64_t held = 0;
+  for (int32_t id : it->second.table) held += id != kReleased;
+  return held;
+}
+
 void BlockManager::Free(int64_t seq) {
   auto it = seqs_.find(seq);
   if (it == seqs_.end()) return;
   for (int32_t id : it->second.table) {
+    if (id == kReleased) continue;  // already returned by ReleaseBefore
     Block& b = blocks_[id];
     if (--b.refcount > 0) continue;
     if (b.registered) {
@@ -143,6 +174,9 @@ void BlockManager::CommitFullBlocks(int64_t seq, const int32_t* tokens, int64_t 
   const int64_t full = std::min<int64_t>(computed / block_size_, s.table.size());
   for (int64_t i = s.committed; i < full; ++i) {
     const int32_t id = s.table[i];
+    // A block released before it was keyed (a window shorter than a block), or one whose parent
+    // was: the chain of keys is broken here, and nothing after it can be registered.
+    if (id == kReleased || (i > 0 && s.table[i - 1] == kReleased)) break;
     const int32_t parent = i == 0 ? -1 : s.table[i - 1];
     const uint64_t parent_generation = i == 0 ? 0 : blocks_[parent].generation;
     const int32_t* block_tokens = tokens + i * block_size_;

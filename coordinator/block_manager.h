@@ -45,6 +45,14 @@ class BlockManager {
   // Drops `seq`'s references; blocks whose count reaches zero return to the free list (or to the
   // cache's LRU list when they are registered).
   void Free(int64_t seq);
+  // Sliding-window attention: drops `seq`'s references to the blocks wholly before `position`
+  // (no layer's window reaches them again), which return to the free list or the cache's LRU
+  // list as in Free; their table entries become kReleased (the table keeps its positions).
+  // Returns how many were released.
+  int64_t ReleaseBefore(int64_t seq, int64_t position);
+  static constexpr int32_t kReleased = -1;
+  // Blocks `seq` holds now (its table less the released entries).
+  int64_t HeldBlocks(int64_t seq) const;
   // Sequences whose tables Free dropped since the last call (the step plans tell the ranks).
   std::vector<int64_t> TakeReleased() { return std::exchange(released_, {}); }
   // The sequence's blocks in position order (empty for an unknown sequence).

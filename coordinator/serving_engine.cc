@@ -56,6 +56,7 @@ ServingEngine::ServingEngine(ShardBackend* model, const Tokenizer* tokenizer,
       tokenizer_(tokenizer),
       options_(options),
       kv_capacity_tokens_(model->request_capacity_tokens()),
+      release_window_(model->config().KvReleaseWindow()),
       eos_ids_(model->config().eos_token_ids),
       blocks_(model->num_blocks(), model->logical_block_size()),
       scheduler_(&blocks_,
@@ -116,12 +117,19 @@ Status ServingEngine::Validate(const RequestSpec& r) const {
   if (r.cache_salt.size() > kMaxSaltBytes) {
     return InvalidArgument("cache_salt: {} bytes; at most {}", r.cache_salt.size(), kMaxSaltBytes);
   }
-  if (P + r.max_tokens > kv_capacity_tokens_) {
+  // What the request holds at most: every position, or with sliding windows on every layer the
+  // window behind a step's chunk (its blocks, and one more where they straddle a boundary).
+  int64_t held = P + r.max_tokens;
+  if (release_window_ > 0 && r.use_kv_cache) {
+    held =
+        std::min(held, release_window_ - 1 + model_->max_tokens_per_step() + blocks_.block_size());
+  }
+  if (held > kv_capacity_tokens_) {
     return OutOfRange(
         "prompt ({} tokens) + max_tokens ({}) need {} KV blocks of {} tokens, but the cluster's "
         "KV cache holds {} blocks = {} tokens for one request",
-        P, r.max_tokens, blocks_.BlocksFor(P + r.max_tokens), blocks_.block_size(),
-        blocks_.total_blocks(), kv_capacity_tokens_);
+        P, r.max_tokens, blocks_.BlocksFor(held), blocks_.block_size(), blocks_.total_blocks(),
+        kv_capacity_tokens_);
   }
   return Status::Ok();
 }
@@ -327,6 +335,11 @@ StatusOr<bool> ServingEngine::Step() {
     s->computed = c.end;
     if (s->spec.use_kv_cache) {
       blocks_.CommitFullBlocks(s->id(), s->tokens.data(), s->computed, s->spec.cache_salt);
+      // Sliding windows on every layer: the next token at `computed` sees positions from
+      // computed - window + 1 on; the blocks wholly before them go back to the pool now.
+      if (release_window_ > 0) {
+        blocks_.ReleaseBefore(s->id(), s->computed - release_window_ + 1);
+      }
     }
     // Prompt positions before the last: the log-probability of the prompt's next token.
     for (int64_t p = LogitsFrom(c); p < c.end - (c.want_logits ? 1 : 0); ++p) {

@@ -129,6 +129,9 @@ class ServingEngine {
   const Tokenizer* tokenizer_;
   ServingOptions options_;
   int64_t kv_capacity_tokens_;
+  // ModelConfig::KvReleaseWindow: > 0 when every layer slides, so a sequence's blocks before its
+  // window are released as it runs (its KV memory is bounded by the window, not the context).
+  int64_t release_window_;
   std::vector<int32_t> eos_ids_;
 
   // Engine thread only.

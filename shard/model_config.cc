@@ -157,6 +157,56 @@ Status ParseRopeScaling(const json& rs, RopeScaling* out) {
   return Status::Ok();
 }
 
+// sliding_window (an int, or null), use_sliding_window and max_window_layers (Qwen2: layers from
+// max_window_layers on slide), layer_types ("sliding_attention" / "full_attention" per layer).
+Status ParseSlidingWindow(const json& j, ModelConfig* c) {
+  int64_t window = 0;
+  KVS_RETURN_IF_ERROR(GetInt(j, "sliding_window", false, &window));
+  if (Field(j, "sliding_window") != nullptr) {
+    KVS_RETURN_IF_ERROR(CheckRange("sliding_window", window, 1, kMaxSeqLen));
+  }
+  bool use = true;
+  KVS_RETURN_IF_ERROR(GetBool(j, "use_sliding_window", &use));
+  const json* types = Field(j, "layer_types");
+  if (window == 0 || !use) {
+    if (types != nullptr && types->is_array()) {
+      for (const json& t : *types) {
+        if (t == "sliding_attention" && use) {
+          return InvalidArgument(
+              "config.json: layer_types has sliding_attention layers but "
+              "sliding_window is missing");
+        }
+      }
+    }
+    return Status::Ok();
+  }
+  c->layer_window.assign(static_cast<size_t>(c->n_layers), window);
+  if (types != nullptr) {
+    if (!types->is_array() || static_cast<int64_t>(types->size()) != c->n_layers) {
+      return InvalidArgument(
+          "config.json: layer_types must list num_hidden_layers ({}) types, got "
+          "{}",
+          c->n_layers, Snippet(*types));
+    }
+    for (size_t i = 0; i < types->size(); ++i) {
+      const json& t = (*types)[i];
+      if (t == "full_attention") {
+        c->layer_window[i] = 0;
+      } else if (t != "sliding_attention") {
+        return InvalidArgument(
+            "config.json: layer_types[{}] {} is not supported (sliding_attention or "
+            "full_attention)",
+            i, Snippet(t));
+      }
+    }
+  } else if (Field(j, "use_sliding_window") != nullptr) {
+    int64_t from = 0;
+    KVS_RETURN_IF_ERROR(GetInt(j, "max_window_layers", false, &from));
+    for (int64_t i = 0; i < std::min(from, c->n_layers); ++i) c->layer_window[i] = 0;
+  }
+  return Status::Ok();
+}
+
 StatusOr<ModelConfig> ParseUnguarded(std::string_view text) {
   const json j = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return InvalidArgument("config.json: not valid JSON");
@@ -223,6 +273,7 @@ StatusOr<ModelConfig> ParseUnguarded(std::string_view text) {
   }
 
   KVS_RETURN_IF_ERROR(GetBool(j, "tie_word_embeddings", &c.tie_word_embeddings));
+  KVS_RETURN_IF_ERROR(ParseSlidingWindow(j, &c));
   int64_t bos = c.bos_token_id;
   KVS_RETURN_IF_ERROR(GetInt(j, "bos_token_id", false, &bos));
   KVS_RETURN_IF_ERROR(CheckTokenId("bos_token_id", bos, c.vocab_size));
@@ -399,6 +450,16 @@ std::string ModelConfigToJson(const ModelConfig& c) {
       {"bos_token_id", c.bos_token_id},
       {"torch_dtype", TorchDTypeName(c.dtype)},
   };
+  if (!c.layer_window.empty()) {
+    int64_t window = 0;
+    for (const int64_t w : c.layer_window) window = std::max(window, w);
+    j["sliding_window"] = window;
+    json types = json::array();
+    for (const int64_t w : c.layer_window) {  // config.json has one window size
+      types.push_back(w == 0 ? "full_attention" : "sliding_attention");
+    }
+    j["layer_types"] = types;
+  }
   if (c.eos_token_ids.size() == 1) {
     j["eos_token_id"] = c.eos_token_ids[0];
   } else {

@@ -35,6 +35,24 @@ struct ModelConfig {
   // its factor (how llama.cpp's converter stores Llama 3.1-style scaling).
   std::vector<float> rope_freq_factors;
   bool tie_word_embeddings = false;
+  // Sliding-window attention: [n_layers] positions a query of each layer sees, itself included
+  // (it attends to positions p - window + 1 .. p), 0 for full attention; empty: every layer full.
+  // From config.json's sliding_window with layer_types (Gemma style), use_sliding_window and
+  // max_window_layers (Qwen2 style), or on every layer (Mistral style).
+  std::vector<int64_t> layer_window;
+  int64_t LayerWindow(int64_t layer) const {
+    return layer_window.empty() ? 0 : layer_window[static_cast<size_t>(layer)];
+  }
+  // The window a position must leave before no layer reads it again: the largest layer window
+  // when every layer has one, else 0 (some layer attends to the whole context).
+  int64_t KvReleaseWindow() const {
+    int64_t w = 0;
+    for (const int64_t lw : layer_window) {
+      if (lw == 0) return 0;
+      w = lw > w ? lw : w;
+    }
+    return layer_window.empty() ? 0 : w;
+  }
   int32_t bos_token_id = 1;
   std::vector<int32_t> eos_token_ids{2};  // eos_token_id: an int or a list in the JSON
   DType dtype = DType::kF32;              // torch_dtype (or the newer "dtype")

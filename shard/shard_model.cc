@@ -87,7 +87,7 @@ class CpuOps {
     paged_attention<KV>(m_.att_.data(), m_.q_.data(), Pool(layer, 0), Pool(layer, 1), view,
                         in_.token_seq, in_.positions, T, l_.q_heads, l_.kv_heads, c_.head_dim,
                         1.0f / std::sqrt(static_cast<float>(c_.head_dim)), lse,
-                        m_.kv_->k_scale(layer), m_.kv_->v_scale(layer));
+                        m_.kv_->k_scale(layer), m_.kv_->v_scale(layer), c_.LayerWindow(layer));
     return Status::Ok();
   }
   Status MergeAttention(int64_t T) {

@@ -105,8 +105,8 @@ struct RowState {
 // probability is multiplied by its V scale before P x V.
 template <typename KV, int G, int D>
 inline void attend_tile(RowState<G, D>& st, const float* qs, const KV* kb, const KV* vb, int n,
-                        int64_t kv_row, const KV* ahead_k, const KV* ahead_v, const float* ksc,
-                        const float* vsc, int64_t sc_stride) {
+                        int skip, int64_t kv_row, const KV* ahead_k, const KV* ahead_v,
+                        const float* ksc, const float* vsc, int64_t sc_stride) {
   using simd::vec;
   constexpr int W = simd::kWidth;
   constexpr int V = D / W;  // vectors per row
@@ -148,6 +148,7 @@ inline void attend_tile(RowState<G, D>& st, const float* qs, const KV* kb, const
       }
     }
     for (int j = n; j < kTile; ++j) s[g][j] = kNegInf;
+    for (int j = 0; j < skip; ++j) s[g][j] = kNegInf;  // before this token's window
     vec mx = simd::load(s[g]);
     for (int j = W; j < kTile; j += W) mx = simd::max(mx, simd::load(s[g] + j));
     const float tile_max = simd::max_lane(mx);
@@ -206,7 +207,7 @@ template <typename KV, int G, int D>
 void attend_run(float* o, float* lse, const float* q, int count, int64_t row_stride,
                 int64_t lse_stride, const int64_t* lens, const KV* k_cache, const KV* v_cache,
                 const float* k_scale, const float* v_scale, const PagedKvGeometry& geometry,
-                const int32_t* table, int64_t kv_row, int64_t kvh, float scale) {
+                const int32_t* table, int64_t kv_row, int64_t kvh, float scale, int64_t window) {
   constexpr int W = simd::kWidth;
   constexpr int kTile = 16;
   constexpr int kPrefetchBlocks = 2;
@@ -222,9 +223,13 @@ void attend_run(float* o, float* lse, const float* q, int count, int64_t row_str
     }
   }
   const int64_t reach = lens[count - 1];  // the run's last token sees the most
+  // Sliding window: token u sees [lows[u], lens[u]); the run's first token reaches back furthest.
+  int64_t lows[kMaxRun];
+  for (int u = 0; u < count; ++u) lows[u] = window > 0 ? std::max<int64_t>(0, lens[u] - window) : 0;
   for (int64_t b = 0;; ++b) {
     const int64_t p0 = geometry.BlockStart(b);
     if (p0 >= reach) break;
+    if (p0 + geometry.block_size <= lows[0]) continue;  // wholly before every window
     const int64_t p_end = std::min(reach, p0 + geometry.block_size);
     const int64_t base = geometry.SlotOf(table[b], 0);
     const KV* ahead_k = nullptr;
@@ -244,9 +249,12 @@ void attend_run(float* o, float* lse, const float* q, int count, int64_t row_str
       for (int u = 0; u < count; ++u) {
         const int64_t n = std::min<int64_t>({kTile, p_end - t0, lens[u] - t0});
         if (n <= 0) continue;  // this token's causal reach ends before the tile
+        const int64_t skip = std::max<int64_t>(0, lows[u] - t0);
+        if (skip >= n) continue;  // the tile lies before this token's window
         const bool last = u == count - 1;
         attend_tile<KV, G, D>(state[u], qs[u], k_cache + row0, v_cache + row0, static_cast<int>(n),
-                              kv_row, last && ahead_k ? ahead_k + ahead_off * kv_row : nullptr,
+                              static_cast<int>(skip), kv_row,
+                              last && ahead_k ? ahead_k + ahead_off * kv_row : nullptr,
                               last && ahead_v ? ahead_v + ahead_off * kv_row : nullptr, ksc, vsc,
                               sc_stride);
       }
@@ -272,16 +280,17 @@ void attend_run(float* o, float* lse, const float* q, int count, int64_t row_str
 
 using TiledFn = void (*)(float*, float*, const float*, int, int64_t, int64_t, const int64_t*,
                          const void*, const void*, const float*, const float*,
-                         const PagedKvGeometry&, const int32_t*, int64_t, int64_t, float);
+                         const PagedKvGeometry&, const int32_t*, int64_t, int64_t, float, int64_t);
 
 template <typename KV, int G, int D>
 void attend_run_erased(float* o, float* lse, const float* q, int count, int64_t row_stride,
                        int64_t lse_stride, const int64_t* lens, const void* k, const void* v,
                        const float* k_scale, const float* v_scale, const PagedKvGeometry& geometry,
-                       const int32_t* table, int64_t kv_row, int64_t kvh, float scale) {
+                       const int32_t* table, int64_t kv_row, int64_t kvh, float scale,
+                       int64_t window) {
   attend_run<KV, G, D>(o, lse, q, count, row_stride, lse_stride, lens, static_cast<const KV*>(k),
                        static_cast<const KV*>(v), k_scale, v_scale, geometry, table, kv_row, kvh,
-                       scale);
+                       scale, window);
 }
 
 template <typename KV, int D>
@@ -366,7 +375,8 @@ template <typename KV>
 void paged_attention(float* out, const float* q, const KV* k_cache, const KV* v_cache,
                      const PagedKvView& view, const int32_t* token_seq, const int32_t* positions,
                      int64_t tokens, int64_t q_heads, int64_t kv_heads, int64_t head_dim,
-                     float scale, float* lse, const float* k_scale, const float* v_scale) {
+                     float scale, float* lse, const float* k_scale, const float* v_scale,
+                     int64_t window) {
   const int64_t group = q_heads / kv_heads;
   const PagedKvGeometry geometry = view.geometry;  // a copy: no reload inside the loops
   const int64_t kv_row = kv_heads * head_dim;
@@ -386,7 +396,7 @@ void paged_attention(float* out, const float* q, const KV* k_cache, const KV* v_
       const int64_t row = r.first * q_heads + kvh * group;
       tiled(out + row * head_dim, lse ? lse + row : nullptr, q + row * head_dim, r.count,
             q_heads * head_dim, q_heads, lens, k_cache, v_cache, k_scale, v_scale, geometry,
-            view.Table(token_seq[r.first]), kv_row, kvh, scale);
+            view.Table(token_seq[r.first]), kv_row, kvh, scale, window);
     }
     return;
   }
@@ -397,6 +407,7 @@ void paged_attention(float* out, const float* q, const KV* k_cache, const KV* v_
     const int64_t kvh = task % kv_heads;
     const int32_t* table = view.Table(token_seq[t]);
     const int64_t len = static_cast<int64_t>(positions[t]) + 1;
+    const int64_t low = window > 0 ? std::max<int64_t>(0, len - window) : 0;
     const float* qg = q + (t * q_heads + kvh * group) * head_dim;  // [group, head_dim]
     float acc[kMaxQueryGroup * kMaxHeadDim];
     float m[kMaxQueryGroup], l[kMaxQueryGroup];
@@ -410,8 +421,9 @@ void paged_attention(float* out, const float* q, const KV* k_cache, const KV* v_
       const int64_t p0 = geometry.BlockStart(b);
       if (p0 >= len) break;
       const int64_t p1 = std::min(len, p0 + geometry.block_size);
+      if (p1 <= low) continue;  // wholly before the window
       const int64_t base = geometry.SlotOf(table[b], 0);
-      for (int64_t p = p0; p < p1; ++p) {
+      for (int64_t p = std::max(p0, low); p < p1; ++p) {
         const int64_t slot = base + (p - p0);
         const float ks = kQuantizedKv<KV> ? k_scale[slot * kv_heads + kvh] : 1.0f;
         const float vs = kQuantizedKv<KV> ? v_scale[slot * kv_heads + kvh] : 1.0f;
@@ -543,7 +555,7 @@ void contiguous_attention(float* out, const float* q, const float* k, const floa
   template void paged_attention<KV>(float*, const float*, const KV*, const KV*,                  \
                                     const PagedKvView&, const int32_t*, const int32_t*, int64_t, \
                                     int64_t, int64_t, int64_t, float, float*, const float*,      \
-                                    const float*);
+                                    const float*, int64_t);
 KVSHARD_INSTANTIATE_ATTENTION(float)
 KVSHARD_INSTANTIATE_ATTENTION(f16_t)
 KVSHARD_INSTANTIATE_ATTENTION(bf16_t)

@@ -15,7 +15,7 @@ __global__ void __launch_bounds__(kAttentionThreads)
                            const float* k_scale, const float* v_scale, const PagedKvView view,
                            const int32_t* tiles, const int32_t* token_seq, const int32_t* positions,
                            int q_heads, int kv_heads, int head_dim, int tile_tokens, int kv_tile,
-                           int num_splits, float scale) {
+                           int num_splits, float scale, int window) {
   const int kvh = blockIdx.y;
   const int split = blockIdx.z;
   const int group = q_heads / kv_heads;
@@ -106,7 +106,8 @@ __global__ void __launch_bounds__(kAttentionThreads)
       const int r = e / kv_tile, j = e - r * kv_tile;
       const int p = p0 + j;  // local
       float s = -INFINITY;
-      if (p < p_end && g.BlockStart(p / block_size) + p % block_size <= pos_s[r / group]) {
+      const int64_t at = g.BlockStart(p / block_size) + p % block_size;  // global position
+      if (p < p_end && at <= pos_s[r / group] && (window == 0 || at > pos_s[r / group] - window)) {
         const float* qr = q_s + r * head_dim;
         const float* kr = k_s + j * kv_stride;
         float dot = 0.0f;
@@ -253,7 +254,8 @@ cudaError_t paged_attention(float* out, const float* q, const KV* k_cache, const
                             const int32_t* token_seq, const int32_t* positions, int64_t tokens,
                             int64_t q_heads, int64_t kv_heads, int64_t head_dim, float scale,
                             const AttentionLaunch& launch, float* workspace, cudaStream_t stream,
-                            float* lse, const float* k_scale, const float* v_scale) {
+                            float* lse, const float* k_scale, const float* v_scale,
+                            int64_t window) {
   if (tokens <= 0 || num_tiles <= 0) return cudaSuccess;
   if (kQuantizedKv<KV> && (k_scale == nullptr || v_scale == nullptr)) {
     return cudaErrorInvalidValue;
@@ -271,7 +273,7 @@ cudaError_t paged_attention(float* out, const float* q, const KV* k_cache, const
   (out, lse, partial_out, partial_lse, q, k_cache, v_cache, k_scale, v_scale, view, tiles,
    token_seq, positions, static_cast<int>(q_heads), static_cast<int>(kv_heads),
    static_cast<int>(head_dim), static_cast<int>(launch.tile_tokens),
-   static_cast<int>(launch.kv_tile), static_cast<int>(splits), scale);
+   static_cast<int>(launch.kv_tile), static_cast<int>(splits), scale, static_cast<int>(window));
   const cudaError_t rc = cudaGetLastError();
   if (rc != cudaSuccess || splits == 1) return rc;
   KVS_LAUNCH(static_cast<unsigned>(tokens * q_heads), kMergeThreads, 0, stream,
@@ -298,7 +300,7 @@ cudaError_t merge_attention_columns(float* out, const float* parts, int64_t shar
   template cudaError_t paged_attention<KV>(                                                    \
       float*, const float*, const KV*, const KV*, const PagedKvView&, const int32_t*, int64_t, \
       const int32_t*, const int32_t*, int64_t, int64_t, int64_t, int64_t, float,               \
-      const AttentionLaunch&, float*, cudaStream_t, float*, const float*, const float*);
+      const AttentionLaunch&, float*, cudaStream_t, float*, const float*, const float*, int64_t);
 KVSHARD_INSTANTIATE_ATTENTION(float)
 KVSHARD_INSTANTIATE_ATTENTION(__half)
 KVSHARD_INSTANTIATE_ATTENTION(__nv_bfloat16)

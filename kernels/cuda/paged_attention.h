@@ -38,7 +38,8 @@ namespace kvshard::cuda {
 // Returns cudaErrorInvalidValue for a launch plan the kernel cannot run (see AttentionSupported).
 // KV = int8_t or __nv_fp8_e4m3: codes, each (slot, KV head) row times its scale in k_scale /
 // v_scale (f32 [num_blocks * block_size, kv_heads], kv_append's), dequantized as the tile enters
-// shared memory; both are required for them and ignored otherwise.
+// shared memory; both are required for them and ignored otherwise. window > 0: sliding-window
+// attention, a token sees positions positions[t] - window + 1 .. positions[t] (the CPU kernel's).
 template <typename KV>
 cudaError_t paged_attention(float* out, const float* q, const KV* k_cache, const KV* v_cache,
                             const PagedKvView& view, const int32_t* tiles, int64_t num_tiles,
@@ -46,7 +47,7 @@ cudaError_t paged_attention(float* out, const float* q, const KV* k_cache, const
                             int64_t q_heads, int64_t kv_heads, int64_t head_dim, float scale,
                             const AttentionLaunch& launch, float* workspace, cudaStream_t stream,
                             float* lse = nullptr, const float* k_scale = nullptr,
-                            const float* v_scale = nullptr);
+                            const float* v_scale = nullptr, int64_t window = 0);
 
 // The seq shards' exact merge for columns [col0, col0 + cols) of a step's attention output (the
 // twin of the CPU merge_attention_columns): parts: device f32, shard s's kernel output [tokens,

@@ -385,7 +385,7 @@ class CudaOps {
         T, l_.q_heads, l_.kv_heads, c_.head_dim, 1.0f / std::sqrt(static_cast<float>(c_.head_dim)),
         s_.attention, m_.attention_ws_.template as<float>(), st_,
         l_.seq_shards > 1 ? F(Buf::kAtt) + T * l_.q_heads * c_.head_dim : nullptr,
-        m_.KvScale(layer, 0), m_.KvScale(layer, 1)));
+        m_.KvScale(layer, 0), m_.KvScale(layer, 1), c_.LayerWindow(layer)));
   }
   Status MergeAttention(int64_t T) {
     return KVS_CUDA(merge_attention_columns(F(Buf::kAttMerged), F(Buf::kAttParts), l_.seq_shards, T,

@@ -73,7 +73,7 @@ enum class Plan { kDecode, kPrefill };
 // Runs the batch through both kernels and returns the largest absolute difference.
 template <typename KV>
 double MaxError(const Batch& b, const Geometry& g, int64_t block_size, Plan plan,
-                int64_t forced_splits, uint32_t seed) {
+                int64_t forced_splits, uint32_t seed, int64_t window = 0) {
   using H = HostOf<KV>;
   const int64_t row = g.kv_heads * g.head_dim;
   const int64_t cached = static_cast<int64_t>(b.slots.size());
@@ -126,7 +126,8 @@ double MaxError(const Batch& b, const Geometry& g, int64_t block_size, Plan plan
   const PagedKvView host_view{b.block_indptr.data(), b.block_indices.data(), block_size};
   ::kvshard::paged_attention<H>(want.data(), q.data(), kc.data(), vc.data(), host_view,
                                 b.token_seq.data(), b.positions.data(), b.tokens(), g.q_heads,
-                                g.kv_heads, g.head_dim, scale, nullptr, ks.data(), vs.data());
+                                g.kv_heads, g.head_dim, scale, nullptr, ks.data(), vs.data(),
+                                window);
 
   const int64_t group = g.q_heads / g.kv_heads;
   AttentionLaunch launch;
@@ -151,10 +152,11 @@ double MaxError(const Batch& b, const Geometry& g, int64_t block_size, Plan plan
   DeviceArray<float> d_ws(std::max<int64_t>(
       1, AttentionWorkspaceFloats(b.tokens(), g.q_heads, g.head_dim, launch.num_splits)));
   const PagedKvView view{d_indptr.get(), d_indices.get(), block_size};
-  KVS_TEST_CUDA(paged_attention<KV>(
-      d_out.get(), d_q.get(), d_kc.get(), d_vc.get(), view, d_tiles.get(),
-      static_cast<int64_t>(tiles.size()) - 1, d_seq.get(), d_pos.get(), b.tokens(), g.q_heads,
-      g.kv_heads, g.head_dim, scale, launch, d_ws.get(), nullptr, nullptr, d_ks.get(), d_vs.get()));
+  KVS_TEST_CUDA(paged_attention<KV>(d_out.get(), d_q.get(), d_kc.get(), d_vc.get(), view,
+                                    d_tiles.get(), static_cast<int64_t>(tiles.size()) - 1,
+                                    d_seq.get(), d_pos.get(), b.tokens(), g.q_heads, g.kv_heads,
+                                    g.head_dim, scale, launch, d_ws.get(), nullptr, nullptr,
+                                    d_ks.get(), d_vs.get(), window));
   KVS_TEST_CUDA(cudaDeviceSynchronize());
   const std::vector<float> got = d_out.ToHost();
   double err = 0;
@@ -232,6 +234,21 @@ TEST(CudaPagedAttention, PrefillIsCausalWithinAndAcrossTiles) {
         << "fp8, " << what;
     // The decode plan is correct (if slow) for prefill too: every token its own tile.
     EXPECT_LT(MaxError<__half>(b, g, 16, Plan::kDecode, 3, 12), kTolerance) << what;
+  }
+}
+
+TEST(CudaPagedAttention, SlidingWindowMatchesCpu) {
+  KVS_REQUIRE_GPU();
+  const Batch b = MakeBatch({100, 1000, 33, 1}, {100, 77, 1, 1}, 16, 21);
+  for (int64_t window : {1, 17, 64, 5000}) {
+    for (const Geometry& g : {Geometry{8, 2, 32}, Geometry{32, 8, 128}}) {
+      const std::string what = "window " + std::to_string(window) + " heads " +
+                               std::to_string(g.q_heads) + "/" + std::to_string(g.kv_heads);
+      EXPECT_LT(MaxError<float>(b, g, 16, Plan::kPrefill, 0, 22, window), kTolerance) << what;
+      EXPECT_LT(MaxError<float>(b, g, 16, Plan::kDecode, 3, 23, window), kTolerance) << what;
+      EXPECT_LT(MaxError<int8_t>(b, g, 16, Plan::kPrefill, 0, 24, window), kTolerance)
+          << "int8, " << what;
+    }
   }
 }
 

@@ -60,7 +60,7 @@ json TinyConfig() {
 
 void ExpectConfigError(const std::string& text, const std::string& fragment) {
   const auto parsed = ParseModelConfig(text);
-  ASSERT_FALSE(parsed.ok()) << "expected an error containing: " << fragment;
+  ASSERT_FALSE(parsed.ok()) << "expected an error containing: " << fragment << " in " << text;
   EXPECT_EQ(parsed.status().code(), StatusCode::kInvalidArgument);
   EXPECT_NE(parsed.status().message().find(fragment), std::string::npos)
       << "message \"" << parsed.status().message() << "\" lacks \"" << fragment << "\"";
@@ -277,6 +277,59 @@ TEST(ModelConfigTest, LoadFromDirectory) {
             std::string::npos)
       << bad.status().message();
   std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace kvshard
+
+namespace kvshard {
+namespace {
+
+// Sliding windows as Mistral (every layer), Gemma (layer_types) and Qwen2 (use_sliding_window,
+// max_window_layers) configs give them; null or disabled windows; bad layer types.
+TEST(ModelConfigTest, SlidingWindows) {
+  json j = TinyConfig();
+  const int64_t layers = j["num_hidden_layers"];
+  ASSERT_GE(layers, 2);
+  EXPECT_TRUE(ParseModelConfig(j.dump())->layer_window.empty());
+  j["sliding_window"] = nullptr;  // Mistral v0.2+: no window
+  EXPECT_TRUE(ParseModelConfig(j.dump())->layer_window.empty());
+  j["sliding_window"] = 4096;
+  auto mistral = ParseModelConfig(j.dump());
+  ASSERT_TRUE(mistral.ok()) << mistral.status().ToString();
+  EXPECT_EQ(mistral->layer_window, std::vector<int64_t>(layers, 4096));
+  EXPECT_EQ(mistral->KvReleaseWindow(), 4096);
+  json types = json::array();
+  for (int64_t i = 0; i < layers; ++i)
+    types.push_back(i == 1 ? "full_attention" : "sliding_attention");
+  j["layer_types"] = types;
+  auto gemma = ParseModelConfig(j.dump());
+  ASSERT_TRUE(gemma.ok()) << gemma.status().ToString();
+  EXPECT_EQ(gemma->LayerWindow(0), 4096);
+  EXPECT_EQ(gemma->LayerWindow(1), 0);
+  EXPECT_EQ(gemma->KvReleaseWindow(), 0) << "a full layer reads every position";
+  // Round trip through our own writer.
+  auto back = ParseModelConfig(ModelConfigToJson(*gemma));
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(back->layer_window, gemma->layer_window);
+  j.erase("layer_types");
+  j["use_sliding_window"] = false;  // Qwen2's default: the window is not used
+  EXPECT_TRUE(ParseModelConfig(j.dump())->layer_window.empty());
+  j["use_sliding_window"] = true;
+  j["max_window_layers"] = 1;  // layers from 1 on slide
+  auto qwen = ParseModelConfig(j.dump());
+  ASSERT_TRUE(qwen.ok()) << qwen.status().ToString();
+  EXPECT_EQ(qwen->LayerWindow(0), 0);
+  EXPECT_EQ(qwen->LayerWindow(1), 4096);
+  j.erase("use_sliding_window");
+  j.erase("max_window_layers");
+  j["layer_types"] = json::array({"sliding_attention"});
+  ExpectConfigError(j.dump(), "layer_types must list num_hidden_layers");
+  types[0] = "chunked_attention";
+  j["layer_types"] = types;
+  ExpectConfigError(j.dump(), "layer_types[0] \"chunked_attention\" is not supported");
+  j["sliding_window"] = 0;
+  ExpectConfigError(j.dump(), "sliding_window (0) must be in");
 }
 
 }  // namespace

@@ -19,7 +19,8 @@ struct Case {
 };
 
 template <typename KV>
-double MaxError(const Case& c, int64_t block_size, uint32_t seed, double* quant_err = nullptr) {
+double MaxError(const Case& c, int64_t block_size, uint32_t seed, double* quant_err = nullptr,
+                int64_t window = 0) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   const int64_t row = c.kv_heads * c.head_dim;
@@ -53,7 +54,7 @@ double MaxError(const Case& c, int64_t block_size, uint32_t seed, double* quant_
   std::vector<float> got(c.q_heads * c.head_dim), want(c.q_heads * c.head_dim);
   std::vector<float> lse(c.q_heads);
   paged_attention<KV>(got.data(), q.data(), kc.data(), vc.data(), view, &seq, &pos, 1, c.q_heads,
-                      c.kv_heads, c.head_dim, scale, lse.data(), ks.data(), vs.data());
+                      c.kv_heads, c.head_dim, scale, lse.data(), ks.data(), vs.data(), window);
   // The reference sees the cache as stored (rounded or quantized to KV), so only the kernel's
   // error remains; `quant_err` is how far storing moved the rows.
   for (int64_t p = 0; p < c.len; ++p) {
@@ -73,8 +74,10 @@ double MaxError(const Case& c, int64_t block_size, uint32_t seed, double* quant_
       }
     }
   }
-  contiguous_attention(want.data(), q.data(), k.data(), v.data(), c.len, c.q_heads, c.kv_heads,
-                       c.head_dim, scale);
+  // A window: the dense reference over the window's positions only.
+  const int64_t low = window > 0 ? std::max<int64_t>(0, c.len - window) : 0;
+  contiguous_attention(want.data(), q.data(), k.data() + low * row, v.data() + low * row,
+                       c.len - low, c.q_heads, c.kv_heads, c.head_dim, scale);
   double err = 0;
   for (size_t i = 0; i < got.size(); ++i) {
     err = std::max(err, static_cast<double>(std::fabs(got[i] - want[i])));
@@ -82,13 +85,13 @@ double MaxError(const Case& c, int64_t block_size, uint32_t seed, double* quant_
   // Each row's log-sum-exp, against a double-precision sum over the stored keys.
   const int64_t group = c.q_heads / c.kv_heads;
   for (int64_t h = 0; h < c.q_heads; ++h) {
-    std::vector<double> scores(c.len);
-    for (int64_t p = 0; p < c.len; ++p) {
+    std::vector<double> scores;
+    for (int64_t p = low; p < c.len; ++p) {
       double d = 0;
       for (int64_t i = 0; i < c.head_dim; ++i) {
         d += static_cast<double>(q[h * c.head_dim + i]) * k[p * row + (h / group) * c.head_dim + i];
       }
-      scores[p] = d * scale;
+      scores.push_back(d * scale);
     }
     const double mx = *std::max_element(scores.begin(), scores.end());
     double sum = 0;
@@ -153,6 +156,56 @@ TEST(PagedAttention, QuantizedRowsAreWithinHalfAStep) {
     EXPECT_GT(fp8_err, int8_err) << "e4m3 keeps 3 mantissa bits, int8 7";
     EXPECT_LT(fp8_err, 5.5 / 16) << "head_dim " << hd;
   }
+}
+
+// Sliding windows: only the last `window` positions (the query's own included), against the dense
+// reference over exactly those, for windows inside one block, across blocks and tiles, longer
+// than the sequence, on the tiled kernel's shapes and the general loop's, every cache dtype.
+TEST(PagedAttention, SlidingWindowEqualsTheDenseReferenceOverTheWindow) {
+  for (int64_t window : {1, 5, 16, 17, 40, 2000}) {
+    for (const Case c : {Case{300, 8, 2, 64}, Case{300, 4, 4, 128}, Case{300, 4, 2, 8}}) {
+      for (int64_t bs : {8, 16}) {
+        const uint32_t seed = static_cast<uint32_t>(window * 3 + bs + c.head_dim);
+        const std::string what = "window " + std::to_string(window) + " head_dim " +
+                                 std::to_string(c.head_dim) + " block " + std::to_string(bs);
+        EXPECT_LT(MaxError<float>(c, bs, seed, nullptr, window), 1e-5) << what;
+        EXPECT_LT(MaxError<bf16_t>(c, bs, seed, nullptr, window), 1e-4) << "bf16, " << what;
+        EXPECT_LT(MaxError<int8_t>(c, bs, seed, nullptr, window), 1e-4) << "int8, " << what;
+      }
+    }
+  }
+}
+
+// Blocks wholly before every window are never read: their rows (NaN here) leave no trace.
+TEST(PagedAttention, SlidingWindowNeverReadsBlocksBeforeTheWindow) {
+  const int64_t heads = 2, hd = 64, bs = 16, len = 100, window = 20;
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal;
+  std::vector<float> k(len * heads * hd), v(len * heads * hd), q(heads * hd);
+  for (auto* buf : {&k, &v, &q}) {
+    for (float& x : *buf) x = normal(rng);
+  }
+  std::vector<float> kc(7 * bs * heads * hd), vc(7 * bs * heads * hd);
+  std::vector<int32_t> ids = {6, 2, 4, 0, 5, 1, 3}, indptr = {0, 7};
+  std::vector<int64_t> slots(len);
+  for (int64_t p = 0; p < len; ++p) slots[p] = ids[p / bs] * bs + p % bs;
+  kv_append<float>(kc.data(), vc.data(), k.data(), v.data(), slots.data(), len, heads, hd);
+  const int32_t seq = 0, pos = len - 1;
+  std::vector<float> want(heads * hd), got(heads * hd);
+  paged_attention<float>(want.data(), q.data(), kc.data(), vc.data(),
+                         {indptr.data(), ids.data(), bs}, &seq, &pos, 1, heads, heads, hd, 0.125f,
+                         nullptr, nullptr, nullptr, window);
+  // Positions 0..79 lie before the window; blocks 0..3 (positions 0..63) hold none of it.
+  for (int64_t b = 0; b < 4; ++b) {
+    std::fill(kc.begin() + ids[b] * bs * heads * hd, kc.begin() + (ids[b] + 1) * bs * heads * hd,
+              NAN);
+    std::fill(vc.begin() + ids[b] * bs * heads * hd, vc.begin() + (ids[b] + 1) * bs * heads * hd,
+              NAN);
+  }
+  paged_attention<float>(got.data(), q.data(), kc.data(), vc.data(),
+                         {indptr.data(), ids.data(), bs}, &seq, &pos, 1, heads, heads, hd, 0.125f,
+                         nullptr, nullptr, nullptr, window);
+  EXPECT_EQ(got, want);
 }
 
 TEST(PagedAttention, OddBlockSizes) {
