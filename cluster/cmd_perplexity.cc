@@ -127,6 +127,7 @@ Status RunRoot(const PerplexityFlags& f, const Runtime& rt, const Tokenizer& tok
                           {"tokens", scored},
                           {"text_tokens", n},
                           {"kv_dtype", rt.kv_dtype},
+                          {"sliding_window", rt.config.KvReleaseWindow()},
                           {"context", context},
                           {"stride", stride},
                           {"windows", static_cast<int64_t>(windows.size())},

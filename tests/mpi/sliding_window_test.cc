@@ -7,6 +7,8 @@
 //     recompute path (the whole sequence each step, nothing released) and every grid (1e-4);
 //   - with every layer sliding, a request 8x the window long holds at most window / block + 1
 //     blocks after every step, and with a full layer it holds every block (nothing released);
+//   - a batch of requests that release blocks and take each other's as they run gives each the
+//     tokens it gets alone;
 //   - no block leaks, with the KV dtypes f32 and int8.
 #include <gtest/gtest.h>
 #include <mpi.h>
@@ -32,6 +34,7 @@ struct Outcome {
   std::vector<std::vector<float>> logits;
   int64_t most_held = 0;  // the request's blocks after its fullest step
   int64_t steps = 0;
+  std::vector<std::vector<int32_t>> batch;  // each batched request's tokens
 };
 
 Outcome RunOnGrid(const std::string& model_dir, int groups, int shards, bool use_cache,
@@ -96,6 +99,42 @@ Outcome RunOnGrid(const std::string& model_dir, int groups, int shards, bool use
     EXPECT_EQ(result->tokens, out.tokens) << "the repeat differs";
   }
   EXPECT_EQ(engine.blocks().free_blocks(), engine.blocks().total_blocks()) << "KV blocks leaked";
+  // A batch whose blocks are released and taken by one another as they run, each request's
+  // tokens equal to the same request run alone.
+  std::vector<std::shared_ptr<RequestStream>> batch;
+  std::vector<RequestSpec> specs;
+  for (int r = 0; r < 6; ++r) {
+    RequestSpec spec;
+    for (int i = 0; i < 10 + 7 * r; ++i) {
+      spec.prompt.push_back((i * 29 + r * 13 + 3) % config->vocab_size);
+    }
+    spec.max_tokens = 40;
+    spec.ignore_eos = true;
+    spec.use_kv_cache = use_cache;
+    specs.push_back(spec);
+    auto st = engine.Submit(spec);
+    EXPECT_TRUE(st.ok()) << st.status().ToString();
+    if (st.ok()) batch.push_back(*st);
+  }
+  for (;;) {
+    auto stepped = engine.Step();
+    EXPECT_TRUE(stepped.ok()) << stepped.status().ToString();
+    if (!stepped.ok() || !*stepped) break;
+  }
+  for (size_t r = 0; r < batch.size(); ++r) {
+    std::vector<int32_t> together;
+    {
+      std::lock_guard<std::mutex> lock(batch[r]->mu);
+      together = batch[r]->tokens;
+    }
+    auto alone = engine.Generate(specs[r], nullptr);
+    EXPECT_TRUE(alone.ok()) << alone.status().ToString();
+    if (alone.ok()) {
+      EXPECT_EQ(together, alone->tokens) << "batched request " << r << " != alone";
+    }
+    out.batch.push_back(together);
+  }
+  EXPECT_EQ(engine.blocks().free_blocks(), engine.blocks().total_blocks()) << "KV blocks leaked";
   EXPECT_TRUE(engine.Shutdown().ok());
   return out;
 }
@@ -120,10 +159,12 @@ TEST_P(SlidingWindow, ReleasesBlocksBehindTheWindowAndAgreesEverywhere) {
     ASSERT_EQ(ref.tokens.size(), static_cast<size_t>(8 * kWindow - 30)) << what;
     EXPECT_LT(RelativeDiff(ref.logits, recomputed.logits), 1e-4) << what << ": recompute";
     EXPECT_EQ(ref.tokens, recomputed.tokens) << what << ": recompute";
+    EXPECT_EQ(ref.batch, recomputed.batch) << what << ": recompute, batched";
     for (const Outcome* o : {&seq2, &grid}) {
       if (!o->valid) continue;
       EXPECT_LT(RelativeDiff(ref.logits, o->logits), 1e-4) << what << ": grid";
       EXPECT_EQ(ref.tokens, o->tokens) << what << ": grid";
+      EXPECT_EQ(ref.batch, o->batch) << what << ": grid, batched";
     }
     EXPECT_TRUE(grid.valid) << what << ": the 2x2 grid should split this model";
     std::printf("[ info ] %s: %lld steps, at most %lld blocks held (1x1), %lld (1x2), %lld (2x2)\n",

@@ -9,6 +9,8 @@
   (1e-4: every layout rounds the same values, up to the last bit of their f32 sums), and within the stated cost of the f32 cache: bf16
   and int8 within 0.5%, fp8 within 3% (e4m3 keeps 3 mantissa bits; stories260K's heads of 8 are
   the hardest case: docs/performance.md has the long-text table).
+- --sliding-window: as long as the context, the f32 perplexity; 64, another one, equal on the 2x2
+  grid.
 
 Usage: check.py KVSHARD MPIRUN MODEL_DIR TEXT REFERENCE_JSON
 """
@@ -62,6 +64,14 @@ for kv, cost in (("bf16", 0.005), ("int8", 0.005), ("fp8", 0.03)):
         failed.append(f"{kv} cache: perplexity {one} not within {cost:.1%} of f32's {f32} "
                       "(or equal: the cache was not used)")
     print(f"  {kv}: {one / f32 - 1:+.3%} against the f32 cache")
+# Sliding windows: one as long as the context changes nothing; a shorter one changes the
+# perplexity and is the same on the 2x2 grid.
+near(ppl(first, extra=("--sliding-window", str(first["context"]))), f32, 1e-6,
+     "a window as long as the context")
+windowed = ppl(first, extra=("--sliding-window", "64"))
+near(ppl(first, 4, extra=grid + ("--sliding-window", "64")), windowed, 1e-5, "window 64, 2x2 grid")
+if abs(windowed / f32 - 1) < 1e-3:
+    failed.append(f"window 64: perplexity {windowed} equals the full attention's {f32}")
 if failed:
     sys.exit("FAIL:\n  " + "\n  ".join(failed))
 print("ok")
