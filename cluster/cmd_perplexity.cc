@@ -128,6 +128,8 @@ Status RunRoot(const PerplexityFlags& f, const Runtime& rt, const Tokenizer& tok
                           {"text_tokens", n},
                           {"kv_dtype", rt.kv_dtype},
                           {"sliding_window", rt.config.KvReleaseWindow()},
+                          {"attention_sinks", rt.config.attention_sinks},
+                          {"stream_window", rt.config.stream_window},
                           {"context", context},
                           {"stride", stride},
                           {"windows", static_cast<int64_t>(windows.size())},

@@ -19,7 +19,9 @@ struct ShardFlags {
   int seq_shards = 1;     // seq shards per head group: the grid is (ranks / seq_shards) x this
   std::string kv_memory;  // KV pool per rank, e.g. "2GiB" (sizes the pool; "" = --kv-blocks)
   std::string kv_dtype = "f32";
-  int64_t sliding_window = 0;  // > 0: every layer's window (overrides config.json's)
+  int64_t sliding_window = 0;   // > 0: every layer's window (overrides config.json's)
+  int64_t attention_sinks = 0;  // StreamingLLM: keep the first N positions' KV ...
+  int64_t stream_window = 0;    // ... and the last W positions' (0: off)
   int64_t max_tokens_per_step = 512;
   int64_t max_seqs = 1;              // block table slots on every rank (serve: its --max-seqs)
   std::string device = "auto";       // auto, cpu, or cuda (one GPU per rank, or ranks sharing GPUs)

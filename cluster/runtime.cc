@@ -40,6 +40,14 @@ void AddShardFlags(CLI::App* cmd, ShardFlags* f) {
                   "Every layer attends to the last N positions only (overrides the model's "
                   "sliding_window; blocks behind the window return to the pool as a request runs)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
+  cmd->add_option("--attention-sinks", f->attention_sinks,
+                  "StreamingLLM: keep the first N positions' KV as attention sinks (with "
+                  "--stream-window); generation may run past the model's context")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 20));
+  cmd->add_option("--stream-window", f->stream_window,
+                  "StreamingLLM: keep the last W positions' KV; attention uses positions within "
+                  "the kept cache, and older blocks return to the pool as a request runs")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
   cmd->add_option("--max-tokens-per-step", f->max_tokens_per_step,
                   "Largest prefill chunk (tokens per step)")
       ->check(CLI::Range(1, 1 << 20));
@@ -73,6 +81,25 @@ StatusOr<ModelConfig> LoadConfig(const ShardFlags& flags) {
   KVS_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(flags.model_dir));
   if (flags.sliding_window > 0) {
     config.layer_window.assign(static_cast<size_t>(config.n_layers), flags.sliding_window);
+  }
+  if (flags.attention_sinks > 0 && flags.stream_window == 0) {
+    return InvalidArgument(
+        "--attention-sinks goes with --stream-window W (the recent positions kept)");
+  }
+  if (flags.stream_window > 0) {
+    if (!config.layer_window.empty()) {
+      return InvalidArgument(
+          "--stream-window: this model (or --sliding-window) already has sliding windows; give "
+          "one of them");
+    }
+    if (flags.attention_sinks + flags.stream_window > config.max_seq_len) {
+      return InvalidArgument(
+          "--attention-sinks {} + --stream-window {} exceed the model's context of {} tokens (the "
+          "cache's positions must stay inside it)",
+          flags.attention_sinks, flags.stream_window, config.max_seq_len);
+    }
+    config.attention_sinks = flags.attention_sinks;
+    config.stream_window = flags.stream_window;
   }
   return config;
 }

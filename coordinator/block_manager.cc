@@ -82,13 +82,13 @@ Status BlockManager::EnsureCapacity(int64_t seq, int64_t tokens) {
   return Status::Ok();
 }
 
-int64_t BlockManager::ReleaseBefore(int64_t seq, int64_t position) {
+int64_t BlockManager::ReleaseBefore(int64_t seq, int64_t position, int64_t keep_tokens) {
   auto it = seqs_.find(seq);
   if (it == seqs_.end() || position <= 0) return 0;
   std::vector<int32_t>& table = it->second.table;
   const int64_t whole = std::min<int64_t>(position / block_size_, table.size());
   int64_t released = 0;
-  for (int64_t i = 0; i < whole; ++i) {
+  for (int64_t i = BlocksFor(keep_tokens); i < whole; ++i) {
     const int32_t id = table[i];
     if (id == kReleased) continue;
     table[i] = kReleased;

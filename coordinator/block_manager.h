@@ -49,7 +49,8 @@ class BlockManager {
   // (no layer's window reaches them again), which return to the free list or the cache's LRU
   // list as in Free; their table entries become kReleased (the table keeps its positions).
   // Returns how many were released.
-  int64_t ReleaseBefore(int64_t seq, int64_t position);
+  // keep_tokens > 0 (attention sinks): the blocks holding positions [0, keep_tokens) stay.
+  int64_t ReleaseBefore(int64_t seq, int64_t position, int64_t keep_tokens = 0);
   static constexpr int32_t kReleased = -1;
   // Blocks `seq` holds now (its table less the released entries).
   int64_t HeldBlocks(int64_t seq) const;

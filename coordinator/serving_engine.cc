@@ -56,7 +56,9 @@ ServingEngine::ServingEngine(ShardBackend* model, const Tokenizer* tokenizer,
       tokenizer_(tokenizer),
       options_(options),
       kv_capacity_tokens_(model->request_capacity_tokens()),
-      release_window_(model->config().KvReleaseWindow()),
+      release_window_(model->config().streaming() ? model->config().stream_window
+                                                  : model->config().KvReleaseWindow()),
+      keep_tokens_(model->config().attention_sinks),
       eos_ids_(model->config().eos_token_ids),
       blocks_(model->num_blocks(), model->logical_block_size()),
       scheduler_(&blocks_,
@@ -76,9 +78,12 @@ Status ServingEngine::Validate(const RequestSpec& r) const {
           c.vocab_size);
     }
   }
-  if (P > c.max_seq_len) {
-    return InvalidArgument("prompt: {} tokens exceed the model's context of {} tokens", P,
-                           c.max_seq_len);
+  // With attention sinks a sequence may run past the model's context (positions within the
+  // cache stay inside it), up to what the block tables address.
+  const int64_t context = c.MaxPositions();
+  const char* what = c.streaming() ? "the attention-sink limit" : "the model's context";
+  if (P > context) {
+    return InvalidArgument("prompt: {} tokens exceed {} of {} tokens", P, what, context);
   }
   if (r.prompt_logprobs && r.max_tokens < 0) {
     return InvalidArgument("max_tokens: must be at least 0, got {}", r.max_tokens);
@@ -86,11 +91,11 @@ Status ServingEngine::Validate(const RequestSpec& r) const {
   if (!r.prompt_logprobs && r.max_tokens <= 0) {
     return InvalidArgument("max_tokens: must be positive, got {}", r.max_tokens);
   }
-  if (P + r.max_tokens > c.max_seq_len) {
+  if (P + r.max_tokens > context) {
     return InvalidArgument(
-        "max_tokens: prompt ({} tokens) + max_tokens ({}) exceed the model's context of {} "
-        "tokens; at most {} new tokens fit",
-        P, r.max_tokens, c.max_seq_len, c.max_seq_len - P);
+        "max_tokens: prompt ({} tokens) + max_tokens ({}) exceed {} of {} tokens; at most {} new "
+        "tokens fit",
+        P, r.max_tokens, what, context, context - P);
   }
   KVS_RETURN_IF_ERROR(ValidateSamplingParams(r.sampling));
   if (r.stop_ids.size() > kMaxStopIds) {
@@ -121,8 +126,8 @@ Status ServingEngine::Validate(const RequestSpec& r) const {
   // window behind a step's chunk (its blocks, and one more where they straddle a boundary).
   int64_t held = P + r.max_tokens;
   if (release_window_ > 0 && r.use_kv_cache) {
-    held =
-        std::min(held, release_window_ - 1 + model_->max_tokens_per_step() + blocks_.block_size());
+    held = std::min(held, blocks_.BlocksFor(keep_tokens_) * blocks_.block_size() + release_window_ -
+                              1 + model_->max_tokens_per_step() + blocks_.block_size());
   }
   if (held > kv_capacity_tokens_) {
     return OutOfRange(
@@ -338,7 +343,7 @@ StatusOr<bool> ServingEngine::Step() {
       // Sliding windows on every layer: the next token at `computed` sees positions from
       // computed - window + 1 on; the blocks wholly before them go back to the pool now.
       if (release_window_ > 0) {
-        blocks_.ReleaseBefore(s->id(), s->computed - release_window_ + 1);
+        blocks_.ReleaseBefore(s->id(), s->computed - release_window_ + 1, keep_tokens_);
       }
     }
     // Prompt positions before the last: the log-probability of the prompt's next token.

@@ -132,6 +132,7 @@ class ServingEngine {
   // ModelConfig::KvReleaseWindow: > 0 when every layer slides, so a sequence's blocks before its
   // window are released as it runs (its KV memory is bounded by the window, not the context).
   int64_t release_window_;
+  int64_t keep_tokens_;  // attention sinks: the leading positions whose blocks are never released
   std::vector<int32_t> eos_ids_;
 
   // Engine thread only.

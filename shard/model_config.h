@@ -53,6 +53,16 @@ struct ModelConfig {
     }
     return layer_window.empty() ? 0 : w;
   }
+  // Attention sinks (StreamingLLM), a run-time option (--attention-sinks N --stream-window W),
+  // never in config.json: a sequence keeps the KV of its first N positions and of its last W, and
+  // attends with positions within that cache, so it can run past the model's context in bounded
+  // memory (up to kStreamContexts (16) x max_seq_len positions, what the block tables address).
+  int64_t attention_sinks = 0;
+  int64_t stream_window = 0;
+  static constexpr int64_t kStreamContexts = 16;
+  bool streaming() const { return stream_window > 0; }
+  // The most positions one sequence may reach: the context, or with attention sinks many more.
+  int64_t MaxPositions() const { return streaming() ? max_seq_len * kStreamContexts : max_seq_len; }
   int32_t bos_token_id = 1;
   std::vector<int32_t> eos_token_ids{2};  // eos_token_id: an int or a list in the JSON
   DType dtype = DType::kF32;              // torch_dtype (or the newer "dtype")

@@ -84,10 +84,48 @@ class CpuOps {
   Status Attention(int64_t layer, int64_t T) {
     const PagedKvView view{in_.block_indptr, m_.tables_.tables(), m_.tables_.shape().geometry};
     float* lse = l_.seq_shards > 1 ? m_.att_.data() + T * l_.q_heads * c_.head_dim : nullptr;
+    if (c_.streaming()) return StreamingAttention(layer, T, view, lse);
     paged_attention<KV>(m_.att_.data(), m_.q_.data(), Pool(layer, 0), Pool(layer, 1), view,
                         in_.token_seq, in_.positions, T, l_.q_heads, l_.kv_heads, c_.head_dim,
                         1.0f / std::sqrt(static_cast<float>(c_.head_dim)), lse,
                         m_.kv_->k_scale(layer), m_.kv_->v_scale(layer), c_.LayerWindow(layer));
+    return Status::Ok();
+  }
+  // Attention sinks (StreamingLLM, positions within the cache): the cache holds the first N
+  // positions and the window [max(N, p - W + 1), p] of a query at position p, which sits at cache
+  // index c = p - d, d = max(0, p - W + 1 - N) positions dropped. RoPE scores depend on position
+  // differences only, so the window (stored at its own positions, as the query is) is attended
+  // with the query as it is, and the sinks (stored at 0..N-1) with the query rotated back by d
+  // to its cache index; the two parts merge exactly by their log-sum-exps.
+  Status StreamingAttention(int64_t layer, int64_t T, const PagedKvView& view, float* lse) {
+    const int64_t N = c_.attention_sinks, W = c_.stream_window;
+    const int64_t rows = T * l_.q_heads, hd = c_.head_dim;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    const float* ks = m_.kv_->k_scale(layer);
+    const float* vs = m_.kv_->v_scale(layer);
+    float* parts = m_.sink_parts_.data();  // out [2][rows][hd], then lse [2][rows]
+    float* lse_parts = parts + 2 * rows * hd;
+    paged_attention<KV>(parts + rows * hd, m_.q_.data(), Pool(layer, 0), Pool(layer, 1), view,
+                        in_.token_seq, in_.positions, T, l_.q_heads, l_.kv_heads, hd, scale,
+                        lse_parts + rows, ks, vs, W, N);
+    if (N == 0) {  // a window alone (no sinks): part B is the answer
+      std::memcpy(m_.att_.data(), parts + rows * hd, rows * hd * sizeof(float));
+      if (lse) std::memcpy(lse, lse_parts + rows, rows * sizeof(float));
+      return Status::Ok();
+    }
+    int32_t* pos_a = m_.sink_pos_.data();
+    int32_t* shift = pos_a + T;
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t p = in_.positions[t];
+      shift[t] = static_cast<int32_t>(-std::max<int64_t>(0, p - W + 1 - N));
+      pos_a[t] = static_cast<int32_t>(std::min<int64_t>(p, N - 1));
+    }
+    float* q_sink = m_.sink_q_.data();
+    std::memcpy(q_sink, m_.q_.data(), rows * hd * sizeof(float));
+    rope(q_sink, shift, m_.inv_freq_.data(), T, l_.q_heads, hd, RopePairing::kHalf);
+    paged_attention<KV>(parts, q_sink, Pool(layer, 0), Pool(layer, 1), view, in_.token_seq, pos_a,
+                        T, l_.q_heads, l_.kv_heads, hd, scale, lse_parts, ks, vs);
+    merge_attention(m_.att_.data(), lse, parts, lse_parts, 2, rows, hd);
     return Status::Ok();
   }
   Status MergeAttention(int64_t T) {
@@ -207,7 +245,7 @@ StatusOr<std::unique_ptr<ShardModel>> ShardModel::Load(const std::string& model_
   const int64_t logical = options.block_size * options.seq_shards;
   KVS_ASSIGN_OR_RETURN(m->tables_,
                        BlockTables::Create(BlockTableShape{
-                           options.max_seqs, (config.max_seq_len + logical - 1) / logical,
+                           options.max_seqs, (config.MaxPositions() + logical - 1) / logical,
                            options.num_blocks, m->layout_.Geometry(options.block_size)}));
   m->inv_freq_ = RopeInverseFrequencies(config);
   if (options.tune_threads > 0) {
@@ -232,6 +270,11 @@ StatusOr<std::unique_ptr<ShardModel>> ShardModel::Load(const std::string& model_
     m->gate_.resize(T * l.ffn);
     m->up_.resize(T * l.ffn);
     m->partial_.resize(T * config.dim);
+    if (config.streaming()) {
+      m->sink_q_.resize(T * l.q_heads * hd);
+      m->sink_parts_.resize(2 * T * l.q_heads * (hd + 1));
+      m->sink_pos_.resize(2 * T);
+    }
     m->rows_.resize(T * config.dim);
     m->local_logits_.resize(T * l.vocab);
     if (comm->rank() == 0) m->gathered_.resize(T * config.vocab_size);

@@ -78,6 +78,10 @@ class ShardModel : public ShardBackend {
   std::unique_ptr<ThreadTuner> tuner_;  // when options.tune_threads > 0
   Communicator* comm_ = nullptr;
   std::vector<float> inv_freq_;  // f32 [head_dim / 2]
+  // Attention sinks (config.streaming()): the sinks' query rows, their positions and RoPE shift,
+  // and both parts' outputs and log-sum-exps before the merge.
+  std::vector<float> sink_q_, sink_parts_;
+  std::vector<int32_t> sink_pos_;
 
   // Workspace, sized once for max_tokens_per_step (no allocation in the step).
   std::vector<float> x_;             // f32 [T, dim] residual stream

@@ -207,7 +207,8 @@ template <typename KV, int G, int D>
 void attend_run(float* o, float* lse, const float* q, int count, int64_t row_stride,
                 int64_t lse_stride, const int64_t* lens, const KV* k_cache, const KV* v_cache,
                 const float* k_scale, const float* v_scale, const PagedKvGeometry& geometry,
-                const int32_t* table, int64_t kv_row, int64_t kvh, float scale, int64_t window) {
+                const int32_t* table, int64_t kv_row, int64_t kvh, float scale, int64_t window,
+                int64_t floor) {
   constexpr int W = simd::kWidth;
   constexpr int kTile = 16;
   constexpr int kPrefetchBlocks = 2;
@@ -225,7 +226,9 @@ void attend_run(float* o, float* lse, const float* q, int count, int64_t row_str
   const int64_t reach = lens[count - 1];  // the run's last token sees the most
   // Sliding window: token u sees [lows[u], lens[u]); the run's first token reaches back furthest.
   int64_t lows[kMaxRun];
-  for (int u = 0; u < count; ++u) lows[u] = window > 0 ? std::max<int64_t>(0, lens[u] - window) : 0;
+  for (int u = 0; u < count; ++u) {
+    lows[u] = std::max<int64_t>(floor, window > 0 ? lens[u] - window : 0);
+  }
   for (int64_t b = 0;; ++b) {
     const int64_t p0 = geometry.BlockStart(b);
     if (p0 >= reach) break;
@@ -280,17 +283,18 @@ void attend_run(float* o, float* lse, const float* q, int count, int64_t row_str
 
 using TiledFn = void (*)(float*, float*, const float*, int, int64_t, int64_t, const int64_t*,
                          const void*, const void*, const float*, const float*,
-                         const PagedKvGeometry&, const int32_t*, int64_t, int64_t, float, int64_t);
+                         const PagedKvGeometry&, const int32_t*, int64_t, int64_t, float, int64_t,
+                         int64_t);
 
 template <typename KV, int G, int D>
 void attend_run_erased(float* o, float* lse, const float* q, int count, int64_t row_stride,
                        int64_t lse_stride, const int64_t* lens, const void* k, const void* v,
                        const float* k_scale, const float* v_scale, const PagedKvGeometry& geometry,
                        const int32_t* table, int64_t kv_row, int64_t kvh, float scale,
-                       int64_t window) {
+                       int64_t window, int64_t floor) {
   attend_run<KV, G, D>(o, lse, q, count, row_stride, lse_stride, lens, static_cast<const KV*>(k),
                        static_cast<const KV*>(v), k_scale, v_scale, geometry, table, kv_row, kvh,
-                       scale, window);
+                       scale, window, floor);
 }
 
 template <typename KV, int D>
@@ -376,7 +380,7 @@ void paged_attention(float* out, const float* q, const KV* k_cache, const KV* v_
                      const PagedKvView& view, const int32_t* token_seq, const int32_t* positions,
                      int64_t tokens, int64_t q_heads, int64_t kv_heads, int64_t head_dim,
                      float scale, float* lse, const float* k_scale, const float* v_scale,
-                     int64_t window) {
+                     int64_t window, int64_t floor) {
   const int64_t group = q_heads / kv_heads;
   const PagedKvGeometry geometry = view.geometry;  // a copy: no reload inside the loops
   const int64_t kv_row = kv_heads * head_dim;
@@ -396,7 +400,7 @@ void paged_attention(float* out, const float* q, const KV* k_cache, const KV* v_
       const int64_t row = r.first * q_heads + kvh * group;
       tiled(out + row * head_dim, lse ? lse + row : nullptr, q + row * head_dim, r.count,
             q_heads * head_dim, q_heads, lens, k_cache, v_cache, k_scale, v_scale, geometry,
-            view.Table(token_seq[r.first]), kv_row, kvh, scale, window);
+            view.Table(token_seq[r.first]), kv_row, kvh, scale, window, floor);
     }
     return;
   }
@@ -407,7 +411,7 @@ void paged_attention(float* out, const float* q, const KV* k_cache, const KV* v_
     const int64_t kvh = task % kv_heads;
     const int32_t* table = view.Table(token_seq[t]);
     const int64_t len = static_cast<int64_t>(positions[t]) + 1;
-    const int64_t low = window > 0 ? std::max<int64_t>(0, len - window) : 0;
+    const int64_t low = std::max<int64_t>(floor, window > 0 ? len - window : 0);
     const float* qg = q + (t * q_heads + kvh * group) * head_dim;  // [group, head_dim]
     float acc[kMaxQueryGroup * kMaxHeadDim];
     float m[kMaxQueryGroup], l[kMaxQueryGroup];
@@ -555,7 +559,7 @@ void contiguous_attention(float* out, const float* q, const float* k, const floa
   template void paged_attention<KV>(float*, const float*, const KV*, const KV*,                  \
                                     const PagedKvView&, const int32_t*, const int32_t*, int64_t, \
                                     int64_t, int64_t, int64_t, float, float*, const float*,      \
-                                    const float*, int64_t);
+                                    const float*, int64_t, int64_t);
 KVSHARD_INSTANTIATE_ATTENTION(float)
 KVSHARD_INSTANTIATE_ATTENTION(f16_t)
 KVSHARD_INSTANTIATE_ATTENTION(bf16_t)

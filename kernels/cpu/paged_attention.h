@@ -46,13 +46,14 @@ void kv_row_to_f32(float* out, const KV* row, float scale, int64_t n);
 // (merge_attention). A row that reaches none of this pool's positions gets out = 0, lse = -inf.
 // window > 0: sliding-window attention, each token sees positions
 // max(0, positions[t] - window + 1) .. positions[t] only; blocks wholly before that are never
-// read (their table entries may name blocks given to other sequences).
+// read (their table entries may name blocks given to other sequences). floor > 0: positions below
+// it are not attended either (attention sinks attend to them apart, with their own query).
 template <typename KV>
 void paged_attention(float* out, const float* q, const KV* k_cache, const KV* v_cache,
                      const PagedKvView& view, const int32_t* token_seq, const int32_t* positions,
                      int64_t tokens, int64_t q_heads, int64_t kv_heads, int64_t head_dim,
                      float scale, float* lse = nullptr, const float* k_scale = nullptr,
-                     const float* v_scale = nullptr, int64_t window = 0);
+                     const float* v_scale = nullptr, int64_t window = 0, int64_t floor = 0);
 
 // The exact softmax attention over the union of `shards` disjoint sets of positions, from each
 // set's normalised output and log-sum-exp: out = sum_s exp(lse_s - m) o_s / sum_s exp(lse_s - m)

@@ -53,6 +53,10 @@ StatusOr<std::unique_ptr<CudaShardModel>> CudaShardModel::Create(const ModelConf
     return InvalidArgument("max tokens per step ({}) and block size ({}) must be positive",
                            options.max_tokens_per_step, options.block_size);
   }
+  if (config.streaming()) {
+    return InvalidArgument(
+        "--attention-sinks / --stream-window run on the CPU backend only so far (--device cpu)");
+  }
   std::string why;
   if (!AttentionSupported(l.q_heads, l.kv_heads, config.head_dim, &why)) {
     return InvalidArgument("{}", why);
