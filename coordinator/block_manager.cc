@@ -93,15 +93,19 @@ int64_t BlockManager::ReleaseBefore(int64_t seq, int64_t position, int64_t keep_
     if (id == kReleased) continue;
     table[i] = kReleased;
     ++released;
-    Block& b = blocks_[id];
-    if (--b.refcount > 0) continue;
-    if (b.registered) {
-      b.lru_pos = lru_.insert(lru_.end(), id);
-    } else {
-      free_.push_back(id);
-    }
+    Unref(id);
   }
   return released;
+}
+
+void BlockManager::Unref(int32_t id) {
+  Block& b = blocks_[id];
+  if (--b.refcount > 0) return;
+  if (b.registered) {
+    b.lru_pos = lru_.insert(lru_.end(), id);
+  } else {
+    free_.push_back(id);
+  }
 }
 
 int64_t BlockManager::HeldBlocks(int64_t seq) const {
@@ -116,14 +120,7 @@ void BlockManager::Free(int64_t seq) {
   auto it = seqs_.find(seq);
   if (it == seqs_.end()) return;
   for (int32_t id : it->second.table) {
-    if (id == kReleased) continue;  // already returned by ReleaseBefore
-    Block& b = blocks_[id];
-    if (--b.refcount > 0) continue;
-    if (b.registered) {
-      b.lru_pos = lru_.insert(lru_.end(), id);
-    } else {
-      free_.push_back(id);
-    }
+    if (id != kReleased) Unref(id);  // (a released entry was returned by ReleaseBefore)
   }
   seqs_.erase(it);
   released_.push_back(seq);

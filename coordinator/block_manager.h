@@ -97,6 +97,8 @@ class BlockManager {
   // Takes a block with no user: the free list first, else the least recently used cached one.
   int32_t TakeBlock();
   void Forget(int32_t block);  // drops a block's registration
+  // Drops one user of a block; with none left it is free (or cached, when registered).
+  void Unref(int32_t block);
 
   int64_t block_size_;
   std::vector<Block> blocks_;

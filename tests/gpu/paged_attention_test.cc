@@ -229,9 +229,11 @@ TEST(CudaPagedAttention, PrefillIsCausalWithinAndAcrossTiles) {
         "heads " + std::to_string(g.q_heads) + "/" + std::to_string(g.kv_heads);
     EXPECT_LT(MaxError<float>(b, g, 16, Plan::kPrefill, 0, 10), kTolerance) << what;
     EXPECT_LT(MaxError<__nv_bfloat16>(b, g, 16, Plan::kPrefill, 0, 11), kTolerance) << what;
-    EXPECT_LT(MaxError<int8_t>(b, g, 16, Plan::kPrefill, 0, 16), kTolerance) << "int8, " << what;
-    EXPECT_LT(MaxError<__nv_fp8_e4m3>(b, g, 16, Plan::kPrefill, 0, 17), kTolerance)
-        << "fp8, " << what;
+    if (g.head_dim <= 32) {  // quantized prefill on the small geometries (the emulator is slow)
+      EXPECT_LT(MaxError<int8_t>(b, g, 16, Plan::kPrefill, 0, 16), kTolerance) << "int8, " << what;
+      EXPECT_LT(MaxError<__nv_fp8_e4m3>(b, g, 16, Plan::kPrefill, 0, 17), kTolerance)
+          << "fp8, " << what;
+    }
     // The decode plan is correct (if slow) for prefill too: every token its own tile.
     EXPECT_LT(MaxError<__half>(b, g, 16, Plan::kDecode, 3, 12), kTolerance) << what;
   }
@@ -240,14 +242,18 @@ TEST(CudaPagedAttention, PrefillIsCausalWithinAndAcrossTiles) {
 TEST(CudaPagedAttention, SlidingWindowMatchesCpu) {
   KVS_REQUIRE_GPU();
   const Batch b = MakeBatch({100, 1000, 33, 1}, {100, 77, 1, 1}, 16, 21);
-  for (int64_t window : {1, 17, 64, 5000}) {
+  // Windows inside one tile, across blocks, and past every sequence; the emulator runs these
+  // slowly, so two geometries (GQA 4 at head size 32 and Llama 3 8B's) and int8 on one.
+  for (int64_t window : {1, 17, 5000}) {
     for (const Geometry& g : {Geometry{8, 2, 32}, Geometry{32, 8, 128}}) {
       const std::string what = "window " + std::to_string(window) + " heads " +
                                std::to_string(g.q_heads) + "/" + std::to_string(g.kv_heads);
       EXPECT_LT(MaxError<float>(b, g, 16, Plan::kPrefill, 0, 22, window), kTolerance) << what;
       EXPECT_LT(MaxError<float>(b, g, 16, Plan::kDecode, 3, 23, window), kTolerance) << what;
-      EXPECT_LT(MaxError<int8_t>(b, g, 16, Plan::kPrefill, 0, 24, window), kTolerance)
-          << "int8, " << what;
+      if (g.head_dim == 32) {
+        EXPECT_LT(MaxError<int8_t>(b, g, 16, Plan::kPrefill, 0, 24, window), kTolerance)
+            << "int8, " << what;
+      }
     }
   }
 }

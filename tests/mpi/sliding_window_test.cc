@@ -37,16 +37,22 @@ struct Outcome {
   std::vector<std::vector<int32_t>> batch;  // each batched request's tokens
 };
 
-Outcome RunOnGrid(const std::string& model_dir, int groups, int shards, bool use_cache,
-                  DType kv_dtype) {
+// This rank's group when the world is split into groups of `size` consecutive ranks.
+StatusOr<std::unique_ptr<MpiCommunicator>> GroupOf(int size) {
   int world_rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
-  const int size = groups * shards;
   MPI_Comm sub;
   MPI_Comm_split(MPI_COMM_WORLD, world_rank / size, world_rank, &sub);
   auto comm = MpiCommunicator::Create(sub);
   MPI_Comm_free(&sub);
   EXPECT_TRUE(comm.ok()) << comm.status().ToString();
+  return comm;
+}
+
+Outcome RunOnGrid(const std::string& model_dir, int groups, int shards, bool use_cache,
+                  DType kv_dtype) {
+  const int size = groups * shards;
+  auto comm = GroupOf(size);
   auto config = LoadModelConfig(model_dir);
   EXPECT_TRUE(config.ok()) << config.status().ToString();
   Outcome out;
@@ -202,15 +208,10 @@ struct Streamed {
 };
 
 Streamed Stream(const std::string& model_dir, int groups, int shards, DType kv_dtype) {
-  int world_rank = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
   const int size = groups * shards;
-  MPI_Comm sub;
-  MPI_Comm_split(MPI_COMM_WORLD, world_rank / size, world_rank, &sub);
-  auto comm = MpiCommunicator::Create(sub);
-  MPI_Comm_free(&sub);
+  auto comm = GroupOf(size);
   auto config = LoadModelConfig(model_dir);
-  EXPECT_TRUE(comm.ok() && config.ok());
+  EXPECT_TRUE(config.ok()) << config.status().ToString();
   Streamed out;
   if (!MakeTpLayout(*config, size, 0, shards).ok()) {
     out.valid = false;
