@@ -41,6 +41,7 @@ struct RequestFlags {
   int64_t seed = 0;
   std::vector<std::string> stop;
   std::string cache_salt;
+  int64_t kv_budget = -1;  // -1: the server's default
   bool json = false;
   // ask
   std::string document;
@@ -100,6 +101,7 @@ rpc::GenerateRequest MakeRequest(const RequestFlags& f) {
   r.__isset.sampling = true;
   r.stop = f.stop;
   if (!f.cache_salt.empty()) r.__set_cache_salt(f.cache_salt);
+  if (f.kv_budget >= 0) r.__set_kv_budget(static_cast<int32_t>(f.kv_budget));
   return r;
 }
 
@@ -151,6 +153,7 @@ std::string JsonResult(const rpc::GenerateResponse& r) {
                       {"per_token_ms", r.timings.per_token_ms},
                       {"total_ms", r.timings.total_ms},
                       {"preemptions", r.preemptions}};
+  if (r.__isset.kv_positions_kept) j["kv_positions_kept"] = r.kv_positions_kept;
   return j.dump() + "\n";
 }
 
@@ -328,6 +331,10 @@ void AddRequestFlags(CLI::App* cmd, RequestFlags* f) {
   cmd->add_option("--seed", f->seed, "Sampling seed");
   cmd->add_option("--stop", f->stop, "Stop before this string (repeatable)");
   cmd->add_option("--cache-salt", f->cache_salt, "Prefix-cache isolation key (tenant)");
+  cmd->add_option("--kv-budget", f->kv_budget,
+                  "KV eviction: prompt positions each KV head keeps (0: all; default: the "
+                  "server's)")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
   cmd->add_flag("--json", f->json, "Print one JSON line with the result and its timings");
 }
 

@@ -24,6 +24,7 @@ struct GenerateFlags {
   float top_p = 1.0f;
   uint64_t seed = 0;
   bool no_kv_cache = false;
+  int64_t kv_budget = 0;      // KV eviction: prompt positions each KV head keeps (0: all)
   std::string chat;           // one user turn, rendered with the model's chat template
   std::string system;         // --system: the chat's system message
   std::string chat_template;  // --chat-template NAME: overrides the model's
@@ -55,6 +56,7 @@ StatusOr<RequestSpec> MakeRequest(const GenerateFlags& f, const Tokenizer& tok) 
   r.max_tokens = f.max_tokens;
   r.sampling = {f.temperature, f.top_k, f.top_p, f.seed};
   r.use_kv_cache = !f.no_kv_cache;
+  r.kv_budget = f.kv_budget;
   return r;
 }
 
@@ -89,6 +91,10 @@ Status RunRoot(const GenerateFlags& f, const Tokenizer* tok, ServingEngine& engi
       request.prompt.size(), result.tokens.size(), result.finish_reason,
       result.prefill_seconds * 1e3, per_token * 1e3, engine.blocks().free_blocks(),
       engine.blocks().total_blocks());
+  if (result.kv_positions_kept >= 0) {
+    spdlog::info("KV eviction: {} of {} prompt positions kept per KV head (--kv-budget {})",
+                 result.kv_positions_kept, request.prompt.size(), request.kv_budget);
+  }
   if (engine.blocks().free_blocks() != engine.blocks().total_blocks()) {
     return Internal("KV blocks leaked: {} of {} free after the request",
                     engine.blocks().free_blocks(), engine.blocks().total_blocks());
@@ -132,6 +138,10 @@ void RegisterGenerate(CLI::App& app, int* exit_code) {
   cmd->add_option("--top-k", flags->top_k, "Sample among the k most likely (0 = all)");
   cmd->add_option("--top-p", flags->top_p, "Nucleus sampling mass in (0, 1]");
   cmd->add_option("--seed", flags->seed, "Sampling seed");
+  cmd->add_option("--kv-budget", flags->kv_budget,
+                  "KV eviction (SnapKV): after prefill keep this many prompt positions per KV "
+                  "head and layer, scored by the last prompt tokens' attention (0: keep all)")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--chat", flags->chat,
                   "One user message, rendered with the model's chat template; prints the reply");
   cmd->add_option("--system", flags->system, "With --chat: the system message");

@@ -31,6 +31,7 @@ struct PerplexityFlags {
   int64_t context = 0;       // 0: the model's context (or the whole text when shorter)
   int64_t stride = 0;        // 0: half the context
   int64_t limit_tokens = 0;  // > 0: only the text's first tokens
+  int64_t kv_budget = 0;     // > 0: each window's unscored prefix is compressed to it (SnapKV)
   bool json = false;
 };
 
@@ -93,14 +94,29 @@ Status RunRoot(const PerplexityFlags& f, const Runtime& rt, const Tokenizer& tok
   double nll = 0;
   int64_t scored = 0;
   const auto t0 = std::chrono::steady_clock::now();
-  for (const Window& w : windows) {
+  int64_t evicted = 0, kept_min = -1;
+  for (Window w : windows) {
     RequestSpec r;
     if (bos) r.prompt.push_back(tok.bos_id());
     r.prompt.insert(r.prompt.end(), ids.begin() + w.begin, ids.begin() + w.end);
     r.max_tokens = 0;
     r.prompt_logprobs = true;
-    KVS_ASSIGN_OR_RETURN(const GenerationResult result, engine.Generate(r, nullptr));
     const int64_t off = bos ? 1 : 0;  // prompt index of text position p: p - begin + off
+    if (f.kv_budget > 0) {
+      // Every window (the first too) scores only its last `stride` tokens, after its prefix was
+      // computed and compressed to the budget: the tokens scored are the same for any budget,
+      // and a budget of at least context - stride evicts nothing (the baseline).
+      w.score_from = std::max(w.score_from, w.end - stride);
+      r.kv_budget = f.kv_budget;
+      r.evict_at = w.score_from - w.begin + off;
+      if (r.evict_at < 1) return Internal("window [{}, {}) has no prefix", w.begin, w.end);
+    }
+    KVS_ASSIGN_OR_RETURN(const GenerationResult result, engine.Generate(r, nullptr));
+    if (r.kv_budget > 0 && r.evict_at > r.kv_budget) {
+      ++evicted;
+      kept_min =
+          kept_min < 0 ? result.kv_positions_kept : std::min(kept_min, result.kv_positions_kept);
+    }
     for (int64_t p = w.score_from; p < w.end; ++p) {
       const int64_t at = p - w.begin + off - 1;  // prompt_logprobs[i]: prompt[i + 1]
       if (at < 0 || at >= static_cast<int64_t>(result.prompt_logprobs.size())) {
@@ -130,6 +146,9 @@ Status RunRoot(const PerplexityFlags& f, const Runtime& rt, const Tokenizer& tok
                           {"sliding_window", rt.config.KvReleaseWindow()},
                           {"attention_sinks", rt.config.attention_sinks},
                           {"stream_window", rt.config.stream_window},
+                          {"kv_budget", f.kv_budget},
+                          {"evicted_windows", evicted},
+                          {"kv_positions_kept_min", kept_min},
                           {"context", context},
                           {"stride", stride},
                           {"windows", static_cast<int64_t>(windows.size())},
@@ -185,6 +204,10 @@ void RegisterPerplexity(CLI::App& app, int* exit_code) {
   cmd->add_option("--stride", f->stride,
                   "Tokens each window moves on (default: half the context; at most context - 1)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
+  cmd->add_option("--kv-budget", f->kv_budget,
+                  "KV eviction (SnapKV): each window scores its last --stride tokens after its "
+                  "prefix's KV is compressed to this many positions per KV head")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--limit-tokens", f->limit_tokens, "Score only the text's first N tokens")
       ->check(CLI::Range(int64_t{2}, int64_t{1} << 40));
   cmd->add_flag("--json", f->json,

@@ -31,6 +31,7 @@ struct ServeFlags {
   LivenessOptions liveness;
   RpcServerOptions rpc;
   ServingOptions serving;
+  int64_t kv_budget = 0;  // the kv_budget of requests that name none
   int metrics_port = 0;
   std::string pid_file;
   std::string chat_template;  // overrides the model's (llama3, chatml, llama2, mistral)
@@ -78,6 +79,7 @@ StatusOr<ClusterInfo> GatherClusterInfo(Runtime& rt, const ServeFlags& f) {
   info.seq_shards = l.seq_shards;
   info.block_size = static_cast<int32_t>(rt.model->block_size());
   info.max_context = static_cast<int32_t>(rt.config.max_seq_len);
+  info.default_kv_budget = f.kv_budget;
   for (size_t r = 0; r < all.size(); ++r) {
     const nlohmann::json j = nlohmann::json::parse(all[r], nullptr, false);
     if (j.is_discarded()) return Internal("rank {} sent unreadable start-up information", r);
@@ -224,6 +226,10 @@ void RegisterServe(CLI::App& app, int* exit_code) {
   cmd->add_option("--max-queue", flags->serving.max_queue,
                   "Requests waiting to run; beyond it submit/generate answer OVERLOADED")
       ->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--kv-budget", flags->kv_budget,
+                  "KV eviction (SnapKV): prompt positions each KV head keeps, for requests that "
+                  "name no kv_budget (0: keep all)")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--max-seqs", flags->serving.max_seqs, "Sequences batched in one step")
       ->check(CLI::Range(1, 4096));
   cmd->add_option("--shutdown-grace-s", flags->serving.shutdown_grace_s,

@@ -108,6 +108,22 @@ void BlockManager::Unref(int32_t id) {
   }
 }
 
+int64_t BlockManager::Truncate(int64_t seq, int64_t blocks) {
+  auto it = seqs_.find(seq);
+  if (it == seqs_.end()) return 0;
+  std::vector<int32_t>& table = it->second.table;
+  int64_t released = 0;
+  while (static_cast<int64_t>(table.size()) > blocks) {
+    if (table.back() != kReleased) {
+      Unref(table.back());
+      ++released;
+    }
+    table.pop_back();
+  }
+  it->second.committed = std::min<int64_t>(it->second.committed, table.size());
+  return released;
+}
+
 int64_t BlockManager::HeldBlocks(int64_t seq) const {
   auto it = seqs_.find(seq);
   if (it == seqs_.end()) return 0;

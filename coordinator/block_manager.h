@@ -52,6 +52,9 @@ class BlockManager {
   // keep_tokens > 0 (attention sinks): the blocks holding positions [0, keep_tokens) stay.
   int64_t ReleaseBefore(int64_t seq, int64_t position, int64_t keep_tokens = 0);
   static constexpr int32_t kReleased = -1;
+  // KV eviction: `seq` keeps the first `blocks` entries of its table (its KV was compacted into
+  // them); the others are dropped as in Free. Returns how many blocks it released.
+  int64_t Truncate(int64_t seq, int64_t blocks);
   // Blocks `seq` holds now (its table less the released entries).
   int64_t HeldBlocks(int64_t seq) const;
   // Sequences whose tables Free dropped since the last call (the step plans tell the ranks).

@@ -1,5 +1,7 @@
 #include "coordinator/plan_builder.h"
 
+#include <algorithm>
+
 namespace kvshard {
 
 PlanBuilder::PlanBuilder(int64_t slots) {
@@ -18,7 +20,7 @@ void PlanBuilder::Begin(StepPlan* plan) {
 
 Status PlanBuilder::Add(StepPlan* plan, int64_t seq, const std::vector<int32_t>& table,
                         int64_t blocks_needed, const int32_t* tokens, int64_t begin, int64_t end,
-                        int64_t logits_from) {
+                        int64_t logits_from, int64_t shift) {
   auto it = seqs_.find(seq);
   if (it == seqs_.end()) {
     if (free_slots_.empty()) {
@@ -42,7 +44,12 @@ Status PlanBuilder::Add(StepPlan* plan, int64_t seq, const std::vector<int32_t>&
   }
   for (int64_t p = begin; p < end; ++p) {
     plan->tokens.push_back(tokens[p]);
-    plan->positions.push_back(static_cast<int32_t>(p));
+    plan->positions.push_back(static_cast<int32_t>(p - shift));
+  }
+  // RoPE offsets only once a sequence of the step has one (the earlier ones' are 0).
+  if (shift != 0 || !plan->rope_offsets.empty()) {
+    plan->rope_offsets.resize(plan->seq_slots.size(), 0);
+    plan->rope_offsets.push_back(static_cast<int32_t>(shift));
   }
   plan->qo_indptr.push_back(static_cast<int32_t>(plan->tokens.size()));
   plan->seq_slots.push_back(e.slot);
@@ -51,6 +58,11 @@ Status PlanBuilder::Add(StepPlan* plan, int64_t seq, const std::vector<int32_t>&
     plan->logits_rows.push_back(static_cast<int32_t>(first + (p - begin)));
   }
   return Status::Ok();
+}
+
+void PlanBuilder::Truncate(int64_t seq, int64_t blocks) {
+  auto it = seqs_.find(seq);
+  if (it != seqs_.end()) it->second.sent = std::min(it->second.sent, blocks);
 }
 
 void PlanBuilder::Release(int64_t seq) {

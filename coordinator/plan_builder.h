@@ -23,8 +23,13 @@ class PlanBuilder {
   // position alone to sample the next token). `table` is the sequence's block table on rank 0;
   // its first BlocksFor(end) entries must be final. ResourceExhausted when no table slot is free
   // (more sequences than the shards have slots).
+  // shift > 0 (KV eviction): position p is cached at index p - shift (plan.positions) and
+  // rotated by RoPE at p (plan.rope_offsets, present once a sequence of the step has one).
   Status Add(StepPlan* plan, int64_t seq, const std::vector<int32_t>& table, int64_t blocks_needed,
-             const int32_t* tokens, int64_t begin, int64_t end, int64_t logits_from);
+             const int32_t* tokens, int64_t begin, int64_t end, int64_t logits_from,
+             int64_t shift = 0);
+  // KV eviction: the sequence's table was cut to its first `blocks` entries on every rank.
+  void Truncate(int64_t seq, int64_t blocks);
   // The sequence's table is gone on rank 0 (finished, preempted, or freed to recompute): its slot
   // is released in the next plan and may be given to another sequence there (not before).
   void Release(int64_t seq);

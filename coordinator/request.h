@@ -34,6 +34,12 @@ struct RequestSpec {
   // request computes its whole prompt (no prefix-cache hits: cached positions have no logits),
   // and may have max_tokens 0 (it ends when its prompt is computed).
   bool prompt_logprobs = false;
+  // KV eviction (SnapKV, plan/kv_eviction.h): > 0 compresses the KV of the prompt (of its first
+  // evict_at tokens when evict_at > 0) to kv_budget positions per KV head and layer once it is
+  // computed; the tokens after it are cached in full. A prompt within the budget is untouched.
+  // Such a request neither uses nor fills the prefix cache.
+  int64_t kv_budget = 0;
+  int64_t evict_at = 0;  // `kvshard perplexity`: compress this prefix, score the tokens after it
 };
 
 enum class RequestState { kQueued, kPrefill, kDecode, kFinished };
@@ -67,6 +73,9 @@ struct RequestStream {
   std::string finish_reason;  // "stop", "length", "cancelled", "error"
   std::string error;          // why, for "error"
   int64_t preemptions = 0;
+  // kv_budget > 0: the prompt positions each KV head keeps (the budget once evicted, the whole
+  // prompt when it fits the budget; 0 before its prompt is computed); -1 without a budget.
+  int64_t kv_positions_kept = -1;
   std::vector<float> prompt_logprobs;  // spec.prompt_logprobs: [prompt_tokens - 1], when finished
   RequestTimings timings;
   Clock::time_point finished_at;

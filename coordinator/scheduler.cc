@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "plan/kv_eviction.h"
+
 namespace kvshard {
 
 void Scheduler::Preempt(size_t index) {
@@ -9,8 +11,26 @@ void Scheduler::Preempt(size_t index) {
   running_.erase(running_.begin() + static_cast<std::ptrdiff_t>(index));
   blocks_->Free(s->id());
   s->computed = 0;
+  s->evicted = false;
+  s->shift = 0;
   ++s->preemptions;
   waiting_.push_front(std::move(s));
+}
+
+ScheduledChunk Scheduler::ChunkOf(Sequence* s, int64_t begin, int64_t n) {
+  const int64_t total = static_cast<int64_t>(s->tokens.size());
+  int64_t end = begin + n;
+  bool evict = false;
+  if (s->evicts() && !s->evicted && begin < s->evict_point()) {
+    const int64_t at = s->evict_point(), window = SnapKvWindow(s->spec.kv_budget);
+    if (end >= at) {
+      end = at;
+      evict = true;
+    } else if (end > at - window) {
+      end = std::max(begin, at - window);
+    }
+  }
+  return {s, begin, end, end == total, evict};
 }
 
 std::vector<ScheduledChunk> Scheduler::Schedule(std::vector<Sequence*>* preempted) {
@@ -20,12 +40,16 @@ std::vector<ScheduledChunk> Scheduler::Schedule(std::vector<Sequence*>* preempte
   for (size_t i = 0; i < running_.size() && budget > 0;) {
     Sequence* s = running_[i].get();
     const int64_t total = static_cast<int64_t>(s->tokens.size());
-    const int64_t n = std::min(total - s->computed, budget);
-    bool ok = blocks_->EnsureCapacity(s->id(), s->computed + n).ok();
+    const ScheduledChunk c = ChunkOf(s, s->computed, std::min(total - s->computed, budget));
+    if (c.end == c.begin) {  // waits for a budget that holds its observation window
+      ++i;
+      continue;
+    }
+    bool ok = blocks_->EnsureCapacity(s->id(), c.end - s->shift).ok();
     while (!ok && running_.size() > i + 1) {
       preempted->push_back(running_.back().get());
       Preempt(running_.size() - 1);
-      ok = blocks_->EnsureCapacity(s->id(), s->computed + n).ok();
+      ok = blocks_->EnsureCapacity(s->id(), c.end - s->shift).ok();
     }
     if (!ok) {
       // Only reachable for a sequence that is not the oldest: with everything younger gone and
@@ -34,8 +58,8 @@ std::vector<ScheduledChunk> Scheduler::Schedule(std::vector<Sequence*>* preempte
       Preempt(i);
       break;
     }
-    out.push_back({s, s->computed, s->computed + n, s->computed + n == total});
-    budget -= n;
+    out.push_back(c);
+    budget -= c.end - c.begin;
     ++i;
   }
   // Admission in arrival order (preempted sequences first), while blocks and budget last.
@@ -46,11 +70,11 @@ std::vector<ScheduledChunk> Scheduler::Schedule(std::vector<Sequence*>* preempte
     // Share what the prefix cache holds (not in recompute mode); at least one token is left to
     // compute for the logits.
     const int64_t matched =
-        s->spec.use_kv_cache && !s->spec.prompt_logprobs
+        s->spec.use_kv_cache && !s->spec.prompt_logprobs && !s->evicts()
             ? blocks_->MatchPrefix(s->id(), s->tokens.data(), total - 1, s->spec.cache_salt)
             : 0;
-    const int64_t n = std::min(total - matched, budget);
-    if (!blocks_->EnsureCapacity(s->id(), matched + n).ok()) {
+    const ScheduledChunk c = ChunkOf(s, matched, std::min(total - matched, budget));
+    if (c.end == c.begin || !blocks_->EnsureCapacity(s->id(), c.end).ok()) {
       blocks_->Free(s->id());
       break;
     }
@@ -59,8 +83,8 @@ std::vector<ScheduledChunk> Scheduler::Schedule(std::vector<Sequence*>* preempte
     s->admitted_before = true;
     running_.push_back(std::move(waiting_.front()));
     waiting_.pop_front();
-    out.push_back({s, matched, matched + n, matched + n == total});
-    budget -= n;
+    out.push_back(c);
+    budget -= c.end - c.begin;
   }
   return out;
 }

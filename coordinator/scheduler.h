@@ -36,12 +36,19 @@ struct Sequence {
 
   int64_t id() const { return stream->id; }
   int64_t prompt_len() const { return static_cast<int64_t>(spec.prompt.size()); }
+  // KV eviction: the tokens whose KV is compressed once computed, and whether it happens.
+  int64_t evict_point() const { return spec.evict_at > 0 ? spec.evict_at : prompt_len(); }
+  bool evicts() const { return spec.kv_budget > 0 && evict_point() > spec.kv_budget; }
 
   std::shared_ptr<RequestStream> stream;
   RequestSpec spec;
   std::vector<int32_t> tokens;  // prompt + generated
   int64_t computed = 0;         // leading tokens whose KV is in the sequence's blocks
-  int64_t cached_tokens = 0;    // prompt tokens the prefix cache served (first admission)
+  // KV eviction: once evicted, the positions dropped; position p >= evict_point() is cached at
+  // index p - shift (its blocks cover computed - shift entries).
+  bool evicted = false;
+  int64_t shift = 0;
+  int64_t cached_tokens = 0;  // prompt tokens the prefix cache served (first admission)
   bool admitted_before = false;
   Sampler sampler;
   TextStream text;
@@ -58,7 +65,8 @@ struct ScheduledChunk {
   Sequence* seq;
   int64_t begin;
   int64_t end;
-  bool want_logits;  // end reaches the last known token: sample the next one
+  bool want_logits;    // end reaches the last known token: sample the next one
+  bool evict = false;  // the chunk ends the sequence's evict_point(): compress its KV after it
 };
 
 struct SchedulerLimits {
@@ -83,6 +91,10 @@ class Scheduler {
 
  private:
   void Preempt(size_t index);
+  // The chunk a sequence computes next from `begin` with `n` tokens of the step's budget: all n,
+  // or for a sequence that still evicts, cut to end at its evict_point() exactly and so that the
+  // chunk ending there holds the whole observation window. May be empty (begin: wait a step).
+  static ScheduledChunk ChunkOf(Sequence* s, int64_t begin, int64_t n);
 
   BlockManager* blocks_;
   SchedulerLimits limits_;

@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "coordinator/text_stream.h"
+#include "plan/kv_eviction.h"
 #include "transport/plan_broadcast.h"
 
 namespace kvshard {
@@ -122,9 +123,34 @@ Status ServingEngine::Validate(const RequestSpec& r) const {
   if (r.cache_salt.size() > kMaxSaltBytes) {
     return InvalidArgument("cache_salt: {} bytes; at most {}", r.cache_salt.size(), kMaxSaltBytes);
   }
+  if (r.kv_budget < 0) return InvalidArgument("kv_budget: must be at least 0, got {}", r.kv_budget);
+  if (r.evict_at < 0 || r.evict_at > P) {
+    return InvalidArgument("evict_at: {} is outside the prompt [0, {}]", r.evict_at, P);
+  }
+  const int64_t evict_point = r.evict_at > 0 ? r.evict_at : P;
+  const bool evicts = r.kv_budget > 0 && evict_point > r.kv_budget;
+  if (r.kv_budget > 0) {
+    if (!model_->supports_kv_eviction()) {
+      return InvalidArgument("kv_budget: KV eviction runs on the CPU backend only");
+    }
+    if (c.streaming() || c.KvReleaseWindow() > 0 ||
+        std::any_of(c.layer_window.begin(), c.layer_window.end(),
+                    [](int64_t w) { return w > 0; })) {
+      return InvalidArgument("kv_budget: not with sliding-window attention or attention sinks");
+    }
+    if (!r.use_kv_cache) return InvalidArgument("kv_budget: needs the KV cache");
+    const int64_t window = SnapKvWindow(r.kv_budget);
+    if (evicts && window > model_->max_tokens_per_step()) {
+      return InvalidArgument(
+          "kv_budget: {} keeps an observation window of {} tokens, more than a step computes ({})",
+          r.kv_budget, window, model_->max_tokens_per_step());
+    }
+  }
   // What the request holds at most: every position, or with sliding windows on every layer the
-  // window behind a step's chunk (its blocks, and one more where they straddle a boundary).
+  // window behind a step's chunk (its blocks, and one more where they straddle a boundary), or
+  // with KV eviction the larger of the prompt before it and the budget with what follows.
   int64_t held = P + r.max_tokens;
+  if (evicts) held = std::max(evict_point, r.kv_budget + P + r.max_tokens - evict_point);
   if (release_window_ > 0 && r.use_kv_cache) {
     held = std::min(held, blocks_.BlocksFor(keep_tokens_) * blocks_.block_size() + release_window_ -
                               1 + model_->max_tokens_per_step() + blocks_.block_size());
@@ -150,6 +176,10 @@ StatusOr<std::shared_ptr<RequestStream>> ServingEngine::Submit(RequestSpec spec)
   auto stream = std::make_shared<RequestStream>();
   stream->accepted = Clock::now();
   stream->prompt_tokens = static_cast<int64_t>(spec.prompt.size());
+  if (spec.kv_budget > 0) {  // 0 until an evicting prompt is computed
+    const int64_t point = spec.evict_at > 0 ? spec.evict_at : stream->prompt_tokens;
+    stream->kv_positions_kept = point > spec.kv_budget ? 0 : point;
+  }
   // The prompt as `kvshard generate` prints it.
   std::string prompt_text;
   int32_t prev = -1;
@@ -321,9 +351,13 @@ StatusOr<bool> ServingEngine::Step() {
   for (const ScheduledChunk& c : chunks) {
     Sequence* s = c.seq;
     if (s->first_scheduled == Clock::time_point{}) s->first_scheduled = start;
+    if (c.evict) {
+      plan_.evict_seqs.push_back(static_cast<int32_t>(plan_.num_seqs()));
+      plan_.evict_keep.push_back(static_cast<int32_t>(s->spec.kv_budget));
+    }
     KVS_RETURN_IF_ERROR(builder_.Add(&plan_, s->id(), blocks_.Table(s->id()),
-                                     blocks_.BlocksFor(c.end), s->tokens.data(), c.begin, c.end,
-                                     LogitsFrom(c)));
+                                     blocks_.BlocksFor(c.end - s->shift), s->tokens.data(), c.begin,
+                                     c.end, LogitsFrom(c), s->shift));
   }
   last_plan_bytes_ = StepPlanWireBytes(plan_);
   KVS_RETURN_IF_ERROR(BroadcastStepPlan(model_->comm(), &plan_, 0, &payload_));
@@ -338,7 +372,16 @@ StatusOr<bool> ServingEngine::Step() {
   for (const ScheduledChunk& c : chunks) {
     Sequence* s = c.seq;
     s->computed = c.end;
-    if (s->spec.use_kv_cache) {
+    if (c.evict) {  // every rank compacted the prompt's KV into the first blocks
+      const int64_t keep = s->spec.kv_budget;
+      blocks_.Truncate(s->id(), blocks_.BlocksFor(keep));
+      builder_.Truncate(s->id(), blocks_.BlocksFor(keep));
+      s->evicted = true;
+      s->shift = c.end - keep;
+      std::lock_guard<std::mutex> lock(s->stream->mu);
+      s->stream->kv_positions_kept = keep;
+    }
+    if (s->spec.use_kv_cache && !s->evicts()) {
       blocks_.CommitFullBlocks(s->id(), s->tokens.data(), s->computed, s->spec.cache_salt);
       // Sliding windows on every layer: the next token at `computed` sees positions from
       // computed - window + 1 on; the blocks wholly before them go back to the pool now.
@@ -449,6 +492,7 @@ StatusOr<GenerationResult> ServingEngine::Generate(RequestSpec spec,
   {
     std::lock_guard<std::mutex> lock(stream->mu);
     result.prompt_logprobs = std::move(stream->prompt_logprobs);
+    result.kv_positions_kept = stream->kv_positions_kept;
   }
   return result;
 }

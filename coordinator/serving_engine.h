@@ -64,6 +64,7 @@ struct GenerationResult {
   int64_t decode_steps = 0;     // sampling steps after the first
   // RequestSpec::prompt_logprobs: log p(prompt[i + 1] | prompt[..i]) for i < prompt size - 1.
   std::vector<float> prompt_logprobs;
+  int64_t kv_positions_kept = -1;  // RequestStream::kv_positions_kept
 };
 
 class ServingEngine {

@@ -11,9 +11,9 @@ constexpr int kFields = kStepPlanHeaderFields - 1;
 // The fields in wire order (header[1 + i] is the size of field i).
 template <typename Plan>
 auto Fields(Plan& p) {
-  return std::array{&p.released_slots, &p.append_slots, &p.append_indptr,
-                    &p.append_blocks,  &p.tokens,       &p.positions,
-                    &p.qo_indptr,      &p.seq_slots,    &p.logits_rows};
+  return std::array{&p.released_slots, &p.append_slots, &p.append_indptr, &p.append_blocks,
+                    &p.tokens,         &p.positions,    &p.qo_indptr,     &p.seq_slots,
+                    &p.logits_rows,    &p.rope_offsets, &p.evict_seqs,    &p.evict_keep};
 }
 
 }  // namespace

@@ -30,6 +30,15 @@ struct StepPlan {
   std::vector<int32_t> qo_indptr;    // [S+1] sequence s has tokens [qo_indptr[s], [s+1])
   std::vector<int32_t> seq_slots;    // [S] the table slot of each sequence
   std::vector<int32_t> logits_rows;  // [L] token indices whose logits are gathered to rank 0
+  // KV eviction (plan/kv_eviction.h). A sequence whose prompt was compressed keeps its later
+  // tokens' KV at cache index = position - offset: `positions` above are those cache indices
+  // (the KV slots and the causal bound), and RoPE rotates by cache index + rope_offsets[s].
+  // Empty when no sequence of the step has an offset.
+  std::vector<int32_t> rope_offsets;  // [S] or empty
+  // Sequences (indices into the step's) whose chunk ends their prompt and that compress its KV,
+  // after the step, to evict_keep[e] positions per KV head.
+  std::vector<int32_t> evict_seqs;  // [E]
+  std::vector<int32_t> evict_keep;  // [E]
 
   int64_t num_tokens() const { return static_cast<int64_t>(tokens.size()); }
   int64_t num_seqs() const { return qo_indptr.empty() ? 0 : qo_indptr.size() - 1; }
@@ -39,7 +48,7 @@ struct StepPlan {
 
 // The wire form: a fixed header (kind and the field sizes), then every field's ids in one
 // int32 payload.
-constexpr int kStepPlanHeaderFields = 10;
+constexpr int kStepPlanHeaderFields = 13;
 using StepPlanHeader = std::array<int32_t, kStepPlanHeaderFields>;
 
 StepPlanHeader StepPlanHeaderOf(const StepPlan& plan);

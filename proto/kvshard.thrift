@@ -46,6 +46,9 @@ struct GenerateRequest {
   8: optional list<ChatMessage> messages,  // or a conversation, rendered with the model's chat
                                        // template (status().chat_template); the reply stops at
                                        // the template's end-of-turn tokens
+  9: optional i32 kv_budget,           // KV eviction (SnapKV): keep this many prompt positions
+                                       // per KV head and layer once the prompt is computed;
+                                       // 0: keep all; absent: the server's --kv-budget
 }
 
 struct Timings {
@@ -67,6 +70,7 @@ struct GenerateResponse {
   9: Timings timings,
   10: string error,             // finish_reason "error": why
   11: i32 preemptions,          // times this request was preempted and recomputed
+  12: optional i32 kv_positions_kept,  // with a kv_budget: prompt positions each KV head kept
 }
 
 struct PollResponse {

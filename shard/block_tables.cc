@@ -1,6 +1,9 @@
 #include "shard/block_tables.h"
 
+#include <algorithm>
 #include <new>
+
+#include "plan/kv_eviction.h"
 
 namespace kvshard {
 
@@ -115,6 +118,36 @@ Status BlockTables::Apply(const StepPlan& plan, int64_t vocab_size, int64_t max_
   for (int32_t r : plan.logits_rows) {
     if (r < 0 || r >= T) return InvalidArgument("logits row {} outside [0, {})", r, T);
   }
+  if (!plan.rope_offsets.empty()) {
+    if (static_cast<int64_t>(plan.rope_offsets.size()) != S) {
+      return InvalidArgument("step plan has {} RoPE offsets for {} sequences",
+                             plan.rope_offsets.size(), S);
+    }
+    for (int64_t s = 0; s < S; ++s) {
+      const int64_t off = plan.rope_offsets[s];
+      if (off < 0 || plan.positions[plan.qo_indptr[s + 1] - 1] + off > kMaxKvPositions) {
+        return InvalidArgument("sequence {} has RoPE offset {} out of range", s, off);
+      }
+    }
+  }
+  if (plan.evict_keep.size() != plan.evict_seqs.size()) {
+    return InvalidArgument("step plan evicts {} sequences with {} budgets", plan.evict_seqs.size(),
+                           plan.evict_keep.size());
+  }
+  for (size_t e = 0; e < plan.evict_seqs.size(); ++e) {
+    const int32_t s = plan.evict_seqs[e];
+    if (s < 0 || s >= S) return InvalidArgument("evicted sequence {} outside [0, {})", s, S);
+    for (size_t f = 0; f < e; ++f) {
+      if (plan.evict_seqs[f] == s) return InvalidArgument("sequence {} evicted twice", s);
+    }
+    const int64_t keep = plan.evict_keep[e], rows = plan.qo_indptr[s + 1] - plan.qo_indptr[s];
+    const int64_t length = plan.positions[plan.qo_indptr[s + 1] - 1] + 1;
+    if (keep < 1 || keep >= length || SnapKvWindow(keep) > rows ||
+        (!plan.rope_offsets.empty() && plan.rope_offsets[s] != 0)) {
+      return InvalidArgument("sequence {} cannot keep {} of {} positions from a chunk of {} tokens",
+                             s, keep, length, rows);
+    }
+  }
   // Valid: apply.
   for (int32_t s : plan.released_slots) lengths_[s] = 0;
   for (int64_t u = 0; u < U; ++u) {
@@ -125,6 +158,10 @@ Status BlockTables::Apply(const StepPlan& plan, int64_t vocab_size, int64_t max_
     }
   }
   return Status::Ok();
+}
+
+void BlockTables::Truncate(int64_t slot, int64_t blocks) {
+  lengths_[slot] = std::min(lengths_[slot], blocks);
 }
 
 void BlockTables::RowOffsets(const StepPlan& plan, int32_t* offsets) const {

@@ -35,6 +35,9 @@ class BlockTables {
   int32_t* mutable_tables() { return tables_.data(); }
   const BlockTableShape& shape() const { return shape_; }
   int64_t length(int64_t slot) const { return lengths_[slot]; }  // blocks in the slot's table
+  // KV eviction: the slot's table keeps its first `blocks` entries (the ranks and rank 0's block
+  // manager shorten theirs alike after the step that compressed the sequence).
+  void Truncate(int64_t slot, int64_t blocks);
   // Start of each sequence's table row for `plan` (ints from tables()), [S + 1] with the last
   // entry one row past the end; for a PagedKvView's indptr.
   void RowOffsets(const StepPlan& plan, int32_t* offsets) const;

@@ -41,6 +41,8 @@ class ShardBackend {
   virtual int64_t decode_read_bytes() const = 0;   // what one decode step reads of them
   virtual int64_t kv_bytes_per_token() const = 0;  // this rank's KV bytes for one token
   virtual int64_t kv_bytes() const = 0;            // this rank's whole KV pool
+  // Whether Forward runs plans that evict KV (StepPlan::evict_seqs, rope_offsets).
+  virtual bool supports_kv_eviction() const { return false; }
 };
 
 }  // namespace kvshard

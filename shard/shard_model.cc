@@ -3,6 +3,7 @@
 #include <omp.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -12,10 +13,12 @@
 #include "kernels/cpu/activation.h"
 #include "kernels/cpu/embedding.h"
 #include "kernels/cpu/half.h"
+#include "kernels/cpu/kv_eviction.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/paged_attention.h"
 #include "kernels/cpu/rmsnorm.h"
 #include "kernels/cpu/rope.h"
+#include "plan/kv_eviction.h"
 #include "shard/layer_program.h"
 #include "shard/rope_frequencies.h"
 
@@ -73,7 +76,8 @@ class CpuOps {
   // Activations stay f32: 16-bit weights are widened inside matmul.
   Status GemmInput(Buf, int64_t) { return Status::Ok(); }
   Status Rope(Buf a, int64_t heads, int64_t T) {
-    rope(Data(a), in_.positions, m_.inv_freq_.data(), T, heads, c_.head_dim, RopePairing::kHalf);
+    rope(Data(a), in_.rope_positions, m_.inv_freq_.data(), T, heads, c_.head_dim,
+         RopePairing::kHalf);
     return Status::Ok();
   }
   Status KvAppend(int64_t layer, int64_t T) {
@@ -84,6 +88,13 @@ class CpuOps {
   Status Attention(int64_t layer, int64_t T) {
     const PagedKvView view{in_.block_indptr, m_.tables_.tables(), m_.tables_.shape().geometry};
     float* lse = l_.seq_shards > 1 ? m_.att_.data() + T * l_.q_heads * c_.head_dim : nullptr;
+    // KV eviction after this step: the observation window's queries of every layer, kept.
+    const int64_t q_width = l_.q_heads * c_.head_dim;
+    for (size_t e = 0; e < m_.evict_rows_.size(); ++e) {
+      const auto [row0, w] = m_.evict_rows_[e];
+      std::memcpy(m_.evict_q_.data() + (e * c_.n_layers + layer) * m_.evict_window_max_ * q_width,
+                  m_.q_.data() + row0 * q_width, w * q_width * sizeof(float));
+    }
     if (c_.streaming()) return StreamingAttention(layer, T, view, lse);
     paged_attention<KV>(m_.att_.data(), m_.q_.data(), Pool(layer, 0), Pool(layer, 1), view,
                         in_.token_seq, in_.positions, T, l_.q_heads, l_.kv_heads, c_.head_dim,
@@ -126,6 +137,134 @@ class CpuOps {
     paged_attention<KV>(parts, q_sink, Pool(layer, 0), Pool(layer, 1), view, in_.token_seq, pos_a,
                         T, l_.q_heads, l_.kv_heads, hd, scale, lse_parts, ks, vs);
     merge_attention(m_.att_.data(), lse, parts, lse_parts, 2, rows, hd);
+    return Status::Ok();
+  }
+  // KV eviction (plan/kv_eviction.h), after the step whose chunks end the evicted prompts. For
+  // each layer: every rank scores its query heads' window against its own positions, one
+  // all-gather over the world brings all of them to every rank (the 1x1 scores exactly, so every
+  // layout keeps the same positions), snapkv_select picks each KV head's, and the kept rows move
+  // to their new cache indices 0..keep-1 (within the group, through one all-gather when the
+  // positions are sharded: a row's new index may live on another shard).
+  Status Evict(const StepPlan& plan) {
+    const PagedKvGeometry& geo = m_.tables_.shape().geometry;
+    const int64_t hq = l_.q_heads, kvh = l_.kv_heads, hd = c_.head_dim, S = l_.seq_shards;
+    const int64_t bs = geo.block_size, world = l_.tp;
+    const int64_t all_q = hq * l_.head_groups, all_kv = c_.n_kv_heads;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    const int64_t row_bytes = hd * static_cast<int64_t>(sizeof(KV));
+    const int64_t entry_bytes = 2 * row_bytes + (kQuantizedKv<KV> ? 2 * sizeof(float) : 0);
+    const int64_t ef = (entry_bytes + 3) / 4;  // an entry's floats on the wire
+    std::vector<float> krow(hd);
+    for (size_t e = 0; e < plan.evict_seqs.size(); ++e) {
+      const int64_t s = plan.evict_seqs[e], keep = plan.evict_keep[e], w = SnapKvWindow(keep);
+      const int64_t L = plan.positions[plan.qo_indptr[s + 1] - 1] + 1;
+      const int32_t* table = m_.tables_.tables() + plan.seq_slots[s] * m_.tables_.shape().stride;
+      const int64_t M = ((L + bs - 1) / bs + S - 1) / S * bs;  // most positions a shard holds
+      std::vector<float> mine(hq * w * M, 0.0f), all(world > 1 ? world * hq * w * M : 0);
+      std::vector<float> logits(all_q * w * L);
+      std::vector<int32_t> kept(all_kv * keep);
+      for (int64_t layer = 0; layer < c_.n_layers; ++layer) {
+        const float* q =
+            m_.evict_q_.data() + (e * c_.n_layers + layer) * m_.evict_window_max_ * hq * hd;
+        const KV* K = Pool(layer, 0);
+        const float* ks = m_.kv_->k_scale(layer);
+        for (int64_t lb = 0; lb < geo.BlocksFor(L); ++lb) {
+          for (int64_t o = 0; o < bs && geo.BlockStart(lb) + o < L; ++o) {
+            const int64_t slot = geo.SlotOf(table[lb], o);
+            for (int64_t h = 0; h < kvh; ++h) {
+              const int64_t row = slot * kvh + h;
+              kv_row_to_f32(krow.data(), K + row * hd, ks ? ks[row] : 1.0f, hd);
+              for (int64_t qh = h * (hq / kvh); qh < (h + 1) * (hq / kvh); ++qh) {
+                for (int64_t i = 0; i < w; ++i) {
+                  const float* qi = q + (i * hq + qh) * hd;
+                  float dot = 0;
+                  for (int64_t d = 0; d < hd; ++d) dot += qi[d] * krow[d];
+                  mine[(qh * w + i) * M + lb * bs + o] = dot * scale;
+                }
+              }
+            }
+          }
+        }
+        const float* from = mine.data();
+        if (world > 1) {
+          KVS_RETURN_IF_ERROR(m_.comm_->AllGatherInGroups(mine.data(), mine.size(), all.data(),
+                                                          static_cast<int>(world)));
+          from = all.data();
+        }
+        for (int64_t r = 0; r < world; ++r) {  // rank r: head group r / S, seq shard r % S
+          const int64_t g = r / S, sh = r % S;
+          const float* part = from + r * hq * w * M;
+          for (int64_t lb = 0; lb * S + sh < (L + bs - 1) / bs; ++lb) {
+            for (int64_t o = 0; o < bs && (lb * S + sh) * bs + o < L; ++o) {
+              const int64_t p = (lb * S + sh) * bs + o;
+              for (int64_t qh = 0; qh < hq; ++qh) {
+                for (int64_t i = 0; i < w; ++i) {
+                  logits[((g * hq + qh) * w + i) * L + p] = part[(qh * w + i) * M + lb * bs + o];
+                }
+              }
+            }
+          }
+        }
+        snapkv_select(logits.data(), all_q, all_kv, w, L, keep, kept.data());
+        KVS_RETURN_IF_ERROR(Compact(layer, table, kept.data() + l_.kv_head0 * keep, keep, L, ef));
+      }
+      m_.tables_.Truncate(plan.seq_slots[s], (keep + bs * S - 1) / (bs * S));
+    }
+    return Status::Ok();
+  }
+  // Moves each local KV head h's rows at positions kept[h][0..keep) to cache indices 0..keep-1
+  // of the same sequence: every row is copied out first (each shard its own), then written
+  // where its new index lives. An entry is K row, V row, and their scales (quantized dtypes).
+  Status Compact(int64_t layer, const int32_t* table, const int32_t* kept, int64_t keep,
+                 int64_t length, int64_t ef) {
+    const PagedKvGeometry& geo = m_.tables_.shape().geometry;
+    const int64_t kvh = l_.kv_heads, hd = c_.head_dim, S = l_.seq_shards;
+    const size_t row_bytes = hd * sizeof(KV);
+    auto owner = [&](int64_t p) { return (p / geo.block_size) % S; };
+    std::vector<int64_t> count(S, 0);
+    for (int64_t i = 0; i < kvh * keep; ++i) ++count[owner(kept[i])];
+    const int64_t most = *std::max_element(count.begin(), count.end());
+    std::vector<float> mine(most * ef, 0.0f), all(S > 1 ? S * most * ef : 0);
+    KV* K = Pool(layer, 0);
+    KV* V = Pool(layer, 1);
+    float* ks = m_.kv_->k_scale(layer);
+    float* vs = m_.kv_->v_scale(layer);
+    int64_t n = 0;
+    for (int64_t h = 0; h < kvh; ++h) {
+      for (int64_t j = 0; j < keep; ++j) {
+        const int64_t p = kept[h * keep + j];
+        if (p >= length || !geo.Owns(p)) continue;
+        const int64_t row = geo.Slot(table, p) * kvh + h;
+        auto* dst = reinterpret_cast<std::byte*>(mine.data() + n++ * ef);
+        std::memcpy(dst, K + row * hd, row_bytes);
+        std::memcpy(dst + row_bytes, V + row * hd, row_bytes);
+        if constexpr (kQuantizedKv<KV>) {
+          std::memcpy(dst + 2 * row_bytes, ks + row, sizeof(float));
+          std::memcpy(dst + 2 * row_bytes + sizeof(float), vs + row, sizeof(float));
+        }
+      }
+    }
+    const float* from = mine.data();
+    if (S > 1) {
+      KVS_RETURN_IF_ERROR(
+          m_.comm_->AllGatherInGroups(mine.data(), mine.size(), all.data(), static_cast<int>(S)));
+      from = all.data();
+    }
+    std::vector<int64_t> next(S, 0);
+    for (int64_t h = 0; h < kvh; ++h) {
+      for (int64_t j = 0; j < keep; ++j) {
+        const int64_t o = owner(kept[h * keep + j]);
+        const auto* src = reinterpret_cast<const std::byte*>(from + (o * most + next[o]++) * ef);
+        if (!geo.Owns(j)) continue;
+        const int64_t row = geo.Slot(table, j) * kvh + h;
+        std::memcpy(K + row * hd, src, row_bytes);
+        std::memcpy(V + row * hd, src + row_bytes, row_bytes);
+        if constexpr (kQuantizedKv<KV>) {
+          std::memcpy(ks + row, src + 2 * row_bytes, sizeof(float));
+          std::memcpy(vs + row, src + 2 * row_bytes + sizeof(float), sizeof(float));
+        }
+      }
+    }
     return Status::Ok();
   }
   Status MergeAttention(int64_t T) {
@@ -304,10 +443,27 @@ Status ShardModel::Forward(const StepPlan& plan, std::vector<float>* logits) {
   const StepInputs in = StepInputs::At(inputs_.data(), inputs_layout_);
   const ProgramStep step{staged_.tokens, staged_.rows};
   const float* result = nullptr;
+  // KV eviction: the rows whose queries score the prompt positions.
+  evict_rows_.clear();
+  evict_window_max_ = 0;
+  for (size_t e = 0; e < plan.evict_seqs.size(); ++e) {
+    const int64_t w = SnapKvWindow(plan.evict_keep[e]);
+    evict_rows_.emplace_back(plan.qo_indptr[plan.evict_seqs[e] + 1] - w, w);
+    evict_window_max_ = std::max(evict_window_max_, w);
+  }
+  if (!evict_rows_.empty()) {
+    try {
+      evict_q_.resize(evict_rows_.size() * config_.n_layers * evict_window_max_ * layout_.q_heads *
+                      config_.head_dim);
+    } catch (const std::bad_alloc&) {
+      return ResourceExhausted("not enough memory to score the KV eviction's queries");
+    }
+  }
   auto run = [&](auto kv_tag) -> Status {
     CpuOps<decltype(kv_tag)> ops(*this, in);
     KVS_RETURN_IF_ERROR(RunLayerProgram(ops, *comm_, config_, layout_, step, &gather_counts_));
     result = ops.result();
+    if (!plan.evict_seqs.empty()) KVS_RETURN_IF_ERROR(ops.Evict(plan));
     return Status::Ok();
   };
   switch (options_.kv_dtype) {

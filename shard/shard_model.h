@@ -6,6 +6,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/status.h"
@@ -63,6 +64,7 @@ class ShardModel : public ShardBackend {
   int64_t decode_read_bytes() const override { return weights_.decode_read_bytes(); }
   int64_t kv_bytes_per_token() const override { return kv_->shape().bytes_per_token(); }
   int64_t kv_bytes() const override { return kv_->shape().total_bytes(); }
+  bool supports_kv_eviction() const override { return true; }
 
  private:
   template <typename KV>
@@ -82,6 +84,11 @@ class ShardModel : public ShardBackend {
   // and both parts' outputs and log-sum-exps before the merge.
   std::vector<float> sink_q_, sink_parts_;
   std::vector<int32_t> sink_pos_;
+  // KV eviction in this step: each evicted sequence's first window row and window, and the
+  // window's queries f32 [E][layers][evict_window_max_][q_heads * head_dim].
+  std::vector<std::pair<int64_t, int64_t>> evict_rows_;
+  int64_t evict_window_max_ = 0;
+  std::vector<float> evict_q_;
 
   // Workspace, sized once for max_tokens_per_step (no allocation in the step).
   std::vector<float> x_;             // f32 [T, dim] residual stream

@@ -21,6 +21,7 @@ StepInputsLayout StepInputsLayout::Make(int64_t max_tokens) {
   l.slots = Place(&at, n * sizeof(int64_t));
   l.tokens = Place(&at, n * sizeof(int32_t));
   l.positions = Place(&at, n * sizeof(int32_t));
+  l.rope_positions = Place(&at, n * sizeof(int32_t));
   l.token_seq = Place(&at, n * sizeof(int32_t));
   l.tiles = Place(&at, (n + 1) * sizeof(int32_t));
   l.block_indptr = Place(&at, (n + 1) * sizeof(int32_t));
@@ -31,11 +32,14 @@ StepInputsLayout StepInputsLayout::Make(int64_t max_tokens) {
 
 StepInputs StepInputs::At(void* base, const StepInputsLayout& l) {
   auto* b = static_cast<std::byte*>(base);
-  return {
-      reinterpret_cast<int64_t*>(b + l.slots),      reinterpret_cast<int32_t*>(b + l.tokens),
-      reinterpret_cast<int32_t*>(b + l.positions),  reinterpret_cast<int32_t*>(b + l.token_seq),
-      reinterpret_cast<int32_t*>(b + l.tiles),      reinterpret_cast<int32_t*>(b + l.block_indptr),
-      reinterpret_cast<int32_t*>(b + l.logits_rows)};
+  return {reinterpret_cast<int64_t*>(b + l.slots),
+          reinterpret_cast<int32_t*>(b + l.tokens),
+          reinterpret_cast<int32_t*>(b + l.positions),
+          reinterpret_cast<int32_t*>(b + l.rope_positions),
+          reinterpret_cast<int32_t*>(b + l.token_seq),
+          reinterpret_cast<int32_t*>(b + l.tiles),
+          reinterpret_cast<int32_t*>(b + l.block_indptr),
+          reinterpret_cast<int32_t*>(b + l.logits_rows)};
 }
 
 int64_t DecodeBucket(int64_t seqs, int64_t max_tokens) {
@@ -63,8 +67,10 @@ Status StageStepInputs(const StepPlan& plan, const BlockTables& tables,
   tables.RowOffsets(plan, v.block_indptr);
   tables.Slots(plan, v.slots);
   for (int64_t s = 0; s < S; ++s) {
+    const int32_t off = plan.rope_offsets.empty() ? 0 : plan.rope_offsets[s];
     for (int32_t t = plan.qo_indptr[s]; t < plan.qo_indptr[s + 1]; ++t) {
       v.token_seq[t] = static_cast<int32_t>(s);
+      v.rope_positions[t] = plan.positions[t] + off;
     }
   }
   const int32_t scratch_row =
@@ -73,6 +79,7 @@ Status StageStepInputs(const StepPlan& plan, const BlockTables& tables,
     const int64_t t = T + i, s = S + i;
     v.tokens[t] = 0;
     v.positions[t] = 0;
+    v.rope_positions[t] = 0;
     v.token_seq[t] = static_cast<int32_t>(s);
     v.slots[t] = tables.shape().geometry.SlotOf(padding.scratch_block, 0);
     v.block_indptr[s] = scratch_row;

@@ -21,10 +21,12 @@ namespace kvshard {
 
 // Byte offsets of the arrays in the staging buffer (and any device mirror), 256-byte aligned.
 struct StepInputsLayout {
-  int64_t max_tokens = 0;   // tokens per step, padding included
-  size_t slots = 0;         // int64 [max_tokens]
-  size_t tokens = 0;        // int32 [max_tokens]
-  size_t positions = 0;     // int32 [max_tokens]
+  int64_t max_tokens = 0;  // tokens per step, padding included
+  size_t slots = 0;        // int64 [max_tokens]
+  size_t tokens = 0;       // int32 [max_tokens]
+  size_t positions = 0;    // int32 [max_tokens] cache index of each token
+  size_t rope_positions =
+      0;                    // int32 [max_tokens] position RoPE rotates by (StepPlan::rope_offsets)
   size_t token_seq = 0;     // int32 [max_tokens]
   size_t tiles = 0;         // int32 [max_tokens + 1] (the CUDA attention's tiles)
   size_t block_indptr = 0;  // int32 [max_tokens + 1] (a sequence has at least one token)
@@ -39,6 +41,7 @@ struct StepInputs {
   int64_t* slots;
   int32_t* tokens;
   int32_t* positions;
+  int32_t* rope_positions;
   int32_t* token_seq;
   int32_t* tiles;
   int32_t* block_indptr;

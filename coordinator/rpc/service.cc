@@ -45,6 +45,10 @@ void FillResult(const RequestStream& s, rpc::GenerateResponse* out) {
   out->timings.total_ms = s.timings.total_ms;
   out->error = s.error;
   out->preemptions = static_cast<int32_t>(s.preemptions);
+  if (s.kv_positions_kept >= 0) {
+    out->kv_positions_kept = static_cast<int32_t>(s.kv_positions_kept);
+    out->__isset.kv_positions_kept = true;
+  }
 }
 
 class ConnectionHandler : public rpc::KvshardIf {
@@ -177,8 +181,8 @@ class ConnectionHandler : public rpc::KvshardIf {
 
  private:
   std::shared_ptr<RequestStream> Accept(const rpc::GenerateRequest& request) {
-    StatusOr<RequestSpec> spec =
-        ToRequestSpec(request, *tokenizer_, info_->chat ? &*info_->chat : nullptr);
+    StatusOr<RequestSpec> spec = ToRequestSpec(
+        request, *tokenizer_, info_->chat ? &*info_->chat : nullptr, info_->default_kv_budget);
     if (!spec.ok()) Throw(spec.status(), engine_->kv_capacity_tokens());
     StatusOr<std::shared_ptr<RequestStream>> s = engine_->Submit(std::move(*spec));
     if (!s.ok()) Throw(s.status(), engine_->kv_capacity_tokens());
@@ -205,7 +209,7 @@ class ConnectionHandler : public rpc::KvshardIf {
 }  // namespace
 
 StatusOr<RequestSpec> ToRequestSpec(const rpc::GenerateRequest& r, const Tokenizer& tokenizer,
-                                    const ChatTemplate* chat) {
+                                    const ChatTemplate* chat, int64_t default_kv_budget) {
   RequestSpec spec;
   if (r.__isset.prompt + r.__isset.prompt_ids + r.__isset.messages > 1) {
     return InvalidArgument("prompt: give one of prompt, prompt_ids and messages");
@@ -251,6 +255,7 @@ StatusOr<RequestSpec> ToRequestSpec(const rpc::GenerateRequest& r, const Tokeniz
   spec.stop_strings = r.stop;
   spec.stop_ids.insert(spec.stop_ids.end(), r.stop_ids.begin(), r.stop_ids.end());
   if (r.__isset.cache_salt) spec.cache_salt = r.cache_salt;
+  spec.kv_budget = r.__isset.kv_budget ? r.kv_budget : default_kv_budget;
   return spec;
 }
 

@@ -36,14 +36,16 @@ struct ClusterInfo {
   int32_t head_groups = 1, seq_shards = 1;
   std::vector<RankInfo> ranks;
   std::optional<ChatTemplate> chat;  // the model's chat template, or --chat-template's
+  int64_t default_kv_budget = 0;     // serve --kv-budget: for requests that name none
 };
 
 // The request a GenerateRequest describes: the prompt tokenised (BOS prepended to text), or the
 // messages rendered with `chat` and tokenised (its end-of-turn ids added to the stop ids), every
 // field checked. InvalidArgument "FIELD: why" for a bad one (messages without a chat template
 // among them).
+// default_kv_budget: the kv_budget of a request that names none (serve --kv-budget).
 StatusOr<RequestSpec> ToRequestSpec(const rpc::GenerateRequest& request, const Tokenizer& tokenizer,
-                                    const ChatTemplate* chat);
+                                    const ChatTemplate* chat, int64_t default_kv_budget = 0);
 
 // A Status as the declared Thrift exception (code, message, field, limit).
 rpc::KvshardError ToRpcError(const Status& status, int64_t kv_capacity_tokens);

@@ -261,6 +261,11 @@ float* CudaShardModel::KvScale(int64_t layer, int which) const {
 }
 
 Status CudaShardModel::Forward(const StepPlan& plan, std::vector<float>* logits) {
+  // KV eviction runs on the CPU backend only; the engine refuses kv_budget before a plan is made.
+  if (!plan.evict_seqs.empty() || std::any_of(plan.rope_offsets.begin(), plan.rope_offsets.end(),
+                                              [](int32_t o) { return o; })) {
+    return FailedPrecondition("KV eviction (kv_budget) runs on the CPU backend only");
+  }
   KVS_RETURN_IF_ERROR(tables_.Apply(plan, config_.vocab_size, options_.max_tokens_per_step));
   KVS_RETURN_IF_ERROR(UploadAppends(plan));
   // The staging buffer is free: the previous step ended with a Synchronize.

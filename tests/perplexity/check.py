@@ -11,6 +11,9 @@
   the hardest case: docs/performance.md has the long-text table).
 - --sliding-window: as long as the context, the f32 perplexity; 64, another one, equal on the 2x2
   grid.
+- --kv-budget (SnapKV eviction of each window's unscored prefix): a budget of the whole window
+  evicts nothing; budgets of 64 and 16 of the (at least) 128-token prefixes evict every window, keep what
+  they say, change the perplexity, and give the same one on the 1x2 and 2x2 grids (1e-4).
 
 Usage: check.py KVSHARD MPIRUN MODEL_DIR TEXT REFERENCE_JSON
 """
@@ -72,6 +75,40 @@ windowed = ppl(first, extra=("--sliding-window", "64"))
 near(ppl(first, 4, extra=grid + ("--sliding-window", "64")), windowed, 1e-5, "window 64, 2x2 grid")
 if abs(windowed / f32 - 1) < 1e-3:
     failed.append(f"window 64: perplexity {windowed} equals the full attention's {f32}")
+
+
+def evicting(budget, np=1, extra=()):
+    case = first
+    cmd = shlex.split(mpirun) + ["-np", str(np)] + [
+        kvshard, "perplexity", "--model", model, "--text", text, "--json",
+        "--limit-tokens", str(case["limit_tokens"]), "--context", str(case["context"]),
+        "--stride", str(case["stride"]), "--kv-budget", str(budget), *extra]
+    j = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True)
+                   .stdout.strip().splitlines()[-1])
+    print(f"np {np} {' '.join(extra)} kv-budget {budget}: perplexity {j['perplexity']:.6f} over "
+          f"{j['tokens']} tokens, {j['evicted_windows']} of {j['windows']} windows evicted, "
+          f"at least {j['kv_positions_kept_min']} positions kept")
+    return j
+
+
+# Each window's prefix is 128 positions (BOS included), the last window's longer: a budget of the
+# whole context evicts none.
+full = evicting(first["context"])
+if full["evicted_windows"] != 0:
+    failed.append(f"kv-budget {first['context']}: a budget of the whole window evicted {full}")
+for budget in (64, 16):
+    one = evicting(budget)
+    if one["evicted_windows"] != one["windows"] or one["kv_positions_kept_min"] != budget:
+        failed.append(f"kv-budget {budget}: {one}")
+    if one["tokens"] != full["tokens"]:
+        failed.append(f"kv-budget {budget}: {one['tokens']} tokens scored, {full['tokens']} without")
+    if abs(one["perplexity"] / full["perplexity"] - 1) < 1e-4:
+        failed.append(f"kv-budget {budget}: the perplexity did not change ({one['perplexity']})")
+    print(f"  kv-budget {budget}: {one['perplexity'] / full['perplexity'] - 1:+.3%} against "
+          "keeping every position")
+    for np, g in ((2, ("--seq-shards", "2", "--block-size", "8")), (4, grid)):
+        near(evicting(budget, np, g)["perplexity"], one["perplexity"], 1e-4,
+             f"kv-budget {budget}: np {np} {g}")
 if failed:
     sys.exit("FAIL:\n  " + "\n  ".join(failed))
 print("ok")
