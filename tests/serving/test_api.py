@@ -156,6 +156,22 @@ class ApiTest(harness.ServerTestCase):
         e = self.expect_invalid(greedy("Once", max_tokens=2**31 - 1), "max_tokens")
         self.assertIn("at most", e.message)
 
+    def test_kv_budget_reports_the_positions_kept(self):
+        # The 2-rank server's own text for the CLI golden's prompt with --kv-budget 16 of 43.
+        prompt = ("Once upon a time, there was a little girl named Lily. She loved to play outside "
+                  "in the park. One day, she saw a big red ball")
+        with open(os.path.join(harness.REPO, "tests", "cli",
+                               "stories260K_kv_budget16_n60.txt")) as f:
+            golden = f.read()
+        r = self.client.generate(greedy(prompt, max_tokens=60, kv_budget=16))
+        self.assertEqual(r.prompt_text + r.text + "\n", golden)
+        self.assertEqual((r.prompt_tokens, r.kv_positions_kept), (43, 16))
+        r = self.client.generate(greedy(prompt, max_tokens=4, kv_budget=100))  # within: untouched
+        self.assertEqual(r.kv_positions_kept, 43)
+        r = self.client.generate(greedy(prompt, max_tokens=4))  # no budget: no field
+        self.assertIsNone(r.kv_positions_kept)
+        self.expect_invalid(greedy(prompt, kv_budget=-1), "kv_budget")
+
     def test_invalid_token_ids(self):
         self.expect_invalid(greedy(prompt_ids=[1, -1]), "prompt_ids")
         self.expect_invalid(greedy(prompt_ids=[1, 512]), "prompt_ids")
