@@ -60,17 +60,6 @@ struct Outcome {
   int64_t preemptions = 0;
 };
 
-StatusOr<std::unique_ptr<MpiCommunicator>> GroupOf(int size) {
-  int world_rank = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
-  MPI_Comm sub;
-  MPI_Comm_split(MPI_COMM_WORLD, world_rank / size, world_rank, &sub);
-  auto comm = MpiCommunicator::Create(sub);
-  MPI_Comm_free(&sub);
-  EXPECT_TRUE(comm.ok()) << comm.status().ToString();
-  return comm;
-}
-
 void RunToEnd(ServingEngine& engine) {
   for (;;) {
     auto stepped = engine.Step();

@@ -37,18 +37,6 @@ struct Outcome {
   std::vector<std::vector<int32_t>> batch;  // each batched request's tokens
 };
 
-// This rank's group when the world is split into groups of `size` consecutive ranks.
-StatusOr<std::unique_ptr<MpiCommunicator>> GroupOf(int size) {
-  int world_rank = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
-  MPI_Comm sub;
-  MPI_Comm_split(MPI_COMM_WORLD, world_rank / size, world_rank, &sub);
-  auto comm = MpiCommunicator::Create(sub);
-  MPI_Comm_free(&sub);
-  EXPECT_TRUE(comm.ok()) << comm.status().ToString();
-  return comm;
-}
-
 Outcome RunOnGrid(const std::string& model_dir, int groups, int shards, bool use_cache,
                   DType kv_dtype) {
   const int size = groups * shards;
