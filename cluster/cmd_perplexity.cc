@@ -88,6 +88,12 @@ Status RunRoot(const PerplexityFlags& f, const Runtime& rt, const Tokenizer& tok
   if (stride > context - 1) {
     return InvalidArgument("--stride {} must be at most --context - 1 = {}", stride, context - 1);
   }
+  if (f.kv_budget > 0 && stride > context - 2) {
+    return InvalidArgument(
+        "--kv-budget needs a prefix to compress before the scored tokens: --stride {} must be at "
+        "most --context - 2 = {}",
+        stride, context - 2);
+  }
   const int64_t per_window = context - (bos ? 1 : 0);
   const std::vector<Window> windows = Windows(n, per_window, stride, bos);
 
@@ -103,12 +109,13 @@ Status RunRoot(const PerplexityFlags& f, const Runtime& rt, const Tokenizer& tok
     r.prompt_logprobs = true;
     const int64_t off = bos ? 1 : 0;  // prompt index of text position p: p - begin + off
     if (f.kv_budget > 0) {
-      // Every window (the first too) scores only its last `stride` tokens, after its prefix was
-      // computed and compressed to the budget: the tokens scored are the same for any budget,
-      // and a budget of at least context - stride evicts nothing (the baseline).
+      // Every window (the first too) scores only its last `stride` tokens, each predicted after
+      // the prompt before the first of them was computed and compressed to the budget (the
+      // row that predicts the first scored token is the first after the eviction): the tokens
+      // scored are the same for any budget, and one of the whole context evicts nothing.
       w.score_from = std::max(w.score_from, w.end - stride);
       r.kv_budget = f.kv_budget;
-      r.evict_at = w.score_from - w.begin + off;
+      r.evict_at = w.score_from - w.begin + off - 1;
       if (r.evict_at < 1) return Internal("window [{}, {}) has no prefix", w.begin, w.end);
     }
     KVS_ASSIGN_OR_RETURN(const GenerationResult result, engine.Generate(r, nullptr));

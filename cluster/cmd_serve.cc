@@ -120,6 +120,9 @@ Status ServeRoot(const ServeFlags& f, Runtime& rt, ClusterInfo info) {
                  serving.debug_step_delay_ms);
   }
   ServingEngine engine(rt.model.get(), tokenizer.get(), serving);
+  if (const Status st = engine.CheckKvBudget(f.kv_budget); !st.ok()) {
+    return InvalidArgument("--kv-budget {}: {}", f.kv_budget, st.message());
+  }
   auto factory = std::make_shared<HandlerFactory>(&engine, tokenizer.get(), info);
   KVS_ASSIGN_OR_RETURN(auto rpc, RpcServer::Start(factory, f.rpc));
   std::unique_ptr<MetricsServer> metrics;

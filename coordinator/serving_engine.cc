@@ -129,18 +129,11 @@ Status ServingEngine::Validate(const RequestSpec& r) const {
   }
   const int64_t evict_point = r.evict_at > 0 ? r.evict_at : P;
   const bool evicts = r.kv_budget > 0 && evict_point > r.kv_budget;
-  if (r.kv_budget > 0) {
-    if (!model_->supports_kv_eviction()) {
-      return InvalidArgument("kv_budget: KV eviction runs on the CPU backend only");
-    }
-    if (c.streaming() || c.KvReleaseWindow() > 0 ||
-        std::any_of(c.layer_window.begin(), c.layer_window.end(),
-                    [](int64_t w) { return w > 0; })) {
-      return InvalidArgument("kv_budget: not with sliding-window attention or attention sinks");
-    }
+  if (evicts) {  // a prompt within its budget is untouched, whatever the model
+    KVS_RETURN_IF_ERROR(CheckKvBudget(r.kv_budget));
     if (!r.use_kv_cache) return InvalidArgument("kv_budget: needs the KV cache");
     const int64_t window = SnapKvWindow(r.kv_budget);
-    if (evicts && window > model_->max_tokens_per_step()) {
+    if (window > model_->max_tokens_per_step()) {
       return InvalidArgument(
           "kv_budget: {} keeps an observation window of {} tokens, more than a step computes ({})",
           r.kv_budget, window, model_->max_tokens_per_step());
@@ -161,6 +154,19 @@ Status ServingEngine::Validate(const RequestSpec& r) const {
         "KV cache holds {} blocks = {} tokens for one request",
         P, r.max_tokens, blocks_.BlocksFor(held), blocks_.block_size(), blocks_.total_blocks(),
         kv_capacity_tokens_);
+  }
+  return Status::Ok();
+}
+
+Status ServingEngine::CheckKvBudget(int64_t budget) const {
+  if (budget <= 0) return Status::Ok();
+  const ModelConfig& c = model_->config();
+  if (!model_->supports_kv_eviction()) {
+    return InvalidArgument("kv_budget: KV eviction runs on the CPU backend only");
+  }
+  if (c.streaming() || c.KvReleaseWindow() > 0 ||
+      std::any_of(c.layer_window.begin(), c.layer_window.end(), [](int64_t w) { return w > 0; })) {
+    return InvalidArgument("kv_budget: not with sliding-window attention or attention sinks");
   }
   return Status::Ok();
 }

@@ -78,6 +78,9 @@ class ServingEngine {
   // field (ids outside the vocabulary, prompt or generation beyond the model's context, sampling
   // parameters, stop lists); OutOfRange when prompt + max_tokens can never fit the KV cache.
   Status Validate(const RequestSpec& spec) const;
+  // Whether this model and backend can evict KV to `budget` (> 0): InvalidArgument "kv_budget:
+  // why" when not (a backend without eviction, sliding windows, attention sinks).
+  Status CheckKvBudget(int64_t budget) const;
   // Validates and queues. ResourceExhausted when the queue is full (overloaded), Unavailable
   // when not serving.
   StatusOr<std::shared_ptr<RequestStream>> Submit(RequestSpec spec);

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <new>
 #include <type_traits>
 
@@ -140,73 +141,137 @@ class CpuOps {
     return Status::Ok();
   }
   // KV eviction (plan/kv_eviction.h), after the step whose chunks end the evicted prompts. For
-  // each layer: every rank scores its query heads' window against its own positions, one
-  // all-gather over the world brings all of them to every rank (the 1x1 scores exactly, so every
-  // layout keeps the same positions), snapkv_select picks each KV head's, and the kept rows move
-  // to their new cache indices 0..keep-1 (within the group, through one all-gather when the
-  // positions are sharded: a row's new index may live on another shard).
+  // each layer, as kernels/cpu/kv_eviction.h states the policy: every rank scores its query
+  // heads' window against its own positions; the window rows' softmax denominators are merged
+  // within the group (one all-gather of [max, sum] per row), each rank sums its positions'
+  // probabilities per KV head, one all-gather over the whole world brings every rank every
+  // position's score (a replicated KV head's query heads span head groups: their sums are added
+  // in group order), snapkv_pick chooses, and the kept rows move to their new cache indices
+  // 0..keep-1 (within the group, through one all-gather when the positions are sharded: a row's
+  // new index may live on another shard). Every collective's size is the same on every rank.
   Status Evict(const StepPlan& plan) {
     const PagedKvGeometry& geo = m_.tables_.shape().geometry;
     const int64_t hq = l_.q_heads, kvh = l_.kv_heads, hd = c_.head_dim, S = l_.seq_shards;
-    const int64_t bs = geo.block_size, world = l_.tp;
-    const int64_t all_q = hq * l_.head_groups, all_kv = c_.n_kv_heads;
+    const int64_t bs = geo.block_size, world = l_.tp, g = hq / kvh;
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
     const int64_t row_bytes = hd * static_cast<int64_t>(sizeof(KV));
     const int64_t entry_bytes = 2 * row_bytes + (kQuantizedKv<KV> ? 2 * sizeof(float) : 0);
     const int64_t ef = (entry_bytes + 3) / 4;  // an entry's floats on the wire
+    // Every head group's first KV head, to add up a replicated head's scores.
+    std::vector<int64_t> group_kv0(l_.head_groups);
+    for (int64_t hg = 0; hg < l_.head_groups; ++hg) {
+      KVS_ASSIGN_OR_RETURN(const TpLayout other,
+                           MakeTpLayout(c_, l_.tp, static_cast<int>(hg * S), l_.seq_shards));
+      group_kv0[hg] = other.kv_head0;
+    }
     std::vector<float> krow(hd);
     for (size_t e = 0; e < plan.evict_seqs.size(); ++e) {
       const int64_t s = plan.evict_seqs[e], keep = plan.evict_keep[e], w = SnapKvWindow(keep);
-      const int64_t L = plan.positions[plan.qo_indptr[s + 1] - 1] + 1;
+      const int64_t L = plan.positions[plan.qo_indptr[s + 1] - 1] + 1, prefix = L - w;
       const int32_t* table = m_.tables_.tables() + plan.seq_slots[s] * m_.tables_.shape().stride;
       const int64_t M = ((L + bs - 1) / bs + S - 1) / S * bs;  // most positions a shard holds
-      std::vector<float> mine(hq * w * M, 0.0f), all(world > 1 ? world * hq * w * M : 0);
-      std::vector<float> logits(all_q * w * L);
-      std::vector<int32_t> kept(all_kv * keep);
+      const int64_t rows = hq * w;                             // (query head, window query)
+      std::vector<float> logits, stats, all_stats, part, all_part, score;
+      std::vector<double> total;
+      std::vector<int32_t> kept(kvh * keep);
+      try {
+        logits.assign(rows * M, -std::numeric_limits<float>::infinity());
+        stats.resize(2 * rows);
+        all_stats.resize(S * 2 * rows);
+        part.resize(kvh * M);
+        all_part.resize(world * kvh * M);
+        score.resize(prefix);
+        total.resize(2 * rows);
+      } catch (const std::bad_alloc&) {
+        return ResourceExhausted("not enough memory to score a {}-token prompt for KV eviction", L);
+      }
       for (int64_t layer = 0; layer < c_.n_layers; ++layer) {
         const float* q =
             m_.evict_q_.data() + (e * c_.n_layers + layer) * m_.evict_window_max_ * hq * hd;
         const KV* K = Pool(layer, 0);
         const float* ks = m_.kv_->k_scale(layer);
+        // This shard's scores, local index lb * bs + o; a query's later positions stay -inf.
         for (int64_t lb = 0; lb < geo.BlocksFor(L); ++lb) {
           for (int64_t o = 0; o < bs && geo.BlockStart(lb) + o < L; ++o) {
-            const int64_t slot = geo.SlotOf(table[lb], o);
+            const int64_t p = geo.BlockStart(lb) + o, slot = geo.SlotOf(table[lb], o);
             for (int64_t h = 0; h < kvh; ++h) {
               const int64_t row = slot * kvh + h;
               kv_row_to_f32(krow.data(), K + row * hd, ks ? ks[row] : 1.0f, hd);
-              for (int64_t qh = h * (hq / kvh); qh < (h + 1) * (hq / kvh); ++qh) {
-                for (int64_t i = 0; i < w; ++i) {
+              for (int64_t qh = h * g; qh < (h + 1) * g; ++qh) {
+                for (int64_t i = std::max<int64_t>(0, p - prefix); i < w; ++i) {
                   const float* qi = q + (i * hq + qh) * hd;
                   float dot = 0;
                   for (int64_t d = 0; d < hd; ++d) dot += qi[d] * krow[d];
-                  mine[(qh * w + i) * M + lb * bs + o] = dot * scale;
+                  logits[(qh * w + i) * M + lb * bs + o] = dot * scale;
                 }
               }
             }
           }
         }
-        const float* from = mine.data();
+        // Each row's max and sum of exps over this shard's positions, merged over the group.
+        for (int64_t r = 0; r < rows; ++r) {
+          const float* x = logits.data() + r * M;
+          const float mx = *std::max_element(x, x + M);
+          double sum = 0;
+          if (mx > -std::numeric_limits<float>::infinity()) {
+            for (int64_t k = 0; k < M; ++k) sum += std::exp(static_cast<double>(x[k] - mx));
+          }
+          stats[2 * r] = mx;
+          stats[2 * r + 1] = static_cast<float>(sum);
+        }
+        const float* st = stats.data();
+        if (S > 1) {
+          KVS_RETURN_IF_ERROR(m_.comm_->AllGatherInGroups(stats.data(), stats.size(),
+                                                          all_stats.data(), static_cast<int>(S)));
+          st = all_stats.data();
+        }
+        for (int64_t r = 0; r < rows; ++r) {  // total[2r] = the row's max, [2r + 1] its sum
+          double mx = -std::numeric_limits<double>::infinity(), sum = 0;
+          for (int64_t sh = 0; sh < S; ++sh) mx = std::max<double>(mx, st[sh * 2 * rows + 2 * r]);
+          for (int64_t sh = 0; sh < S; ++sh) {
+            const double m_sh = st[sh * 2 * rows + 2 * r];
+            if (m_sh > -std::numeric_limits<double>::infinity()) {
+              sum += st[sh * 2 * rows + 2 * r + 1] * std::exp(m_sh - mx);
+            }
+          }
+          total[2 * r] = mx;
+          total[2 * r + 1] = sum;
+        }
+        // This rank's part of each KV head's score: its query heads, its positions.
+        std::fill(part.begin(), part.end(), 0.0f);
+        for (int64_t h = 0; h < kvh; ++h) {
+          for (int64_t k = 0; k < M; ++k) {
+            double sc = 0;
+            for (int64_t r = h * g * w; r < (h + 1) * g * w; ++r) {
+              const float x = logits[r * M + k];
+              if (x > -std::numeric_limits<float>::infinity()) {
+                sc += std::exp(static_cast<double>(x) - total[2 * r]) / total[2 * r + 1];
+              }
+            }
+            part[h * M + k] = static_cast<float>(sc);
+          }
+        }
+        const float* parts = part.data();
         if (world > 1) {
-          KVS_RETURN_IF_ERROR(m_.comm_->AllGatherInGroups(mine.data(), mine.size(), all.data(),
+          KVS_RETURN_IF_ERROR(m_.comm_->AllGatherInGroups(part.data(), part.size(), all_part.data(),
                                                           static_cast<int>(world)));
-          from = all.data();
+          parts = all_part.data();
         }
-        for (int64_t r = 0; r < world; ++r) {  // rank r: head group r / S, seq shard r % S
-          const int64_t g = r / S, sh = r % S;
-          const float* part = from + r * hq * w * M;
-          for (int64_t lb = 0; lb * S + sh < (L + bs - 1) / bs; ++lb) {
-            for (int64_t o = 0; o < bs && (lb * S + sh) * bs + o < L; ++o) {
-              const int64_t p = (lb * S + sh) * bs + o;
-              for (int64_t qh = 0; qh < hq; ++qh) {
-                for (int64_t i = 0; i < w; ++i) {
-                  logits[((g * hq + qh) * w + i) * L + p] = part[(qh * w + i) * M + lb * bs + o];
-                }
-              }
+        for (int64_t h = 0; h < kvh; ++h) {
+          const int64_t head = l_.kv_head0 + h;  // global
+          for (int64_t p = 0; p < prefix; ++p) {
+            const int64_t sh = (p / bs) % S, k = (p / bs) / S * bs + p % bs;
+            double sc = 0;
+            for (int64_t hg = 0; hg < l_.head_groups; ++hg) {  // the groups holding this head
+              const int64_t local = head - group_kv0[hg];
+              if (local < 0 || local >= kvh) continue;
+              sc += parts[((hg * S + sh) * kvh + local) * M + k];
             }
+            score[p] = static_cast<float>(sc);
           }
+          snapkv_pick(score.data(), prefix, w, keep, kept.data() + h * keep);
         }
-        snapkv_select(logits.data(), all_q, all_kv, w, L, keep, kept.data());
-        KVS_RETURN_IF_ERROR(Compact(layer, table, kept.data() + l_.kv_head0 * keep, keep, L, ef));
+        KVS_RETURN_IF_ERROR(Compact(layer, table, kept.data(), keep, L, ef));
       }
       m_.tables_.Truncate(plan.seq_slots[s], (keep + bs * S - 1) / (bs * S));
     }

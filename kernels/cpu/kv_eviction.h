@@ -17,4 +17,9 @@ namespace kvshard {
 void snapkv_select(const float* logits, int64_t q_heads, int64_t kv_heads, int64_t window,
                    int64_t length, int64_t keep, int32_t* kept);
 
+// The choice from one KV head's scores of positions [0, prefix) (prefix = length - window):
+// pooled over kSnapKvPool neighbours, the keep - window best in increasing order, then the
+// window's positions prefix..prefix + window - 1. kept: [keep].
+void snapkv_pick(const float* score, int64_t prefix, int64_t window, int64_t keep, int32_t* kept);
+
 }  // namespace kvshard
