@@ -64,6 +64,14 @@ constexpr int HeadChunk(int group, int vectors_per_row) {
 // the tiled kernel reads each K/V tile once for all of them.
 inline constexpr int kMaxRun = 16;
 
+// Whether every token of the step belongs to a sequence of its own (a decode step).
+inline bool IsDecodeStep(const int32_t* token_seq, int64_t tokens) {
+  for (int64_t t = 1; t < tokens; ++t) {
+    if (token_seq[t] == token_seq[t - 1]) return false;
+  }
+  return true;
+}
+
 struct Run {
   int64_t first;  // the run's first token in the step
   int count;      // tokens, positions consecutive
@@ -281,6 +289,84 @@ void attend_run(float* o, float* lse, const float* q, int count, int64_t row_str
   }
 }
 
+// Decode at long context: one token's every KV head over this pool's positions [lo, hi), tile
+// by tile, the tile's rows of all KV heads (one contiguous stretch of the pool) read together.
+// Reading one head's rows across the whole context instead touches 1 line in kv_heads (int8 rows
+// of 64) strided through the pool. o: f32 [kv_heads * G, D], the span's normalised output; lse:
+// [kv_heads * G] its log-sum-exp (-inf and o = 0 when no position of the span is reached).
+template <typename KV, int G, int D>
+void attend_span(float* o, float* lse, const float* q, int64_t lo, int64_t hi, const void* k,
+                 const void* v, const float* k_scale, const float* v_scale,
+                 const PagedKvGeometry& geometry, const int32_t* table, int64_t kv_heads,
+                 float scale) {
+  constexpr int W = simd::kWidth;
+  constexpr int kTile = 16;
+  constexpr int kPrefetchBlocks = 2;
+  const KV* k_cache = static_cast<const KV*>(k);
+  const KV* v_cache = static_cast<const KV*>(v);
+  const int64_t kv_row = kv_heads * D;
+  std::vector<RowState<G, D>> state(kv_heads);
+  std::vector<float> qs(kv_heads * G * D);
+  for (RowState<G, D>& st : state) {
+    std::fill(st.acc, st.acc + G * D, 0.0f);
+    std::fill(st.m, st.m + G, -std::numeric_limits<float>::infinity());
+    std::fill(st.l, st.l + G, 0.0f);
+  }
+  for (int64_t i = 0; i < kv_heads * G * D; i += W) {
+    simd::store(qs.data() + i, simd::mul(simd::load(q + i), simd::set1(scale)));
+  }
+  for (int64_t b = 0;; ++b) {
+    const int64_t p0 = geometry.BlockStart(b);
+    if (p0 >= hi) break;
+    if (p0 + geometry.block_size <= lo) continue;
+    const int64_t p_end = std::min(hi, p0 + geometry.block_size);
+    const int64_t base = geometry.SlotOf(table[b], 0);
+    const KV* ahead_k = nullptr;
+    const KV* ahead_v = nullptr;
+    if (geometry.BlockStart(b + kPrefetchBlocks) < hi) {
+      const int64_t ahead = geometry.SlotOf(table[b + kPrefetchBlocks], 0);
+      ahead_k = k_cache + ahead * kv_row;
+      ahead_v = v_cache + ahead * kv_row;
+    }
+    for (int64_t t0 = p0; t0 < p_end; t0 += kTile) {
+      const int64_t n = std::min<int64_t>(kTile, p_end - t0);
+      const int64_t skip = std::max<int64_t>(0, lo - t0);
+      if (skip >= n) continue;
+      const int64_t slot0 = base + (t0 - p0);
+      for (int64_t h = 0; h < kv_heads; ++h) {
+        const int64_t row0 = slot0 * kv_row + h * D;
+        const int64_t ahead_row = (t0 - p0) * kv_row + h * D;
+        attend_tile<KV, G, D>(
+            state[h], qs.data() + h * G * D, k_cache + row0, v_cache + row0, static_cast<int>(n),
+            static_cast<int>(skip), kv_row, ahead_k ? ahead_k + ahead_row : nullptr,
+            ahead_v ? ahead_v + ahead_row : nullptr,
+            kQuantizedKv<KV> ? k_scale + slot0 * kv_heads + h : nullptr,
+            kQuantizedKv<KV> ? v_scale + slot0 * kv_heads + h : nullptr, kv_heads);
+      }
+    }
+  }
+  for (int64_t h = 0; h < kv_heads; ++h) {
+    const RowState<G, D>& st = state[h];
+    for (int g = 0; g < G; ++g) {
+      float* out = o + (h * G + g) * D;
+      if (st.l[g] == 0.0f) {
+        std::fill(out, out + D, 0.0f);
+        lse[h * G + g] = -std::numeric_limits<float>::infinity();
+        continue;
+      }
+      const simd::vec inv = simd::set1(1.0f / st.l[g]);
+      for (int i = 0; i < D; i += W) {
+        simd::store(out + i, simd::mul(simd::load(st.acc + g * D + i), inv));
+      }
+      lse[h * G + g] = st.m[g] + std::log(st.l[g]);
+    }
+  }
+}
+
+using SpanFn = void (*)(float*, float*, const float*, int64_t, int64_t, const void*, const void*,
+                        const float*, const float*, const PagedKvGeometry&, const int32_t*, int64_t,
+                        float);
+
 using TiledFn = void (*)(float*, float*, const float*, int, int64_t, int64_t, const int64_t*,
                          const void*, const void*, const float*, const float*,
                          const PagedKvGeometry&, const int32_t*, int64_t, int64_t, float, int64_t,
@@ -317,6 +403,32 @@ TiledFn TiledFor(int64_t group, int64_t head_dim) {
   if (head_dim == 128) return TiledForGroup<KV, 128>(group);
   return nullptr;
 }
+
+template <typename KV, int D>
+SpanFn SpanForGroup(int64_t group) {
+  switch (group) {
+    case 1: return &attend_span<KV, 1, D>;
+    case 2: return &attend_span<KV, 2, D>;
+    case 3: return &attend_span<KV, 3, D>;
+    case 4: return &attend_span<KV, 4, D>;
+    case 6: return &attend_span<KV, 6, D>;
+    case 8: return &attend_span<KV, 8, D>;
+    default: return nullptr;
+  }
+}
+
+template <typename KV>
+SpanFn SpanFor(int64_t group, int64_t head_dim) {
+  if (head_dim == 64) return SpanForGroup<KV, 64>(group);
+  if (head_dim == 128) return SpanForGroup<KV, 128>(group);
+  return nullptr;
+}
+
+// Decode steps whose longest reach is at least kSpanFrom positions split each sequence into
+// spans of kSpanPositions (flash-decoding), each span's every KV head one task, merged by their
+// log-sum-exps: the pool is read front to back, and one sequence keeps every thread busy.
+inline constexpr int64_t kSpanFrom = 4096;
+inline constexpr int64_t kSpanPositions = 2048;
 
 }  // namespace
 
@@ -388,6 +500,46 @@ void paged_attention(float* out, const float* q, const KV* k_cache, const KV* v_
   // small step (a tiny model's decode) runs on the calling thread, as small matmuls do.
   const int64_t reach = tokens > 0 ? static_cast<int64_t>(positions[tokens - 1]) + 1 : 0;
   const bool parallel = tokens * q_heads * head_dim * reach >= kParallelMacs;
+  const SpanFn span = SpanFor<KV>(group, head_dim);
+  const int64_t longest =
+      tokens > 0 ? static_cast<int64_t>(*std::max_element(positions, positions + tokens)) + 1 : 0;
+  if (span && parallel && longest >= kSpanFrom && IsDecodeStep(token_seq, tokens)) {
+    // [token][span] of every token's spans, then their partial outputs and log-sum-exps.
+    std::vector<int64_t> first_span(tokens + 1, 0);
+    for (int64_t t = 0; t < tokens; ++t) {
+      const int64_t len = static_cast<int64_t>(positions[t]) + 1;
+      first_span[t + 1] = first_span[t] + (len + kSpanPositions - 1) / kSpanPositions;
+    }
+    const int64_t spans = first_span[tokens];
+    std::vector<float> parts(spans * q_heads * head_dim), part_lse(spans * q_heads);
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t task = 0; task < spans; ++task) {
+      const int64_t t =
+          std::upper_bound(first_span.begin(), first_span.end(), task) - first_span.begin() - 1;
+      const int64_t c = task - first_span[t];
+      const int64_t len = static_cast<int64_t>(positions[t]) + 1;
+      const int64_t low = std::max<int64_t>(floor, window > 0 ? len - window : 0);
+      const int64_t lo = std::max(low, c * kSpanPositions);
+      const int64_t hi = std::min(len, (c + 1) * kSpanPositions);
+      float* po = parts.data() + task * q_heads * head_dim;
+      float* pl = part_lse.data() + task * q_heads;
+      if (lo >= hi) {  // wholly before the window
+        std::fill(po, po + q_heads * head_dim, 0.0f);
+        std::fill(pl, pl + q_heads, -std::numeric_limits<float>::infinity());
+        continue;
+      }
+      span(po, pl, q + t * q_heads * head_dim, lo, hi, k_cache, v_cache, k_scale, v_scale, geometry,
+           view.Table(token_seq[t]), kv_heads, scale);
+    }
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t t = 0; t < tokens; ++t) {
+      const int64_t s0 = first_span[t];
+      merge_attention(out + t * q_heads * head_dim, lse ? lse + t * q_heads : nullptr,
+                      parts.data() + s0 * q_heads * head_dim, part_lse.data() + s0 * q_heads,
+                      first_span[t + 1] - s0, q_heads, head_dim);
+    }
+    return;
+  }
   if (const TiledFn tiled = TiledFor<KV>(group, head_dim)) {
     const std::vector<Run> runs = TokenRuns(token_seq, positions, tokens);
     const int64_t tasks = static_cast<int64_t>(runs.size()) * kv_heads;

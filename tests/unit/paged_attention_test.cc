@@ -141,6 +141,32 @@ TEST(PagedAttention, TiledKernelAtModelShapes) {
   }
 }
 
+// Decode reaching at least 4096 positions takes the span kernel (flash-decoding): the sequence
+// cut into spans of 2048 positions, each span's KV heads read together, the spans merged by
+// their log-sum-exps; span edges inside blocks (24) and on them (16), a short last span, windows
+// within the last span and across spans, every query group's kernel and every cache dtype.
+TEST(PagedAttention, LongDecodeSpansEqualTheReference) {
+  for (int64_t len : {4096, 4097, 6200}) {
+    for (const Case c : {Case{len, 8, 2, 64}, Case{len, 4, 4, 128}, Case{len, 3, 1, 64}}) {
+      for (int64_t bs : {16, 24}) {
+        for (int64_t window : {0, 100, 3000}) {
+          const uint32_t seed = static_cast<uint32_t>(len + bs + window + c.q_heads);
+          const std::string what = "len " + std::to_string(len) + " heads " +
+                                   std::to_string(c.q_heads) + "/" + std::to_string(c.kv_heads) +
+                                   " block " + std::to_string(bs) + " window " +
+                                   std::to_string(window);
+          EXPECT_LT(MaxError<float>(c, bs, seed, nullptr, window), 1e-5) << what;
+          if (bs == 24 && window != 100) {
+            EXPECT_LT(MaxError<int8_t>(c, bs, seed, nullptr, window), 1e-4) << "int8, " << what;
+            EXPECT_LT(MaxError<bf16_t>(c, bs, seed, nullptr, window), 1e-4) << "bf16, " << what;
+            EXPECT_LT(MaxError<fp8_e4m3_t>(c, bs, seed, nullptr, window), 1e-4) << "fp8, " << what;
+          }
+        }
+      }
+    }
+  }
+}
+
 // What storing costs: an int8 row is within half a step (max |x| / 254) of the f32 row, an fp8
 // row within half of E4M3's relative spacing (2^-4 of the value, or the subnormal step).
 TEST(PagedAttention, QuantizedRowsAreWithinHalfAStep) {

@@ -119,6 +119,52 @@ TEST(SeqShardedAttention, MergedShardsEqualOnePool) {
   }
 }
 
+// A decode step of sequences of which some reach past 4096 positions (the span kernel) and some
+// do not, on shards of one pool: merged, every token equals one pool's.
+TEST(SeqShardedAttention, LongDecodeMergedShardsEqualOnePool) {
+  for (int64_t S : {1, 2, 3}) {
+    Batch b = MakeBatch({5000, 70, 4200}, 64, static_cast<uint32_t>(31 + S));
+    // Only each sequence's last token queries (a decode step).
+    std::vector<float> q;
+    std::vector<int32_t> token_seq, positions;
+    int64_t first = 0;
+    for (size_t s = 0; s < b.lens.size(); ++s) {
+      const int64_t t = first + b.lens[s] - 1;
+      q.insert(q.end(), b.q.begin() + t * kQHeads * 64, b.q.begin() + (t + 1) * kQHeads * 64);
+      token_seq.push_back(static_cast<int32_t>(s));
+      positions.push_back(static_cast<int32_t>(b.lens[s] - 1));
+      first += b.lens[s];
+    }
+    b.q = q;
+    b.token_seq = token_seq;
+    b.positions = positions;
+    b.tokens = static_cast<int64_t>(b.lens.size());
+    const int64_t rows = b.tokens * kQHeads;
+    std::vector<float> want(rows * 64), want_lse(rows);
+    Attend(b, PagedKvGeometry{16, 1, 0}, want.data(), want_lse.data());
+    // One pool's answer against a double-precision reference.
+    for (size_t s = 0; s < b.lens.size(); ++s) {
+      std::vector<float> ref(kQHeads * 64);
+      contiguous_attention(ref.data(), b.q.data() + s * kQHeads * 64, b.k[s].data(), b.v[s].data(),
+                           b.lens[s], kQHeads, kKvHeads, 64, 1.0f / 8.0f);
+      for (int64_t i = 0; i < kQHeads * 64; ++i) {
+        ASSERT_NEAR(want[s * kQHeads * 64 + i], ref[i], 1e-5) << "sequence " << s;
+      }
+    }
+    std::vector<float> partial(S * rows * 64), partial_lse(S * rows);
+    for (int64_t shard = 0; shard < S; ++shard) {
+      Attend(b, PagedKvGeometry{16, S, shard}, partial.data() + shard * rows * 64,
+             partial_lse.data() + shard * rows);
+    }
+    std::vector<float> got(rows * 64), got_lse(rows);
+    merge_attention(got.data(), got_lse.data(), partial.data(), partial_lse.data(), S, rows, 64);
+    for (int64_t i = 0; i < rows * 64; ++i) {
+      ASSERT_NEAR(got[i], want[i], 1e-5) << S << " shards, element " << i;
+    }
+    for (int64_t r = 0; r < rows; ++r) ASSERT_NEAR(got_lse[r], want_lse[r], 1e-5) << S << " shards";
+  }
+}
+
 // A causal prefill step on the tiled kernel against the contiguous reference, token by token:
 // three sequences' prompts in one step, cut into runs at 16 tokens and at each sequence's end.
 TEST(SeqShardedAttention, TiledPrefillChunkIsCausal) {
