@@ -78,7 +78,9 @@ StatusOr<ClusterInfo> GatherClusterInfo(Runtime& rt, const ServeFlags& f) {
   info.head_groups = l.head_groups;
   info.seq_shards = l.seq_shards;
   info.block_size = static_cast<int32_t>(rt.model->block_size());
-  info.max_context = static_cast<int32_t>(rt.config.max_seq_len);
+  // What a request's prompt + max_tokens may reach: the model's context, or with attention sinks
+  // the positions the block tables address (Validate's bound).
+  info.max_context = static_cast<int32_t>(rt.config.MaxPositions());
   info.default_kv_budget = f.kv_budget;
   for (size_t r = 0; r < all.size(); ++r) {
     const nlohmann::json j = nlohmann::json::parse(all[r], nullptr, false);

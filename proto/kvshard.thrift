@@ -120,7 +120,8 @@ struct ClusterStatus {
   11: i64 requests_finished,
   12: i64 preemptions,
   13: string model,
-  14: i32 max_context,
+  14: i32 max_context,            // the most prompt + max_tokens one request may reach: the
+                                  // model's context (16x it with attention sinks)
   15: i64 kv_capacity_tokens,     // the most tokens one request may hold
   16: i32 head_groups,            // the grid: world_size = head_groups x seq_shards
   17: i32 seq_shards,
