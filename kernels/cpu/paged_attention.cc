@@ -6,7 +6,9 @@
 #include <type_traits>
 #include <vector>
 
+#include "kernels/cpu/blocked_attention.h"
 #include "kernels/cpu/half.h"
+#include "kernels/cpu/kv_load.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/simd.h"
 
@@ -26,27 +28,6 @@ inline const float* row_f32(const KV* row, float row_scale, int64_t n, float* sc
   } else {
     kv_row_to_f32(scratch, row, row_scale, n);
     return scratch;
-  }
-}
-
-// One vector of a KV row, widened to f32; quantized codes come out as code / kCodeDivisor<KV>.
-template <typename KV>
-inline constexpr float kCodeDivisor = 1.0f;
-template <>
-inline constexpr float kCodeDivisor<fp8_e4m3_t> = 256.0f;
-
-template <typename KV>
-inline simd::vec load_kv(const KV* p) {
-  if constexpr (std::is_same_v<KV, float>) {
-    return simd::load(p);
-  } else if constexpr (std::is_same_v<KV, f16_t>) {
-    return simd::load_f16(reinterpret_cast<const uint16_t*>(p));
-  } else if constexpr (std::is_same_v<KV, bf16_t>) {
-    return simd::load_bf16(reinterpret_cast<const uint16_t*>(p));
-  } else if constexpr (std::is_same_v<KV, int8_t>) {
-    return simd::load_i8(p);
-  } else {
-    return simd::load_fp8_div256(reinterpret_cast<const uint8_t*>(p));
   }
 }
 
@@ -77,16 +58,15 @@ struct Run {
   int count;      // tokens, positions consecutive
 };
 
-// The runs of a step's tokens, at most kMaxRun tokens each.
+// The runs of a step's tokens, at most `cap` tokens each.
 inline std::vector<Run> TokenRuns(const int32_t* token_seq, const int32_t* positions,
-                                  int64_t tokens) {
+                                  int64_t tokens, int64_t cap) {
   std::vector<Run> runs;
   for (int64_t t = 0; t < tokens; ++t) {
     if (!runs.empty()) {
       Run& r = runs.back();
       const int64_t last = r.first + r.count - 1;
-      if (r.count < kMaxRun && token_seq[t] == token_seq[last] &&
-          positions[t] == positions[last] + 1) {
+      if (r.count < cap && token_seq[t] == token_seq[last] && positions[t] == positions[last] + 1) {
         ++r.count;
         continue;
       }
@@ -426,6 +406,9 @@ SpanFn SpanFor(int64_t group, int64_t head_dim) {
 inline constexpr int64_t kSpanFrom = 4096;
 inline constexpr int64_t kSpanPositions = 2048;
 
+// Runs shorter than this in a prefill step take the tiled kernel where it serves their shape.
+inline constexpr int kMinBlockedRun = 8;
+
 }  // namespace
 
 namespace {
@@ -536,19 +519,33 @@ void paged_attention(float* out, const float* q, const KV* k_cache, const KV* v_
     }
     return;
   }
-  if (const TiledFn tiled = TiledFor<KV>(group, head_dim)) {
-    const std::vector<Run> runs = TokenRuns(token_seq, positions, tokens);
+  const TiledFn tiled = TiledFor<KV>(group, head_dim);
+  // Prefill (any step that is not pure decode): the blocked kernel for runs of a chunk's tokens,
+  // the tiled one for short runs (a decode token batched beside a chunk) where it serves.
+  const bool blocked = BlockedAttentionFits(head_dim) && !IsDecodeStep(token_seq, tokens);
+  if (tiled || blocked) {
+    const std::vector<Run> runs =
+        TokenRuns(token_seq, positions, tokens, blocked ? BlockedRunTokens(group) : kMaxRun);
     const int64_t tasks = static_cast<int64_t>(runs.size()) * kv_heads;
 #pragma omp parallel for schedule(dynamic, 1) if (parallel)
     for (int64_t task = tasks - 1; task >= 0; --task) {  // the longest causal reach first
       const Run& r = runs[task / kv_heads];
       const int64_t kvh = task % kv_heads;
+      const int32_t* table = view.Table(token_seq[r.first]);
+      if (blocked && !(tiled && r.count < kMinBlockedRun)) {
+        const int64_t row = r.first * q_heads;
+        blocked_attention_run<KV>(out + row * head_dim, lse ? lse + row : nullptr,
+                                  q + row * head_dim, r.count, positions[r.first], q_heads, kvh,
+                                  group, head_dim, k_cache, v_cache, k_scale, v_scale, geometry,
+                                  table, kv_heads, scale, window, floor);
+        continue;
+      }
       int64_t lens[kMaxRun];
       for (int u = 0; u < r.count; ++u) lens[u] = static_cast<int64_t>(positions[r.first + u]) + 1;
       const int64_t row = r.first * q_heads + kvh * group;
       tiled(out + row * head_dim, lse ? lse + row : nullptr, q + row * head_dim, r.count,
-            q_heads * head_dim, q_heads, lens, k_cache, v_cache, k_scale, v_scale, geometry,
-            view.Table(token_seq[r.first]), kv_row, kvh, scale, window, floor);
+            q_heads * head_dim, q_heads, lens, k_cache, v_cache, k_scale, v_scale, geometry, table,
+            kv_row, kvh, scale, window, floor);
     }
     return;
   }
