@@ -48,6 +48,7 @@ struct Totals {
   double weights_max_rank = 0;     // the largest rank's weights
   double peak_gflops = 0;          // CPU ranks: the f32 FMA probe, every rank at once, summed
   double bf16_peak_gflops = 0;     // the bf16 dot-product probe likewise; 0 without one
+  double amx_peak_gflops = 0;      // the AMX bf16 tile probe likewise; 0 without AMX
 };
 
 // Runs on every rank at once, before rank 0 starts driving steps.
@@ -68,13 +69,14 @@ StatusOr<Totals> MeasureTotals(Runtime& rt, int64_t buffer_bytes) {
   }
   KVS_RETURN_IF_ERROR(AgreeOnStatus(*rt.comm, local));
   // The compute ceilings on CPU ranks, every rank probing at once as it reads at once above.
-  double peaks[2] = {0, 0};
+  double peaks[3] = {0, 0, 0};
   if (!rt.device) {
     KVS_RETURN_IF_ERROR(rt.comm->Barrier());
     peaks[0] = measure_fma_peak_gflops(rt.threads, 3);
     peaks[1] = measure_bf16_dot_peak_gflops(rt.threads, 3).value_or(0.0);
+    peaks[2] = measure_amx_bf16_peak_gflops(rt.threads, 3).value_or(0.0);
   }
-  KVS_RETURN_IF_ERROR(rt.comm->AllReduceSumDouble(peaks, 2));
+  KVS_RETURN_IF_ERROR(rt.comm->AllReduceSumDouble(peaks, 3));
   // A rank's KV bytes per token are for the tokens it holds: 1 / seq_shards of them.
   const double shards = static_cast<double>(rt.model->layout().seq_shards);
   double v[4] = {static_cast<double>(rt.model->weight_bytes()),
@@ -89,6 +91,7 @@ StatusOr<Totals> MeasureTotals(Runtime& rt, int64_t buffer_bytes) {
   Totals t{v[0], v[1], v[2], v[3]};
   t.peak_gflops = peaks[0];
   t.bf16_peak_gflops = peaks[1];
+  t.amx_peak_gflops = peaks[2];
   for (int r = 0; r < rt.comm->size(); ++r) {
     t.kv_bytes_max_rank = std::max(t.kv_bytes_max_rank, per_rank[2 * r]);
     t.weights_max_rank = std::max(t.weights_max_rank, per_rank[2 * r + 1]);
@@ -167,6 +170,11 @@ Status RunRoot(const BenchFlags& f, Runtime& rt, ServingEngine& engine, const To
       out["bf16_peak_gflops"] = totals.bf16_peak_gflops;
     } else {
       out["bf16_peak_gflops"] = nullptr;  // no bf16 dot-product instruction in this build
+    }
+    if (totals.amx_peak_gflops > 0) {
+      out["amx_bf16_peak_gflops"] = totals.amx_peak_gflops;
+    } else {
+      out["amx_bf16_peak_gflops"] = nullptr;  // no AMX-BF16, or the kernel refused the tiles
     }
   }
   if (f.compare_no_cache) {

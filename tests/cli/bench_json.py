@@ -33,13 +33,14 @@ cfg = json.loads((model / "config.json").read_text())
 j = bench(model)
 print(json.dumps(j))
 for key in ("mem_read_gbs", "bandwidth_fraction", "peak_gflops", "prefill_gflops",
-            "prefill_fraction", "bf16_peak_gflops", "weight_dtype", "weights_bytes"):
+            "prefill_fraction", "bf16_peak_gflops", "amx_bf16_peak_gflops", "weight_dtype", "weights_bytes"):
     check(key in j, f"{key} missing")
 check(j["peak_gflops"] > 0 and j["mem_read_gbs"] > 0, "ceilings must be measured")
 check(0 < j["prefill_fraction"] < 1.5, f"prefill_fraction {j['prefill_fraction']}")
 check(abs(j["prefill_fraction"] - j["prefill_gflops"] / j["peak_gflops"]) < 1e-9,
       "prefill_fraction = prefill_gflops / peak_gflops")
 check(j["bf16_peak_gflops"] is None or j["bf16_peak_gflops"] > 0, "bf16 probe")
+check(j["amx_bf16_peak_gflops"] is None or j["amx_bf16_peak_gflops"] > 0, "AMX probe")
 check(j["weight_dtype"] == "F32", f"weight_dtype {j['weight_dtype']}")
 
 # The FLOP of the prefill, counted from the config.
