@@ -23,7 +23,7 @@ int64_t BlockedRunTokens(int64_t group);
 // [count, q_heads] at the same token. A row that reaches none of this pool's positions gets
 // out = 0, lse = -inf.
 //
-// The work is two small GEMMs per tile of 64 positions: the transposed scores S^T = K Q^T (the
+// The work is two small GEMMs per tile of 66 positions (44 without vector units): the transposed scores S^T = K Q^T (the
 // run's scaled queries transposed once, [head_dim, rows]; each key element broadcast against
 // vectors of query rows) and O += P V (each probability broadcast against vectors of a V row),
 // with the online softmax between them vectorised across query rows. Tiles past the run's last

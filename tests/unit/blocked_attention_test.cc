@@ -1,7 +1,7 @@
 // The blocked prefill kernel (kernels/cpu/blocked_attention.h), through paged_attention, against
 // the contiguous reference: steps of prefill chunks (whole prompts, and the tail of a prompt
 // whose prefix is cached) beside decode tokens, at head sizes of one to eight vectors, query
-// groups 1 to 8, blocks shorter and longer than its 64-position tiles, windows and floors, and
+// groups 1 to 8, blocks shorter and longer than its 66-position tiles, windows and floors, and
 // every cache dtype.
 #include "kernels/cpu/blocked_attention.h"
 
