@@ -50,9 +50,8 @@ int Main() {
     const size_t part = static_cast<size_t>(T * (width + kHeads));
     std::vector<float> mine(part, 1.0f), all(part * S), out(T * width), lse(T * kHeads);
     const int calls = T >= 512 ? 40 : 200;
-    const double p2p = TimeIt(c.comm(), calls, [&] {
-      (void)c.AllGatherInGroups(mine.data(), part, all.data(), S);
-    });
+    const double p2p = TimeIt(c.comm(), calls,
+                              [&] { (void)c.AllGatherInGroups(mine.data(), part, all.data(), S); });
     const double mpi = TimeIt(c.comm(), calls, [&] {
       MPI_Allgather(mine.data(), static_cast<int>(part), MPI_FLOAT, all.data(),
                     static_cast<int>(part), MPI_FLOAT, c.comm());

@@ -23,12 +23,12 @@ int64_t BlockedRunTokens(int64_t group);
 // [count, q_heads] at the same token. A row that reaches none of this pool's positions gets
 // out = 0, lse = -inf.
 //
-// The work is two small GEMMs per tile of 66 positions (44 without vector units): the transposed scores S^T = K Q^T (the
-// run's scaled queries transposed once, [head_dim, rows]; each key element broadcast against
-// vectors of query rows) and O += P V (each probability broadcast against vectors of a V row),
-// with the online softmax between them vectorised across query rows. Tiles past the run's last
-// position are never read, rows a tile cannot reach are not computed, and quantized or 16-bit
-// rows are widened (and scaled) once per tile for all the run's rows.
+// The work is two small GEMMs per tile of 66 positions (44 without vector units): the transposed
+// scores S^T = K Q^T (the run's scaled queries transposed once, [head_dim, rows]; each key element
+// broadcast against vectors of query rows) and O += P V (each probability broadcast against vectors
+// of a V row), with the online softmax between them vectorised across query rows. Tiles past the
+// run's last position are never read, rows a tile cannot reach are not computed, and quantized or
+// 16-bit rows are widened (and scaled) once per tile for all the run's rows.
 template <typename KV>
 void blocked_attention_run(float* out, float* lse, const float* q, int64_t count, int64_t first_pos,
                            int64_t q_heads, int64_t kvh, int64_t group, int64_t head_dim,
