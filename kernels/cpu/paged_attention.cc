@@ -482,7 +482,8 @@ void paged_attention(float* out, const float* q, const KV* k_cache, const KV* v_
   const SpanFn span = SpanFor<KV>(group, head_dim);
   const int64_t longest =
       tokens > 0 ? static_cast<int64_t>(*std::max_element(positions, positions + tokens)) + 1 : 0;
-  if (span && parallel && longest >= kSpanFrom && IsDecodeStep(token_seq, tokens)) {
+  const bool decode = IsDecodeStep(token_seq, tokens);
+  if (span && parallel && longest >= kSpanFrom && decode) {
     // [token][span] of every token's spans, then their partial outputs and log-sum-exps.
     std::vector<int64_t> first_span(tokens + 1, 0);
     for (int64_t t = 0; t < tokens; ++t) {
@@ -522,7 +523,7 @@ void paged_attention(float* out, const float* q, const KV* k_cache, const KV* v_
   const TiledFn tiled = TiledFor<KV>(group, head_dim);
   // Prefill (any step that is not pure decode): the blocked kernel for runs of a chunk's tokens,
   // the tiled one for short runs (a decode token batched beside a chunk) where it serves.
-  const bool blocked = BlockedAttentionFits(head_dim) && !IsDecodeStep(token_seq, tokens);
+  const bool blocked = BlockedAttentionFits(head_dim) && !decode;
   if (tiled || blocked) {
     const std::vector<Run> runs =
         TokenRuns(token_seq, positions, tokens, blocked ? BlockedRunTokens(group) : kMaxRun);
