@@ -2,6 +2,7 @@
 
 #include <dlfcn.h>
 
+#include <cstdlib>
 #include <mutex>
 
 namespace kvshard {
@@ -9,6 +10,10 @@ namespace {
 
 const BlasFns* Open() {
 #ifdef KVSHARD_OPENBLAS_LIBRARY
+  // Read by the library's constructor, so set before dlopen; a host's own setting wins.
+  if (const std::string core = blas_core_for_cpu(); !core.empty()) {
+    setenv("OPENBLAS_CORETYPE", core.c_str(), /*overwrite=*/0);
+  }
   void* lib = dlopen(KVSHARD_OPENBLAS_LIBRARY, RTLD_NOW | RTLD_LOCAL);
   if (lib == nullptr) return nullptr;
   static BlasFns fns;
@@ -27,6 +32,16 @@ std::once_flag once;
 const BlasFns* fns = nullptr;
 
 }  // namespace
+
+std::string blas_core_for_cpu() {
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl")) {
+    return "SkylakeX";
+  }
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "Haswell";
+  return "";
+}
 
 const BlasFns* blas() {
   std::call_once(once, [] { fns = Open(); });

@@ -1,10 +1,13 @@
 // The small CPU kernels against straightforward double-precision loops.
 #include <gtest/gtest.h>
+#include <strings.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <random>
 
 #include "kernels/cpu/activation.h"
+#include "kernels/cpu/blas.h"
 #include "kernels/cpu/embedding.h"
 #include "kernels/cpu/half.h"
 #include "kernels/cpu/matmul.h"
@@ -21,6 +24,22 @@ std::vector<float> Random(size_t n, uint32_t seed) {
   std::vector<float> v(n);
   for (float& x : v) x = normal(rng);
   return v;
+}
+
+// Debian's OpenBLAS 0.3.21 fell back to its SSE3 kernels on a CPU it did not know (a Xeon of CPUID
+// model 207), a fifth of the speed of its AVX-512 kernels there: kvshard names the kernels where
+// the host does not, and OpenBLAS must run the ones asked for.
+TEST(Blas, RunsTheKernelsThisCpuCanUse) {
+  const BlasFns* b = blas();
+  if (b == nullptr || b->corename == nullptr) GTEST_SKIP() << "this build has no OpenBLAS";
+  const std::string core = b->corename();
+  if (blas_core_for_cpu().empty())
+    GTEST_SKIP() << "no AVX2: OpenBLAS's own choice (" << core << ")";
+  const char* asked = std::getenv("OPENBLAS_CORETYPE");
+  ASSERT_NE(asked, nullptr) << "kvshard sets OPENBLAS_CORETYPE where the host leaves it unset";
+  EXPECT_EQ(strcasecmp(core.c_str(), asked), 0) << "asked for " << asked << ", runs " << core;
+  EXPECT_NE(core, "Prescott");
+  EXPECT_NE(blas_description().find(core), std::string::npos) << blas_description();
 }
 
 TEST(Matmul, MatchesNaiveForOddShapes) {
