@@ -16,8 +16,8 @@
 #include "cluster/commands.h"
 #include "cluster/runtime.h"
 #include "coordinator/serving_engine.h"
-#include "kernels/cpu/blas.h"
 #include "kernels/cpu/compute_peak.h"
+#include "kernels/cpu/matmul.h"
 #include "kernels/cpu/simd.h"
 #include "kernels/cpu/stream_read.h"
 #include "shard/shard_worker.h"
@@ -137,7 +137,7 @@ Status RunRoot(const BenchFlags& f, Runtime& rt, ServingEngine& engine, const To
       {"model", f.shard.model_dir},
       {"device", rt.device_name},
       {"isa", simd::Isa()},
-      {"gemm", blas_description()},
+      {"gemm", matmul_gemm_description()},
       {"tp", rt.comm->size()},
       {"head_groups", rt.model->layout().head_groups},
       {"seq_shards", rt.model->layout().seq_shards},

@@ -1,4 +1,5 @@
-// OpenBLAS, for the prefill-sized products of kernels/cpu/matmul.cc: its OpenMP build (Debian's
+// OpenBLAS, for the prefill-sized products of kernels/cpu/matmul.cc where KVSHARD_GEMM=openblas
+// asks for it instead of kvshard's own GEMM (kernels/cpu/gemm.h): its OpenMP build (Debian's
 // libopenblas0-openmp, whose threads are the engine's OpenMP team), opened at run time, so that a
 // host without it runs the kernels' own path. It picks its kernels for the CPU it finds, or as
 // OPENBLAS_CORETYPE says. Debian's 0.3.21 does not know every CPU it runs on: on a Xeon of CPUID

@@ -3,10 +3,15 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
 #include <type_traits>
 #include <vector>
 
 #include "kernels/cpu/blas.h"
+#include "kernels/cpu/gemm.h"
 #include "kernels/cpu/simd.h"
 
 namespace kvshard {
@@ -190,16 +195,36 @@ void matmul_impl(float* out, const float* x, const W* w, int64_t tokens, int64_t
   }
 }
 
-// Prefill-sized products go to OpenBLAS's sgemm (kernels/cpu/blas.h) where it is there: at
-// least this many tokens, and a weight matrix at least this large.
-constexpr int64_t kBlasMinTokens = 16;
-constexpr int64_t kBlasMinWeights = int64_t{1} << 16;
+// Prefill-sized products (at least this many tokens, and a weight matrix at least this large) go
+// to the GEMM (kernels/cpu/gemm.h), or to OpenBLAS's sgemm where KVSHARD_GEMM=openblas asks for it
+// and the library is there.
+constexpr int64_t kGemmMinTokens = 16;
+constexpr int64_t kGemmMinWeights = int64_t{1} << 16;
 // Rows of a 16-bit matrix widened to f32 at once for sgemm (kBlasPanel * in floats per panel).
 constexpr int64_t kBlasPanel = 256;
 static_assert(kBlasPanel % 4 == 0, "a panel holds whole tiles of a packed matrix");
 
-bool use_blas(int64_t tokens, int64_t in, int64_t n_out) {
-  return tokens >= kBlasMinTokens && in * n_out >= kBlasMinWeights && blas() != nullptr;
+bool openblas_asked() {
+  static const bool asked = [] {
+    const char* e = std::getenv("KVSHARD_GEMM");
+    if (e == nullptr || std::strcmp(e, "kvshard") == 0) return false;
+    if (std::strcmp(e, "openblas") != 0) {
+      std::fprintf(stderr, "KVSHARD_GEMM=%s: unknown (kvshard or openblas); using kvshard\n", e);
+      return false;
+    }
+    if (blas() == nullptr) {
+      std::fprintf(stderr,
+                   "KVSHARD_GEMM=openblas: this build or host has no OpenBLAS; using "
+                   "kvshard\n");
+      return false;
+    }
+    return true;
+  }();
+  return asked;
+}
+
+bool use_gemm(int64_t tokens, int64_t in, int64_t n_out) {
+  return tokens >= kGemmMinTokens && in * n_out >= kGemmMinWeights;
 }
 
 void sgemm(float* out, const float* x, const float* w, int64_t tokens, int64_t in, int64_t n_out,
@@ -259,11 +284,17 @@ namespace {
 template <typename W>
 void matmul_any(float* out, const float* x, const W* w, bool packed, int64_t tokens, int64_t in,
                 int64_t n_out) {
-  if (use_blas(tokens, in, n_out)) {
+  if (use_gemm(tokens, in, n_out)) {
     if constexpr (std::is_same_v<W, float>) {
-      sgemm(out, x, w, tokens, in, n_out, n_out, 0.0f);
-    } else {
+      if (openblas_asked()) {
+        sgemm(out, x, w, tokens, in, n_out, n_out, 0.0f);
+      } else {
+        gemm(out, x, w, tokens, in, n_out, /*accumulate=*/false);
+      }
+    } else if (openblas_asked()) {
       sgemm_16bit(out, x, w, packed, tokens, in, n_out);
+    } else {
+      gemm(out, x, w, packed, tokens, in, n_out);
     }
     return;
   }
@@ -278,8 +309,14 @@ void matmul_any(float* out, const float* x, const W* w, bool packed, int64_t tok
 
 }  // namespace
 
-bool matmul_uses_blas(int64_t tokens, int64_t in_features, int64_t out_features) {
-  return use_blas(tokens, in_features, out_features);
+bool matmul_uses_gemm(int64_t tokens, int64_t in_features, int64_t out_features) {
+  return use_gemm(tokens, in_features, out_features);
+}
+
+bool gemm_is_openblas() { return openblas_asked(); }
+
+std::string matmul_gemm_description() {
+  return openblas_asked() ? blas_description() : gemm_description();
 }
 
 void matmul_packed(float* out, const float* x, const f16_t* packed, int64_t tokens,
@@ -309,8 +346,12 @@ void matmul(float* out, const float* x, const bf16_t* w, int64_t tokens, int64_t
 
 void matmul_accumulate(float* out, const float* x, const float* w, int64_t tokens,
                        int64_t in_features, int64_t out_features) {
-  if (use_blas(tokens, in_features, out_features)) {
-    sgemm(out, x, w, tokens, in_features, out_features, out_features, 1.0f);
+  if (use_gemm(tokens, in_features, out_features)) {
+    if (openblas_asked()) {
+      sgemm(out, x, w, tokens, in_features, out_features, out_features, 1.0f);
+    } else {
+      gemm(out, x, w, tokens, in_features, out_features, /*accumulate=*/true);
+    }
     return;
   }
   matmul_impl<true, false>(out, x, w, tokens, in_features, out_features);

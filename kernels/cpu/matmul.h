@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "kernels/cpu/half.h"
 
@@ -43,11 +44,17 @@ void matmul_packed(float* out, const float* x, const bf16_t* packed, int64_t tok
 void matmul_accumulate(float* out, const float* x, const float* w, int64_t tokens,
                        int64_t in_features, int64_t out_features);
 
-// Whether a product of this shape runs on OpenBLAS's sgemm (builds with KVSHARD_HAVE_OPENBLAS:
-// prefill-sized products, at least 16 tokens and 65,536 weights; 16-bit weights are widened to
-// f32 a panel of 256 rows at a time). Its additions are in OpenBLAS's order, so such a product
-// equals the others' within f32 rounding, not bit for bit; decode never takes it.
-bool matmul_uses_blas(int64_t tokens, int64_t in_features, int64_t out_features);
+// Whether a product of this shape runs on the GEMM (prefill-sized products: at least 16 tokens and
+// 65,536 weights): kvshard's own (kernels/cpu/gemm.h), whose additions are one chain over k per
+// output, so such a product equals the others' within f32 rounding, not bit for bit, and 16-bit
+// weights still give the f32 product of their widening bit for bit; or, where KVSHARD_GEMM=openblas
+// and the library is there, OpenBLAS's sgemm (16-bit weights widened to f32 a panel of 256 rows
+// at a time; its order of additions). Decode never takes it.
+bool matmul_uses_gemm(int64_t tokens, int64_t in_features, int64_t out_features);
+// Whether that GEMM is OpenBLAS's (KVSHARD_GEMM=openblas, read once).
+bool gemm_is_openblas();
+// "kvshard avx512 8x48" or "OpenBLAS (OpenMP) SkylakeX": what runs the prefill-sized products.
+std::string matmul_gemm_description();
 
 // Dot product of two f32 vectors with several accumulators and wide loads.
 float dot_f32(const float* a, const float* b, int64_t n);

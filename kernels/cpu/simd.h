@@ -85,6 +85,33 @@ inline void sum_each(const vec* a, float* out) {
   const __m512i where = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
   _mm512_storeu_ps(out, _mm512_permutexvar_ps(where, e));
 }
+// Transposes the kWidth x kWidth block r[0..kWidth) (row i = r[i]) in place: 32-bit then 64-bit
+// interleaves within 128-bit lanes, then a 4 x 4 transpose of the lanes.
+inline void transpose(vec* r) {
+  vec a[16], b[16];
+  for (int i = 0; i < 8; ++i) {
+    a[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    a[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {  // b[4i + c], lane L: rows 4i..4i+3 at column 4L + c
+    const __m512d a0 = _mm512_castps_pd(a[4 * i]), a1 = _mm512_castps_pd(a[4 * i + 1]);
+    const __m512d a2 = _mm512_castps_pd(a[4 * i + 2]), a3 = _mm512_castps_pd(a[4 * i + 3]);
+    b[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a0, a2));
+    b[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a0, a2));
+    b[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(a1, a3));
+    b[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(a1, a3));
+  }
+  for (int c = 0; c < 4; ++c) {
+    const vec d0 = _mm512_shuffle_f32x4(b[c], b[4 + c], 0x44);
+    const vec d1 = _mm512_shuffle_f32x4(b[c], b[4 + c], 0xEE);
+    const vec d2 = _mm512_shuffle_f32x4(b[8 + c], b[12 + c], 0x44);
+    const vec d3 = _mm512_shuffle_f32x4(b[8 + c], b[12 + c], 0xEE);
+    r[c] = _mm512_shuffle_f32x4(d0, d2, 0x88);
+    r[4 + c] = _mm512_shuffle_f32x4(d0, d2, 0xDD);
+    r[8 + c] = _mm512_shuffle_f32x4(d1, d3, 0x88);
+    r[12 + c] = _mm512_shuffle_f32x4(d1, d3, 0xDD);
+  }
+}
 #elif defined(__AVX2__) && defined(__FMA__)
 using vec = __m256;
 inline constexpr int kWidth = 8;
@@ -163,6 +190,25 @@ inline void sum_each(const vec* a, float* out) {
       _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  // a[j]'s sum is in lane where[j]
   _mm256_storeu_ps(out, _mm256_permutevar8x32_ps(e, where));
 }
+inline void transpose(vec* r) {
+  vec a[8], b[8];
+  for (int i = 0; i < 4; ++i) {
+    a[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    a[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 2; ++i) {
+    const __m256d a0 = _mm256_castps_pd(a[4 * i]), a1 = _mm256_castps_pd(a[4 * i + 1]);
+    const __m256d a2 = _mm256_castps_pd(a[4 * i + 2]), a3 = _mm256_castps_pd(a[4 * i + 3]);
+    b[4 * i] = _mm256_castpd_ps(_mm256_unpacklo_pd(a0, a2));
+    b[4 * i + 1] = _mm256_castpd_ps(_mm256_unpackhi_pd(a0, a2));
+    b[4 * i + 2] = _mm256_castpd_ps(_mm256_unpacklo_pd(a1, a3));
+    b[4 * i + 3] = _mm256_castpd_ps(_mm256_unpackhi_pd(a1, a3));
+  }
+  for (int c = 0; c < 4; ++c) {
+    r[c] = _mm256_permute2f128_ps(b[c], b[4 + c], 0x20);
+    r[4 + c] = _mm256_permute2f128_ps(b[c], b[4 + c], 0x31);
+  }
+}
 #else
 using vec = float;
 inline constexpr int kWidth = 1;
@@ -190,6 +236,7 @@ inline vec scale_by_pow2(vec p, vec n) { return std::ldexp(p, static_cast<int>(n
 inline vec round_nearest(vec a) { return std::nearbyint(a); }
 inline vec zero_below(vec x, float limit, vec r) { return x >= limit ? r : 0.0f; }
 inline void sum_each(const vec* a, float* out) { *out = *a; }
+inline void transpose(vec*) {}
 #endif
 
 // exp(x) for x <= 0, to about 2 ulp; 0 below -87 (and for -inf). A Cephes-style reduction,

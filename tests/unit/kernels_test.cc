@@ -1,5 +1,6 @@
 // The small CPU kernels against straightforward double-precision loops.
 #include <gtest/gtest.h>
+#include <omp.h>
 #include <strings.h>
 
 #include <cmath>
@@ -9,14 +10,19 @@
 #include "kernels/cpu/activation.h"
 #include "kernels/cpu/blas.h"
 #include "kernels/cpu/embedding.h"
+#include "kernels/cpu/gemm.h"
 #include "kernels/cpu/half.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/rmsnorm.h"
 #include "kernels/cpu/rope.h"
+#include "kernels/cpu/simd.h"
 #include "kernels/cpu/stream_read.h"
 
 namespace kvshard {
 namespace {
+
+// Whether simd::fma is one fused multiply-add (the builds with vector units).
+constexpr bool kSimdFma = simd::kWidth > 1;
 
 std::vector<float> Random(size_t n, uint32_t seed) {
   std::mt19937 rng(seed);
@@ -119,7 +125,7 @@ TEST(Matmul, PackedF16EqualsUnpacked) { ExpectPackedMatmulEqualsUnpacked<f16_t>(
 TEST(Matmul, PrefillSizedProductsMatchNaive) {
   for (auto [T, in, out] : {std::tuple{16, 256, 256}, {40, 300, 263}, {70, 1024, 100}}) {
     SCOPED_TRACE(::testing::Message()
-                 << T << "x" << in << "x" << out << " blas " << matmul_uses_blas(T, in, out));
+                 << T << "x" << in << "x" << out << " gemm " << matmul_uses_gemm(T, in, out));
     const auto x = Random(T * in, 31), w32 = Random(out * in, 32);
     std::vector<bf16_t> wb(w32.size());
     std::vector<f16_t> wh(w32.size());
@@ -156,6 +162,97 @@ TEST(Matmul, PrefillSizedProductsMatchNaive) {
         ASSERT_EQ(ypb[i], yb[i]) << t << "," << n << ": packed != row-major";
       }
     }
+  }
+}
+
+// The GEMM (kernels/cpu/gemm.h) at sizes around its tile (tokens off the microkernel's rows,
+// features off the panel, the column block and the packed slice of 256 input features, the 32-
+// column chunks of packed 16-bit rows): against double-precision sums; each output equal bit for
+// bit to one chain of fused multiply-adds over k in order (where the build has FMA), to the same
+// token computed alone and on one thread, and 16-bit weights (row-major and packed) to the f32
+// product of their widening.
+TEST(Gemm, OneChainPerOutputAtEveryEdge) {
+  for (auto [T, in, out] : {std::tuple{1, 1, 1},
+                            {9, 17, 49},
+                            {8, 256, 48},
+                            {17, 257, 385},
+                            {5, 600, 100},
+                            {70, 31, 800},
+                            {3, 513, 47}}) {
+    SCOPED_TRACE(::testing::Message() << T << "x" << in << "x" << out);
+    const auto x = Random(T * in, 41), w32 = Random(out * in, 42);
+    std::vector<bf16_t> wb(w32.size());
+    std::vector<f16_t> wh(w32.size());
+    std::vector<float> wbf(w32.size()), whf(w32.size());
+    for (size_t i = 0; i < w32.size(); ++i) {
+      wb[i] = from_f32<bf16_t>(w32[i]);
+      wh[i] = from_f32<f16_t>(w32[i]);
+      wbf[i] = to_f32(wb[i]);
+      whf[i] = to_f32(wh[i]);
+    }
+    std::vector<bf16_t> pb(packed_weights_size(out, in));
+    std::vector<f16_t> ph(packed_weights_size(out, in));
+    pack_weights(reinterpret_cast<const uint16_t*>(wb.data()),
+                 reinterpret_cast<uint16_t*>(pb.data()), out, in);
+    pack_weights(reinterpret_cast<const uint16_t*>(wh.data()),
+                 reinterpret_cast<uint16_t*>(ph.data()), out, in);
+    const size_t n = static_cast<size_t>(T) * out;
+    std::vector<float> y(n, -1.0f), acc(n, 0.5f), yb(n), ybw(n), ypb(n), yh(n), yhw(n), yph(n);
+    gemm(y.data(), x.data(), w32.data(), T, in, out, false);
+    gemm(acc.data(), x.data(), w32.data(), T, in, out, true);
+    gemm(yb.data(), x.data(), wb.data(), false, T, in, out);
+    gemm(ybw.data(), x.data(), wbf.data(), T, in, out, false);
+    gemm(ypb.data(), x.data(), pb.data(), true, T, in, out);
+    gemm(yh.data(), x.data(), wh.data(), false, T, in, out);
+    gemm(yhw.data(), x.data(), whf.data(), T, in, out, false);
+    gemm(yph.data(), x.data(), ph.data(), true, T, in, out);
+    // One thread, and the last token alone.
+    std::vector<float> y1(n), last(out);
+    const int threads = omp_get_max_threads();
+    omp_set_num_threads(1);
+    gemm(y1.data(), x.data(), w32.data(), T, in, out, false);
+    omp_set_num_threads(threads);
+    gemm(last.data(), x.data() + (T - 1) * in, w32.data(), 1, in, out, false);
+    for (int t = 0; t < T; ++t) {
+      for (int o = 0; o < out; ++o) {
+        double ref = 0;
+        float chain = 0.0f, chain_acc = 0.5f;
+        for (int k = 0; k < in; ++k) {
+          ref += static_cast<double>(x[t * in + k]) * w32[o * in + k];
+          chain = std::fma(x[t * in + k], w32[o * in + k], chain);
+          chain_acc = std::fma(x[t * in + k], w32[o * in + k], chain_acc);
+        }
+        const size_t i = static_cast<size_t>(t) * out + o;
+        ASSERT_NEAR(y[i], ref, 1e-4 * std::sqrt(in)) << t << "," << o;
+        ASSERT_NEAR(acc[i], ref + 0.5, 1e-4 * std::sqrt(in)) << t << "," << o;
+        if (kSimdFma) {
+          ASSERT_EQ(y[i], chain) << t << "," << o;
+          ASSERT_EQ(acc[i], chain_acc) << t << "," << o;
+        }
+        ASSERT_EQ(y1[i], y[i]) << t << "," << o << ": one thread";
+        if (t == T - 1) {
+          ASSERT_EQ(last[o], y[i]) << o << ": the token alone";
+        }
+        ASSERT_EQ(yb[i], ybw[i]) << t << "," << o << ": bf16 != its widening";
+        ASSERT_EQ(ypb[i], ybw[i]) << t << "," << o << ": packed bf16";
+        ASSERT_EQ(yh[i], yhw[i]) << t << "," << o << ": f16 != its widening";
+        ASSERT_EQ(yph[i], yhw[i]) << t << "," << o << ": packed f16";
+      }
+    }
+  }
+}
+
+TEST(Simd, TransposeMovesRowIColumnJToRowJColumnI) {
+  using simd::kWidth;
+  float in[kWidth * kWidth], got[kWidth * kWidth];
+  for (int i = 0; i < kWidth * kWidth; ++i) in[i] = static_cast<float>(i);
+  simd::vec r[kWidth];
+  for (int i = 0; i < kWidth; ++i) r[i] = simd::load(in + i * kWidth);
+  simd::transpose(r);
+  for (int i = 0; i < kWidth; ++i) simd::store(got + i * kWidth, r[i]);
+  for (int i = 0; i < kWidth; ++i) {
+    for (int j = 0; j < kWidth; ++j)
+      ASSERT_EQ(got[j * kWidth + i], in[i * kWidth + j]) << i << "," << j;
   }
 }
 

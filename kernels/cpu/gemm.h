@@ -1,0 +1,38 @@
+// out[t, n] = sum_k x[t, k] * w[n, k] for prefill-sized products (many tokens against a weight
+// matrix in Hugging Face's [out, in] layout): kvshard's own register-blocked GEMM, over the
+// engine's OpenMP team.
+//
+// Blocking (the BLIS scheme, with the operands' roles chosen for this layout): threads split the
+// output features into column blocks of at most kGemmColumns; for each block and each slice of
+// kGemmDepth input features the weights are packed once, transposed, into panels of NR columns
+// (widened to f32 there for 16-bit weights, from row-major or decode-packed rows), which stay in
+// L2 while every token passes; a microkernel holds an MR x NR tile of out in registers and adds,
+// for each input feature, one broadcast x element times NR packed weights (MR x NR / kWidth fused
+// multiply-adds per feature). x is read in place (its MR rows of one slice stay in L1).
+//
+// Every output is one chain of fused multiply-adds over k in order, starting from 0 (or from out,
+// accumulating): the result does not depend on the number of tokens, the tile a token falls in,
+// the column block or the thread count, and 16-bit weights give the f32 product of their widening
+// bit for bit.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "kernels/cpu/half.h"
+
+namespace kvshard {
+
+// out: [tokens, out_features]; x: [tokens, in_features]; w: [out_features, in_features], or
+// (16-bit, packed) in matmul.h's decode tiles. accumulate: out += the product.
+void gemm(float* out, const float* x, const float* w, int64_t tokens, int64_t in_features,
+          int64_t out_features, bool accumulate);
+void gemm(float* out, const float* x, const f16_t* w, bool packed, int64_t tokens,
+          int64_t in_features, int64_t out_features);
+void gemm(float* out, const float* x, const bf16_t* w, bool packed, int64_t tokens,
+          int64_t in_features, int64_t out_features);
+
+// "kvshard avx512 8x48" (the vector unit, and the microkernel's tile: tokens x features).
+std::string gemm_description();
+
+}  // namespace kvshard
