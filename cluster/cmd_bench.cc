@@ -150,6 +150,7 @@ Status RunRoot(const BenchFlags& f, Runtime& rt, ServingEngine& engine, const To
       {"gen", f.gen},
       {"kv_dtype", f.shard.kv_dtype},
       {"weight_dtype", rt.model->weight_dtype()},
+      {"gemm_dtype", f.shard.gemm_dtype},
       {"prefill_tokens_per_s", f.context / cached.prefill_seconds},
       {"prefill_gflops", prefill_gflops},
       {"decode_tokens_per_s", 1.0 / step_s},
@@ -168,6 +169,7 @@ Status RunRoot(const BenchFlags& f, Runtime& rt, ServingEngine& engine, const To
     out["prefill_fraction"] = prefill_gflops / totals.peak_gflops;
     if (totals.bf16_peak_gflops > 0) {
       out["bf16_peak_gflops"] = totals.bf16_peak_gflops;
+      out["prefill_bf16_fraction"] = prefill_gflops / totals.bf16_peak_gflops;
     } else {
       out["bf16_peak_gflops"] = nullptr;  // no bf16 dot-product instruction in this build
     }

@@ -27,6 +27,7 @@ struct ShardFlags {
   std::string device = "auto";       // auto, cpu, or cuda (one GPU per rank, or ranks sharing GPUs)
   double gpu_memory_fraction = 0.9;  // cuda: of each GPU's memory, weights and KV included
   std::string weight_dtype = "auto";  // weight matrices in memory (and cuda's GEMM inputs)
+  std::string gemm_dtype = "f32";     // cpu: inputs of prefill-sized products with bf16 weights
   bool no_cuda_graphs = false;        // cuda: run decode steps eagerly
 };
 

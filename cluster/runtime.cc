@@ -62,6 +62,12 @@ void AddShardFlags(CLI::App* cmd, ShardFlags* f) {
                   "Weight matrices in memory: auto, f32, bf16 or f16 (auto: cpu keeps each "
                   "matrix's stored dtype, block-quantized GGUF tensors as f32; cuda uses bf16, or "
                   "f16 for an f16 checkpoint). cuda: also the GEMM input dtype");
+  cmd->add_option("--gemm-dtype", f->gemm_dtype,
+                  "cpu: the inputs of prefill-sized products (16 tokens or more) with bf16 weight "
+                  "matrices: f32 (the weights widened, exact) or bf16 (the activations rounded to "
+                  "bf16, AVX512-BF16 dot products with f32 sums where the CPU has them; "
+                  "llama.cpp's choice for BF16 files). cuda: its GEMM inputs follow --weight-dtype")
+      ->check(CLI::IsMember({"f32", "bf16"}));
   cmd->add_flag("--no-cuda-graphs", f->no_cuda_graphs, "cuda: run decode steps without graphs");
 }
 
@@ -285,6 +291,7 @@ Status LoadShard(const ShardFlags& flags, int64_t min_kv_tokens, Runtime* rt) {
   }
   options.max_tokens_per_step = flags.max_tokens_per_step;
   options.max_seqs = flags.max_seqs;
+  options.bf16_gemm_inputs = flags.gemm_dtype == "bf16";
   // --threads N fixes the team size; the default (0) lets the shard tune it while decoding.
   options.tune_threads = flags.threads > 0 ? 0 : rt->threads;
   KVS_ASSIGN_OR_RETURN(options.num_blocks,

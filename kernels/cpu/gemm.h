@@ -32,6 +32,16 @@ void gemm(float* out, const float* x, const f16_t* w, bool packed, int64_t token
 void gemm(float* out, const float* x, const bf16_t* w, bool packed, int64_t tokens,
           int64_t in_features, int64_t out_features);
 
+// The same product with bf16 inputs (llama.cpp's choice for BF16 weights): x rounded to bf16 to
+// nearest even, each pair of input features' two products added to the f32 sums with AVX512-BF16
+// dot products (VDPBF16PS, twice the f32 multiply-adds per instruction) where the build has them,
+// and in the same order with fused multiply-adds elsewhere (equal but for denormals, flushed by
+// VDPBF16PS). Still one chain per output: independent of the tokens beside it and the threads.
+void gemm_bf16_inputs(float* out, const float* x, const bf16_t* w, bool packed, int64_t tokens,
+                      int64_t in_features, int64_t out_features);
+// Whether gemm_bf16_inputs runs on AVX512-BF16 dot products in this build.
+bool gemm_has_bf16_dot();
+
 // "kvshard avx512 8x48" (the vector unit, and the microkernel's tile: tokens x features).
 std::string gemm_description();
 

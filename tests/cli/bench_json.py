@@ -73,6 +73,19 @@ held_bf16 = 2 * (layer_matrices + 2 * V * d) + norms  # V rows: whole tiles of 4
 check(V % 4 == 0 and b["weights_bytes"] == held_bf16,
       f"bf16 weights_bytes {b['weights_bytes']} != {held_bf16}")
 check(b["decode_bytes_per_token"] < 0.6 * j["decode_bytes_per_token"], "bf16 decode bytes")
+check(j["gemm_dtype"] == "f32" and b["gemm_dtype"] == "f32", "gemm_dtype defaults to f32")
+check((j["bf16_peak_gflops"] is None) == ("prefill_bf16_fraction" not in j),
+      "prefill_bf16_fraction where the bf16 probe ran")
+if j["bf16_peak_gflops"] is not None:
+    check(abs(j["prefill_bf16_fraction"] - j["prefill_gflops"] / j["bf16_peak_gflops"]) < 1e-9,
+          "prefill_bf16_fraction = prefill_gflops / bf16_peak_gflops")
+
+# bf16 GEMM inputs (--gemm-dtype bf16) with those bf16 weights: the same FLOP, reported as such.
+g = bench(model, "--weight-dtype", "bf16", "--gemm-dtype", "bf16")
+print(json.dumps(g))
+check(g["gemm_dtype"] == "bf16", f"gemm_dtype {g['gemm_dtype']}")
+check(abs(g["prefill_gflops"] / g["prefill_tokens_per_s"] -
+          b["prefill_gflops"] / b["prefill_tokens_per_s"]) < 1e-9, "the same FLOP per token")
 
 # The KV cache at fixed memory: a token costs 2 * layers * kv_heads * head_dim * dtype bytes, and
 # a quantized dtype adds one f32 scale per KV head for each of K and V; max_context_tokens is what

@@ -242,6 +242,63 @@ TEST(Gemm, OneChainPerOutputAtEveryEdge) {
   }
 }
 
+// bf16 inputs (gemm_bf16_inputs): x rounded to bf16, each pair's products added odd feature
+// first. Against double-precision sums of the rounded inputs; without AVX512-BF16, bit for bit
+// the fused multiply-add chain of that order; with it (VDPBF16PS), within f32 rounding of that
+// chain; packed == row-major, the token alone and one thread bit for bit. Odd input sizes put the
+// last feature alone in its pair.
+TEST(Gemm, Bf16InputsArePairsOfBf16ProductsInOneChain) {
+  for (auto [T, in, out] : {std::tuple{1, 2, 1},
+                            {9, 17, 49},
+                            {8, 256, 48},
+                            {17, 257, 385},
+                            {5, 600, 100},
+                            {70, 31, 800},
+                            {3, 513, 47},
+                            {16, 1024, 64}}) {
+    SCOPED_TRACE(::testing::Message() << T << "x" << in << "x" << out);
+    const auto x = Random(T * in, 51), w32 = Random(out * in, 52);
+    std::vector<bf16_t> wb(w32.size()), pb(packed_weights_size(out, in));
+    for (size_t i = 0; i < w32.size(); ++i) wb[i] = from_f32<bf16_t>(w32[i]);
+    pack_weights(reinterpret_cast<const uint16_t*>(wb.data()),
+                 reinterpret_cast<uint16_t*>(pb.data()), out, in);
+    const size_t n = static_cast<size_t>(T) * out;
+    std::vector<float> y(n), yp(n), y1(n), last(out);
+    gemm_bf16_inputs(y.data(), x.data(), wb.data(), false, T, in, out);
+    gemm_bf16_inputs(yp.data(), x.data(), pb.data(), true, T, in, out);
+    const int threads = omp_get_max_threads();
+    omp_set_num_threads(1);
+    gemm_bf16_inputs(y1.data(), x.data(), wb.data(), false, T, in, out);
+    omp_set_num_threads(threads);
+    gemm_bf16_inputs(last.data(), x.data() + (T - 1) * in, wb.data(), false, 1, in, out);
+    for (int t = 0; t < T; ++t) {
+      for (int o = 0; o < out; ++o) {
+        double ref = 0;
+        float chain = 0.0f;
+        for (int k = 0; k < in; k += 2) {
+          const float x0 = to_f32(from_f32<bf16_t>(x[t * in + k])), w0 = to_f32(wb[o * in + k]);
+          const float x1 = k + 1 < in ? to_f32(from_f32<bf16_t>(x[t * in + k + 1])) : 0.0f;
+          const float w1 = k + 1 < in ? to_f32(wb[o * in + k + 1]) : 0.0f;
+          ref += static_cast<double>(x0) * w0 + static_cast<double>(x1) * w1;
+          chain = std::fma(x0, w0, std::fma(x1, w1, chain));
+        }
+        const size_t i = static_cast<size_t>(t) * out + o;
+        ASSERT_NEAR(y[i], ref, 1e-4 * std::sqrt(in)) << t << "," << o;
+        if (gemm_has_bf16_dot()) {
+          ASSERT_NEAR(y[i], chain, 1e-5 * std::sqrt(in)) << t << "," << o;
+        } else {
+          ASSERT_EQ(y[i], chain) << t << "," << o;
+        }
+        ASSERT_EQ(yp[i], y[i]) << t << "," << o << ": packed";
+        ASSERT_EQ(y1[i], y[i]) << t << "," << o << ": one thread";
+        if (t == T - 1) {
+          ASSERT_EQ(last[o], y[i]) << o << ": the token alone";
+        }
+      }
+    }
+  }
+}
+
 TEST(Simd, TransposeMovesRowIColumnJToRowJColumnI) {
   using simd::kWidth;
   float in[kWidth * kWidth], got[kWidth * kWidth];
