@@ -162,9 +162,10 @@ def write_gguf(model_dir: Path, out: Path, dtype: str):
     w.close()
 
 
-def run_kvshard(model: Path, threads: int, prompt: int, gen: int):
+def run_kvshard(model: Path, threads: int, prompt: int, gen: int, extra=()):
     cmd = [str(KVSHARD), "bench", "--model", str(model), "--context", str(prompt), "--gen",
-           str(gen), "--threads", str(threads), "--max-tokens-per-step", "512", "--json"]
+           str(gen), "--threads", str(threads), "--max-tokens-per-step", "512", "--json",
+           *extra]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)}: {r.stderr[-2000:]}")
@@ -197,6 +198,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--model-flags", default="--layers 4 --dim 1024 --heads 16 --kv-heads 4 "
                     "--ffn 4096 --vocab 8192", help="make-model flags of the random model")
+    ap.add_argument("--bf16-gemm", action="store_true",
+                    help="run kvshard with --gemm-dtype bf16 on the BF16 file (bf16 inputs on "
+                    "AVX512-BF16 dot products, as llama.cpp computes a BF16 file)")
     ap.add_argument("--smollm2", action="store_true",
                     help="also SmolLM2-135M-Instruct's Q4_1 GGUF (assets/smollm2)")
     args = ap.parse_args()
@@ -231,13 +235,16 @@ def main():
                     r = results.setdefault(key, {"kv_prefill": [], "kv_decode": [], "fraction": [],
                                                  "ceiling": [], "ll_prefill": [], "ll_decode": [],
                                                  "weights": 0, "weight_dtype": ""})
-                    k = run_kvshard(path, t, p, args.gen)
+                    extra = (["--gemm-dtype", "bf16"]
+                             if args.bf16_gemm and label == "random BF16" else [])
+                    k = run_kvshard(path, t, p, args.gen, extra)
                     r["kv_prefill"].append(k["prefill_tokens_per_s"])
                     r["kv_decode"].append(k["decode_tokens_per_s"])
                     r["fraction"].append(k["bandwidth_fraction"])
                     r["ceiling"].append(k["mem_read_gbs"])
                     r["weights"] = k["weights_bytes"]
-                    r["weight_dtype"] = k["weight_dtype"]
+                    r["weight_dtype"] = k["weight_dtype"] + (
+                        " (bf16 GEMM inputs)" if k.get("gemm_dtype") == "bf16" else "")
                     best_p, best_d = 0.0, 0.0
                     for fa in (0, 1):
                         ll = run_llama(bench, path, t, p, args.gen, fa)

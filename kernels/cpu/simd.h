@@ -31,6 +31,10 @@ inline float sum(vec a) { return _mm512_reduce_add_ps(a); }
 inline vec set1(float x) { return _mm512_set1_ps(x); }
 inline vec mul(vec a, vec b) { return _mm512_mul_ps(a, b); }
 inline vec sub(vec a, vec b) { return _mm512_sub_ps(a, b); }
+inline vec div(vec a, vec b) { return _mm512_div_ps(a, b); }
+inline vec select_ge(vec x, float limit, vec a, vec b) {  // a where x >= limit, else b
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(limit), _CMP_GE_OQ), b, a);
+}
 inline vec max(vec a, vec b) { return _mm512_max_ps(a, b); }
 inline float max_lane(vec a) { return _mm512_reduce_max_ps(a); }
 inline void store(float* p, vec a) { _mm512_storeu_ps(p, a); }
@@ -127,6 +131,10 @@ inline float sum(vec a) {
 inline vec set1(float x) { return _mm256_set1_ps(x); }
 inline vec mul(vec a, vec b) { return _mm256_mul_ps(a, b); }
 inline vec sub(vec a, vec b) { return _mm256_sub_ps(a, b); }
+inline vec div(vec a, vec b) { return _mm256_div_ps(a, b); }
+inline vec select_ge(vec x, float limit, vec a, vec b) {
+  return _mm256_blendv_ps(b, a, _mm256_cmp_ps(x, _mm256_set1_ps(limit), _CMP_GE_OQ));
+}
 inline vec max(vec a, vec b) { return _mm256_max_ps(a, b); }
 inline float max_lane(vec a) {
   const __m128 s = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
@@ -220,6 +228,8 @@ inline float sum(vec a) { return a; }
 inline vec set1(float x) { return x; }
 inline vec mul(vec a, vec b) { return a * b; }
 inline vec sub(vec a, vec b) { return a - b; }
+inline vec div(vec a, vec b) { return a / b; }
+inline vec select_ge(vec x, float limit, vec a, vec b) { return x >= limit ? a : b; }
 inline vec max(vec a, vec b) { return a > b ? a : b; }
 inline float max_lane(vec a) { return a; }
 inline void store(float* p, vec a) { *p = a; }

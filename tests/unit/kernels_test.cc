@@ -391,7 +391,30 @@ TEST(SiluMul, MatchesDefinition) {
   const auto g = Random(50, 6), u = Random(50, 7);
   std::vector<float> y(50);
   silu_mul(y.data(), g.data(), u.data(), 50);
-  for (int i = 0; i < 50; ++i) EXPECT_NEAR(y[i], g[i] / (1 + std::exp(-g[i])) * u[i], 1e-5);
+  for (int i = 0; i < 50; ++i) {
+    const double want = g[i] / (1 + std::exp(-static_cast<double>(g[i]))) * u[i];
+    EXPECT_NEAR(y[i], want, 1e-6 * (1 + std::fabs(want))) << g[i];
+  }
+}
+
+// Far into both tails (exp(-|g|) underflows, sigmoid rounds to 1), in place, and each element's
+// value independent of where it falls: the same inputs at another offset and length (the vector
+// body, the padded tail, and the OpenMP team for a prefill-sized n) give the same bits.
+TEST(SiluMul, TailsInPlaceAndIndependentOfPosition) {
+  const std::vector<float> edge = {-200.0f, -88.0f, -87.0f, -20.0f, -1e-30f, 0.0f,
+                                   1e-30f,  20.0f,  87.0f,  88.0f,  200.0f};
+  for (float gi : edge) {
+    float y = gi, u = 1.5f;
+    silu_mul(&y, &y, &u, 1);
+    const double want = gi / (1 + std::exp(-static_cast<double>(gi))) * 1.5;
+    EXPECT_NEAR(y, want, 1e-6 * (1 + std::fabs(want))) << gi;
+  }
+  const int64_t n = (int64_t{1} << 16) + 5;
+  const auto g = Random(n, 8), u = Random(n, 9);
+  std::vector<float> all(n), shifted(n - 3);
+  silu_mul(all.data(), g.data(), u.data(), n);
+  silu_mul(shifted.data(), g.data() + 3, u.data() + 3, n - 3);
+  for (int64_t i = 0; i + 3 < n; ++i) ASSERT_EQ(shifted[i], all[i + 3]) << i;
 }
 
 TEST(StreamRead, SumsEveryElementOnAnyThreadCount) {
