@@ -40,11 +40,10 @@ static_assert(kDepth % kPackedChunk == 0, "a slice holds whole chunks of a packe
 static_assert(kPackedChunk % kWidth == 0, "a vector never straddles two chunks");
 static_assert(kMaxColumns % kCols == 0, "a column block holds whole panels");
 
-// c[r][j] = (load ? c[r][j] : 0) + sum_k x[r * ldx + k] * p[k * kCols + j], k in order.
+// A microkernel's R x kVectors accumulators from c (or zero), and back.
 template <int R>
-void micro(const float* x, int64_t ldx, const float* p, int64_t depth, float* c, int64_t ldc,
-           bool load) {
-  vec acc[R][kVectors];
+[[gnu::always_inline]] inline void tile_load(vec (&acc)[R][kVectors], const float* c, int64_t ldc,
+                                             bool load) {
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 8
@@ -52,6 +51,23 @@ void micro(const float* x, int64_t ldx, const float* p, int64_t depth, float* c,
       acc[r][v] = load ? simd::load(c + r * ldc + v * kWidth) : simd::zero();
     }
   }
+}
+template <int R>
+[[gnu::always_inline]] inline void tile_store(const vec (&acc)[R][kVectors], float* c,
+                                              int64_t ldc) {
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 8
+    for (int v = 0; v < kVectors; ++v) simd::store(c + r * ldc + v * kWidth, acc[r][v]);
+  }
+}
+
+// c[r][j] = (load ? c[r][j] : 0) + sum_k x[r * ldx + k] * p[k * kCols + j], k in order.
+template <int R>
+void micro(const float* x, int64_t ldx, const float* p, int64_t depth, float* c, int64_t ldc,
+           bool load) {
+  vec acc[R][kVectors];
+  tile_load<R>(acc, c, ldc, load);
   for (int64_t k = 0; k < depth; ++k, p += kCols) {
     vec b[kVectors];
 #pragma GCC unroll 8
@@ -63,11 +79,7 @@ void micro(const float* x, int64_t ldx, const float* p, int64_t depth, float* c,
       for (int v = 0; v < kVectors; ++v) acc[r][v] = simd::fma(a, b[v], acc[r][v]);
     }
   }
-#pragma GCC unroll 16
-  for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 8
-    for (int v = 0; v < kVectors; ++v) simd::store(c + r * ldc + v * kWidth, acc[r][v]);
-  }
+  tile_store<R>(acc, c, ldc);
 }
 
 using Micro = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t, bool);
@@ -214,13 +226,7 @@ void micro_bf16(const uint32_t* x, int64_t ldx, const uint32_t* p, int64_t pairs
                 int64_t ldc, bool load) {
 #if defined(__AVX512BF16__)
   vec acc[R][kVectors];
-#pragma GCC unroll 16
-  for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 8
-    for (int v = 0; v < kVectors; ++v) {
-      acc[r][v] = load ? simd::load(c + r * ldc + v * kWidth) : simd::zero();
-    }
-  }
+  tile_load<R>(acc, c, ldc, load);
   for (int64_t k = 0; k < pairs; ++k, p += kCols) {
     __m512bh b[kVectors];
 #pragma GCC unroll 8
@@ -235,11 +241,7 @@ void micro_bf16(const uint32_t* x, int64_t ldx, const uint32_t* p, int64_t pairs
       for (int v = 0; v < kVectors; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], a, b[v]);
     }
   }
-#pragma GCC unroll 16
-  for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 8
-    for (int v = 0; v < kVectors; ++v) simd::store(c + r * ldc + v * kWidth, acc[r][v]);
-  }
+  tile_store<R>(acc, c, ldc);
 #else
   for (int r = 0; r < R; ++r) {
     float acc[kCols];

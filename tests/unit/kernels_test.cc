@@ -28,20 +28,46 @@ std::vector<float> Random(size_t n, uint32_t seed) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> normal;
   std::vector<float> v(n);
-  for (float& x : v) x = normal(rng);
+  for (float &x : v) x = normal(rng);
   return v;
 }
+
+// An f32 [out, in] matrix rounded to bf16 and f16 (to nearest even), their widenings back to
+// f32, and both packed for decode (matmul.h).
+struct SixteenBit {
+  std::vector<bf16_t> b, packed_b;
+  std::vector<f16_t> h, packed_h;
+  std::vector<float> b_wide, h_wide;
+  SixteenBit(const std::vector<float> &w32, int64_t out, int64_t in)
+      : b(w32.size()),
+        packed_b(packed_weights_size(out, in)),
+        h(w32.size()),
+        packed_h(packed_weights_size(out, in)),
+        b_wide(w32.size()),
+        h_wide(w32.size()) {
+    for (size_t i = 0; i < w32.size(); ++i) {
+      b[i] = from_f32<bf16_t>(w32[i]);
+      h[i] = from_f32<f16_t>(w32[i]);
+      b_wide[i] = to_f32(b[i]);
+      h_wide[i] = to_f32(h[i]);
+    }
+    pack_weights(reinterpret_cast<const uint16_t *>(b.data()),
+                 reinterpret_cast<uint16_t *>(packed_b.data()), out, in);
+    pack_weights(reinterpret_cast<const uint16_t *>(h.data()),
+                 reinterpret_cast<uint16_t *>(packed_h.data()), out, in);
+  }
+};
 
 // Debian's OpenBLAS 0.3.21 fell back to its SSE3 kernels on a CPU it did not know (a Xeon of CPUID
 // model 207), a fifth of the speed of its AVX-512 kernels there: kvshard names the kernels where
 // the host does not, and OpenBLAS must run the ones asked for.
 TEST(Blas, RunsTheKernelsThisCpuCanUse) {
-  const BlasFns* b = blas();
+  const BlasFns *b = blas();
   if (b == nullptr || b->corename == nullptr) GTEST_SKIP() << "this build has no OpenBLAS";
   const std::string core = b->corename();
   if (blas_core_for_cpu().empty())
     GTEST_SKIP() << "no AVX2: OpenBLAS's own choice (" << core << ")";
-  const char* asked = std::getenv("OPENBLAS_CORETYPE");
+  const char *asked = std::getenv("OPENBLAS_CORETYPE");
   ASSERT_NE(asked, nullptr) << "kvshard sets OPENBLAS_CORETYPE where the host leaves it unset";
   EXPECT_EQ(strcasecmp(core.c_str(), asked), 0) << "asked for " << asked << ", runs " << core;
   EXPECT_NE(core, "Prescott");
@@ -105,8 +131,8 @@ void ExpectPackedMatmulEqualsUnpacked() {
     for (size_t i = 0; i < w.size(); ++i) w[i] = from_f32<W>(w32[i]);
     ASSERT_EQ(packed_weights_size(out, in), (out + 3) / 4 * 4 * in);
     std::vector<W> packed(packed_weights_size(out, in));
-    pack_weights(reinterpret_cast<const uint16_t*>(w.data()),
-                 reinterpret_cast<uint16_t*>(packed.data()), out, in);
+    pack_weights(reinterpret_cast<const uint16_t *>(w.data()),
+                 reinterpret_cast<uint16_t *>(packed.data()), out, in);
     std::vector<float> got(T * out), want(T * out);
     matmul_packed(got.data(), x.data(), packed.data(), T, in, out);
     matmul(want.data(), x.data(), w.data(), T, in, out);
@@ -127,18 +153,10 @@ TEST(Matmul, PrefillSizedProductsMatchNaive) {
     SCOPED_TRACE(::testing::Message()
                  << T << "x" << in << "x" << out << " gemm " << matmul_uses_gemm(T, in, out));
     const auto x = Random(T * in, 31), w32 = Random(out * in, 32);
-    std::vector<bf16_t> wb(w32.size());
-    std::vector<f16_t> wh(w32.size());
-    std::vector<float> wbf(w32.size()), whf(w32.size());
-    for (size_t i = 0; i < w32.size(); ++i) {
-      wb[i] = from_f32<bf16_t>(w32[i]);
-      wh[i] = from_f32<f16_t>(w32[i]);
-      wbf[i] = to_f32(wb[i]);
-      whf[i] = to_f32(wh[i]);
-    }
-    std::vector<bf16_t> pb(packed_weights_size(out, in));
-    pack_weights(reinterpret_cast<const uint16_t*>(wb.data()),
-                 reinterpret_cast<uint16_t*>(pb.data()), out, in);
+    const SixteenBit sb(w32, out, in);
+    const auto &wb = sb.b, &pb = sb.packed_b;
+    const auto &wh = sb.h;
+    const auto &wbf = sb.b_wide, &whf = sb.h_wide;
     std::vector<float> y(T * out), acc(T * out, 1.0f), yb(T * out), yh(T * out), ypb(T * out);
     matmul(y.data(), x.data(), w32.data(), T, in, out);
     matmul_accumulate(acc.data(), x.data(), w32.data(), T, in, out);
@@ -181,21 +199,10 @@ TEST(Gemm, OneChainPerOutputAtEveryEdge) {
                             {3, 513, 47}}) {
     SCOPED_TRACE(::testing::Message() << T << "x" << in << "x" << out);
     const auto x = Random(T * in, 41), w32 = Random(out * in, 42);
-    std::vector<bf16_t> wb(w32.size());
-    std::vector<f16_t> wh(w32.size());
-    std::vector<float> wbf(w32.size()), whf(w32.size());
-    for (size_t i = 0; i < w32.size(); ++i) {
-      wb[i] = from_f32<bf16_t>(w32[i]);
-      wh[i] = from_f32<f16_t>(w32[i]);
-      wbf[i] = to_f32(wb[i]);
-      whf[i] = to_f32(wh[i]);
-    }
-    std::vector<bf16_t> pb(packed_weights_size(out, in));
-    std::vector<f16_t> ph(packed_weights_size(out, in));
-    pack_weights(reinterpret_cast<const uint16_t*>(wb.data()),
-                 reinterpret_cast<uint16_t*>(pb.data()), out, in);
-    pack_weights(reinterpret_cast<const uint16_t*>(wh.data()),
-                 reinterpret_cast<uint16_t*>(ph.data()), out, in);
+    const SixteenBit sb(w32, out, in);
+    const auto &wb = sb.b, &pb = sb.packed_b;
+    const auto &wh = sb.h, &ph = sb.packed_h;
+    const auto &wbf = sb.b_wide, &whf = sb.h_wide;
     const size_t n = static_cast<size_t>(T) * out;
     std::vector<float> y(n, -1.0f), acc(n, 0.5f), yb(n), ybw(n), ypb(n), yh(n), yhw(n), yph(n);
     gemm(y.data(), x.data(), w32.data(), T, in, out, false);
@@ -258,10 +265,8 @@ TEST(Gemm, Bf16InputsArePairsOfBf16ProductsInOneChain) {
                             {16, 1024, 64}}) {
     SCOPED_TRACE(::testing::Message() << T << "x" << in << "x" << out);
     const auto x = Random(T * in, 51), w32 = Random(out * in, 52);
-    std::vector<bf16_t> wb(w32.size()), pb(packed_weights_size(out, in));
-    for (size_t i = 0; i < w32.size(); ++i) wb[i] = from_f32<bf16_t>(w32[i]);
-    pack_weights(reinterpret_cast<const uint16_t*>(wb.data()),
-                 reinterpret_cast<uint16_t*>(pb.data()), out, in);
+    const SixteenBit sb(w32, out, in);
+    const auto &wb = sb.b, &pb = sb.packed_b;
     const size_t n = static_cast<size_t>(T) * out;
     std::vector<float> y(n), yp(n), y1(n), last(out);
     gemm_bf16_inputs(y.data(), x.data(), wb.data(), false, T, in, out);
