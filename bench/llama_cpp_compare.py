@@ -199,8 +199,11 @@ def main():
     ap.add_argument("--model-flags", default="--layers 4 --dim 1024 --heads 16 --kv-heads 4 "
                     "--ffn 4096 --vocab 8192", help="make-model flags of the random model")
     ap.add_argument("--bf16-gemm", action="store_true",
-                    help="run kvshard with --gemm-dtype bf16 on the BF16 file (bf16 inputs on "
-                    "AVX512-BF16 dot products, as llama.cpp computes a BF16 file)")
+                    help="run kvshard with --gemm-dtype bf16 on the BF16 file (bf16 inputs on AMX "
+                    "tiles or AVX512-BF16 dot products, as llama.cpp computes a BF16 file)")
+    ap.add_argument("--bf16-gemm-f16", action="store_true",
+                    help="also on the F16 file (each f16 weight split exactly into two bf16 "
+                    "parts: the tile unit's rate where the CPU has AMX)")
     ap.add_argument("--smollm2", action="store_true",
                     help="also SmolLM2-135M-Instruct's Q4_1 GGUF (assets/smollm2)")
     args = ap.parse_args()
@@ -235,8 +238,9 @@ def main():
                     r = results.setdefault(key, {"kv_prefill": [], "kv_decode": [], "fraction": [],
                                                  "ceiling": [], "ll_prefill": [], "ll_decode": [],
                                                  "weights": 0, "weight_dtype": ""})
-                    extra = (["--gemm-dtype", "bf16"]
-                             if args.bf16_gemm and label == "random BF16" else [])
+                    bf16_inputs = ((args.bf16_gemm and label == "random BF16") or
+                                   (args.bf16_gemm_f16 and label == "random F16"))
+                    extra = ["--gemm-dtype", "bf16"] if bf16_inputs else []
                     k = run_kvshard(path, t, p, args.gen, extra)
                     r["kv_prefill"].append(k["prefill_tokens_per_s"])
                     r["kv_decode"].append(k["decode_tokens_per_s"])

@@ -17,6 +17,7 @@
 #include "cluster/runtime.h"
 #include "coordinator/serving_engine.h"
 #include "kernels/cpu/compute_peak.h"
+#include "kernels/cpu/gemm.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/simd.h"
 #include "kernels/cpu/stream_read.h"
@@ -175,9 +176,13 @@ Status RunRoot(const BenchFlags& f, Runtime& rt, ServingEngine& engine, const To
     }
     if (totals.amx_peak_gflops > 0) {
       out["amx_bf16_peak_gflops"] = totals.amx_peak_gflops;
+      out["prefill_amx_fraction"] = prefill_gflops / totals.amx_peak_gflops;
     } else {
       out["amx_bf16_peak_gflops"] = nullptr;  // no AMX-BF16, or the kernel refused the tiles
     }
+  }
+  if (!rt.device && f.shard.gemm_dtype == "bf16") {
+    out["gemm_bf16"] = gemm_bf16_description();  // the path of products with bf16 inputs
   }
   if (f.compare_no_cache) {
     RequestSpec nc = req;

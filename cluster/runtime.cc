@@ -63,10 +63,11 @@ void AddShardFlags(CLI::App* cmd, ShardFlags* f) {
                   "matrix's stored dtype, block-quantized GGUF tensors as f32; cuda uses bf16, or "
                   "f16 for an f16 checkpoint). cuda: also the GEMM input dtype");
   cmd->add_option("--gemm-dtype", f->gemm_dtype,
-                  "cpu: the inputs of prefill-sized products (16 tokens or more) with bf16 weight "
-                  "matrices: f32 (the weights widened, exact) or bf16 (the activations rounded to "
-                  "bf16, AVX512-BF16 dot products with f32 sums where the CPU has them; "
-                  "llama.cpp's choice for BF16 files). cuda: its GEMM inputs follow --weight-dtype")
+                  "cpu: the inputs of prefill-sized products (16 tokens or more) with bf16 or f16 "
+                  "weight matrices: f32 (the weights widened, exact) or bf16 (the activations "
+                  "rounded to bf16, f32 sums; AMX tiles, or AVX512-BF16 dot products, where the "
+                  "CPU has them; llama.cpp's choice for BF16 files; f16 weights are split exactly "
+                  "into two bf16 parts). cuda: its GEMM inputs follow --weight-dtype")
       ->check(CLI::IsMember({"f32", "bf16"}));
   cmd->add_flag("--no-cuda-graphs", f->no_cuda_graphs, "cuda: run decode steps without graphs");
 }

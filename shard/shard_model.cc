@@ -68,25 +68,18 @@ class CpuOps {
       using W = std::remove_cv_t<std::remove_pointer_t<decltype(w)>>;
       if constexpr (std::is_same_v<W, float>) {
         matmul(Data(out), Data(in), w, T, k, n);
-        return;
-      } else if constexpr (std::is_same_v<W, bf16_t>) {
-        if (m_.options_.bf16_gemm_inputs && matmul_uses_gemm(T, k, n)) {
-          gemm_bf16_inputs(Data(out), Data(in), w, m.packed(), T, k, n);
-          return;
-        }
-      }
-      if constexpr (!std::is_same_v<W, float>) {
-        if (m.packed()) {
-          matmul_packed(Data(out), Data(in), w, T, k, n);
-        } else {
-          matmul(Data(out), Data(in), w, T, k, n);
-        }
+      } else if (m_.options_.bf16_gemm_inputs && matmul_uses_gemm(T, k, n)) {
+        gemm_bf16_inputs(Data(out), Data(in), w, m.packed(), T, k, n);
+      } else if (m.packed()) {
+        matmul_packed(Data(out), Data(in), w, T, k, n);
+      } else {
+        matmul(Data(out), Data(in), w, T, k, n);
       }
     });
     return Status::Ok();
   }
   // Activations stay f32: 16-bit weights are widened inside matmul (or, with bf16_gemm_inputs,
-  // rounded to bf16 inside gemm_bf16_inputs).
+  // the activations rounded to bf16 inside gemm_bf16_inputs).
   Status GemmInput(Buf, int64_t) { return Status::Ok(); }
   Status Rope(Buf a, int64_t heads, int64_t T) {
     rope(Data(a), in_.rope_positions, m_.inv_freq_.data(), T, heads, c_.head_dim,

@@ -32,7 +32,7 @@ struct ShardOptions {
   std::optional<DType> weight_dtype;
   int64_t max_tokens_per_step = 512;  // workspace size: the most tokens one step may carry
   int64_t max_seqs = 256;             // block table slots: sequences running at once
-  // Prefill-sized products with bf16 weight matrices take bf16 inputs (kernels/cpu/gemm.h's
+  // Prefill-sized products with bf16 or f16 weight matrices take bf16 inputs (kernels/cpu/gemm.h's
   // gemm_bf16_inputs: the activations rounded to bf16); false: f32 inputs, the weights widened.
   bool bf16_gemm_inputs = false;
   int tune_threads = 0;  // > 0: pick the OpenMP team size in 1..tune_threads by measurement

@@ -6,18 +6,7 @@
 #include <chrono>
 #include <cstdint>
 
-#if defined(__x86_64__)
-#include <cpuid.h>
-// The AMX intrinsics, whatever vector unit this build targets (GCC bug 105593, as simd.h).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
-#include <sys/syscall.h>
-#include <unistd.h>
-#endif
-
+#include "kernels/cpu/amx.h"
 #include "kernels/cpu/simd.h"
 
 namespace kvshard {
@@ -87,40 +76,14 @@ float bf16_dot_chains(int64_t iters, float seed) {
 #endif
 
 #if defined(__x86_64__)
-// AMX: whether the CPU has the bf16 tile unit (CPUID leaf 7: EDX bit 24 AMX-TILE, bit 22
-// AMX-BF16) and Linux lets this process use the tile data registers (arch_prctl
-// ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA, once for the whole process).
-bool amx_bf16_usable() {
-  unsigned a = 0, b = 0, c = 0, d = 0;
-  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
-  if (!(d & (1u << 24)) || !(d & (1u << 22))) return false;
-  constexpr long kArchReqXcompPerm = 0x1023;
-  constexpr long kXfeatureXtiledata = 18;
-  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
-}
-
-// The tile configuration (palette 1): tiles 0-3 accumulate 16 x 16 f32, tiles 4-7 hold 16 rows
-// of 32 bf16 (64 bytes) each.
-struct alignas(64) TileConfig {
-  uint8_t palette = 1, start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
 // Four independent accumulators, each TDPBF16PS 16 x 16 x 32 multiply-adds, from two A and two B
 // tiles loaded once (from L1) so that only the tile unit is timed.
 __attribute__((target("amx-tile,amx-bf16"))) float amx_bf16_chains(int64_t iters, float seed) {
-  TileConfig cfg;
-  for (int t = 0; t < 8; ++t) {
-    cfg.colsb[t] = 64;
-    cfg.rows[t] = 16;
-  }
   alignas(64) uint16_t src[16 * 32];
   const uint16_t one = 0x3f80;  // bf16 1.0
   for (uint16_t& x : src) x = one;
   alignas(64) float out[16 * 16];
-  _tile_loadconfig(&cfg);
+  amx_configure();
   _tile_zero(0);
   _tile_zero(1);
   _tile_zero(2);
@@ -136,7 +99,7 @@ __attribute__((target("amx-tile,amx-bf16"))) float amx_bf16_chains(int64_t iters
     _tile_dpbf16ps(3, 5, 7);
   }
   _tile_stored(0, out, 64);
-  _tile_release();
+  amx_release();
   return out[0] + seed;
 }
 #endif
@@ -160,8 +123,7 @@ std::optional<double> measure_bf16_dot_peak_gflops(int threads, int repeats) {
 
 std::optional<double> measure_amx_bf16_peak_gflops(int threads, int repeats) {
 #if defined(__x86_64__)
-  static const bool usable = amx_bf16_usable();
-  if (!usable) return std::nullopt;
+  if (!amx_bf16_usable()) return std::nullopt;
   // 4 tiles x 16 x 16 x 32 multiply-adds x 2 FLOP per iteration.
   return best_gflops(threads, repeats, 4.0 * 16 * 16 * 32 * 2, amx_bf16_chains);
 #else

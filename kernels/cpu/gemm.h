@@ -39,8 +39,23 @@ void gemm(float* out, const float* x, const bf16_t* w, bool packed, int64_t toke
 // VDPBF16PS). Still one chain per output: independent of the tokens beside it and the threads.
 void gemm_bf16_inputs(float* out, const float* x, const bf16_t* w, bool packed, int64_t tokens,
                       int64_t in_features, int64_t out_features);
-// Whether gemm_bf16_inputs runs on AVX512-BF16 dot products in this build.
+// f16 weights: each split exactly into two bf16 parts (the weight cut to bf16 and the rest), both
+// met by the token's feature rounded to bf16, their products added one after the other: twice the
+// dot products of bf16 weights, for the tile unit's rate where the CPU has AMX.
+void gemm_bf16_inputs(float* out, const float* x, const f16_t* w, bool packed, int64_t tokens,
+                      int64_t in_features, int64_t out_features);
+// On a CPU with AMX-BF16 (where Linux allows it, and unless KVSHARD_AMX=0), the same products run
+// on the tile unit (32 x 32 tiles of TDPBF16PS), which sums each 16 pairs in its own order: equal
+// to the dot products' sums within f32 rounding, and still one chain per output, independent of
+// the tokens beside it and the threads.
+// Whether gemm_bf16_inputs runs on bf16 dot products (AVX512-BF16 or AMX) in this build.
 bool gemm_has_bf16_dot();
+// Whether gemm_bf16_inputs takes the tile unit now; gemm_allow_amx(false) keeps it off for the
+// process from then on (tests and benchmarks of the other path), true lets it back.
+bool gemm_uses_amx();
+void gemm_allow_amx(bool allow);
+// "kvshard amx 32x32", "kvshard avx512bf16 8x48" or "kvshard fma 6x16": gemm_bf16_inputs' path.
+std::string gemm_bf16_description();
 
 // "kvshard avx512 8x48" (the vector unit, and the microkernel's tile: tokens x features).
 std::string gemm_description();

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <random>
 
 #include "kernels/cpu/activation.h"
@@ -251,11 +252,66 @@ TEST(Gemm, OneChainPerOutputAtEveryEdge) {
 
 // bf16 inputs (gemm_bf16_inputs): x rounded to bf16, each pair's products added odd feature
 // first. Against double-precision sums of the rounded inputs; without AVX512-BF16, bit for bit
-// the fused multiply-add chain of that order; with it (VDPBF16PS), within f32 rounding of that
-// chain; packed == row-major, the token alone and one thread bit for bit. Odd input sizes put the
-// last feature alone in its pair.
-TEST(Gemm, Bf16InputsArePairsOfBf16ProductsInOneChain) {
+// the fused multiply-add chain of that order; with it (VDPBF16PS, or AMX's tiles where the CPU
+// has them, each path in turn), within f32 rounding of that chain; packed == row-major, the token
+// alone and one thread bit for bit. Odd input sizes put the last feature alone in its pair; 33,
+// 40 and 70 tokens leave AMX's 32-token tiles a last tile of 1, 8 (one 16-row tile) and 6.
+class GemmBf16Inputs : public ::testing::TestWithParam<bool> {
+ protected:
+  void SetUp() override {
+    gemm_allow_amx(GetParam());
+    if (GetParam() && !gemm_uses_amx()) GTEST_SKIP() << "no AMX-BF16 on this CPU or build";
+  }
+  void TearDown() override { gemm_allow_amx(true); }
+};
+INSTANTIATE_TEST_SUITE_P(Paths, GemmBf16Inputs, ::testing::Values(false, true),
+                         [](const auto &info) { return info.param ? "Amx" : "DotProducts"; });
+
+// Runs gemm_bf16_inputs on w (row-major) and packed_w, on one thread and for the last token alone,
+// and checks every output against ref(t, o) = {the double-precision sum, the sum of |terms|, the
+// fused multiply-add chain in the path's order}: near the sum, equal to the chain without bf16 dot
+// products and near it with them, the other three runs equal bit for bit.
+struct Expected {
+  double sum, scale;
+  float chain;
+};
+template <typename W, typename Ref>
+void ExpectBf16InputProduct(const std::vector<float> &x, const std::vector<W> &w,
+                            const std::vector<W> &packed_w, int T, int in, int out, Ref ref) {
+  const size_t n = static_cast<size_t>(T) * out;
+  std::vector<float> y(n), yp(n), y1(n), last(out);
+  gemm_bf16_inputs(y.data(), x.data(), w.data(), false, T, in, out);
+  gemm_bf16_inputs(yp.data(), x.data(), packed_w.data(), true, T, in, out);
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+  gemm_bf16_inputs(y1.data(), x.data(), w.data(), false, T, in, out);
+  omp_set_num_threads(threads);
+  gemm_bf16_inputs(last.data(), x.data() + (T - 1) * in, w.data(), false, 1, in, out);
+  for (int t = 0; t < T; ++t) {
+    for (int o = 0; o < out; ++o) {
+      const Expected e = ref(t, o);
+      const size_t i = static_cast<size_t>(t) * out + o;
+      const double tolerance = 1e-5 * e.scale + 1e-30;
+      ASSERT_NEAR(y[i], e.sum, tolerance) << t << "," << o;
+      if (gemm_has_bf16_dot()) {
+        ASSERT_NEAR(y[i], e.chain, tolerance) << t << "," << o;
+      } else {
+        ASSERT_EQ(y[i], e.chain) << t << "," << o;
+      }
+      ASSERT_EQ(yp[i], y[i]) << t << "," << o << ": packed";
+      ASSERT_EQ(y1[i], y[i]) << t << "," << o << ": one thread";
+      if (t == T - 1) {
+        ASSERT_EQ(last[o], y[i]) << o << ": the token alone";
+      }
+    }
+  }
+}
+
+TEST_P(GemmBf16Inputs, PairsOfBf16ProductsInOneChain) {
+  ASSERT_EQ(gemm_uses_amx(), GetParam());
   for (auto [T, in, out] : {std::tuple{1, 2, 1},
+                            {33, 64, 32},
+                            {40, 96, 70},
                             {9, 17, 49},
                             {8, 256, 48},
                             {17, 257, 385},
@@ -266,41 +322,52 @@ TEST(Gemm, Bf16InputsArePairsOfBf16ProductsInOneChain) {
     SCOPED_TRACE(::testing::Message() << T << "x" << in << "x" << out);
     const auto x = Random(T * in, 51), w32 = Random(out * in, 52);
     const SixteenBit sb(w32, out, in);
-    const auto &wb = sb.b, &pb = sb.packed_b;
-    const size_t n = static_cast<size_t>(T) * out;
-    std::vector<float> y(n), yp(n), y1(n), last(out);
-    gemm_bf16_inputs(y.data(), x.data(), wb.data(), false, T, in, out);
-    gemm_bf16_inputs(yp.data(), x.data(), pb.data(), true, T, in, out);
-    const int threads = omp_get_max_threads();
-    omp_set_num_threads(1);
-    gemm_bf16_inputs(y1.data(), x.data(), wb.data(), false, T, in, out);
-    omp_set_num_threads(threads);
-    gemm_bf16_inputs(last.data(), x.data() + (T - 1) * in, wb.data(), false, 1, in, out);
-    for (int t = 0; t < T; ++t) {
-      for (int o = 0; o < out; ++o) {
-        double ref = 0;
-        float chain = 0.0f;
-        for (int k = 0; k < in; k += 2) {
-          const float x0 = to_f32(from_f32<bf16_t>(x[t * in + k])), w0 = to_f32(wb[o * in + k]);
-          const float x1 = k + 1 < in ? to_f32(from_f32<bf16_t>(x[t * in + k + 1])) : 0.0f;
-          const float w1 = k + 1 < in ? to_f32(wb[o * in + k + 1]) : 0.0f;
-          ref += static_cast<double>(x0) * w0 + static_cast<double>(x1) * w1;
-          chain = std::fma(x0, w0, std::fma(x1, w1, chain));
-        }
-        const size_t i = static_cast<size_t>(t) * out + o;
-        ASSERT_NEAR(y[i], ref, 1e-4 * std::sqrt(in)) << t << "," << o;
-        if (gemm_has_bf16_dot()) {
-          ASSERT_NEAR(y[i], chain, 1e-5 * std::sqrt(in)) << t << "," << o;
-        } else {
-          ASSERT_EQ(y[i], chain) << t << "," << o;
-        }
-        ASSERT_EQ(yp[i], y[i]) << t << "," << o << ": packed";
-        ASSERT_EQ(y1[i], y[i]) << t << "," << o << ": one thread";
-        if (t == T - 1) {
-          ASSERT_EQ(last[o], y[i]) << o << ": the token alone";
-        }
+    const auto &wb = sb.b;
+    ExpectBf16InputProduct(x, wb, sb.packed_b, T, in, out, [&](int t, int o) {
+      Expected e{0, 0, 0.0f};
+      for (int k = 0; k < in; k += 2) {
+        const float x0 = to_f32(from_f32<bf16_t>(x[t * in + k])), w0 = to_f32(wb[o * in + k]);
+        const float x1 = k + 1 < in ? to_f32(from_f32<bf16_t>(x[t * in + k + 1])) : 0.0f;
+        const float w1 = k + 1 < in ? to_f32(wb[o * in + k + 1]) : 0.0f;
+        e.sum += static_cast<double>(x0) * w0 + static_cast<double>(x1) * w1;
+        e.scale += std::abs(static_cast<double>(x0) * w0) + std::abs(static_cast<double>(x1) * w1);
+        e.chain = std::fma(x0, w0, std::fma(x1, w1, e.chain));
       }
+      return e;
+    });
+  }
+}
+
+// f16 weights with bf16 inputs: each weight split into its bf16 cut and the rest (exact), both
+// met by the token's feature rounded to bf16, the rest's product added first. Against
+// double-precision sums of the rounded x times the f16 weights (the split loses nothing); the
+// chain of that order bit for bit without AVX512-BF16, within f32 rounding of it with dot
+// products or tiles. Tiny and huge weights (f16's subnormals, 65504) and weights of many
+// exponents check the split.
+TEST_P(GemmBf16Inputs, F16WeightsSplitExactlyInTwoBf16Parts) {
+  for (auto [T, in, out] : {std::tuple{1, 1, 1}, {33, 64, 32}, {17, 257, 385}, {70, 31, 100}}) {
+    SCOPED_TRACE(::testing::Message() << T << "x" << in << "x" << out);
+    const auto x = Random(T * in, 61);
+    auto w32 = Random(out * in, 62);
+    for (size_t i = 0; i < w32.size(); i += 7) {
+      w32[i] = std::ldexp(w32[i], static_cast<int>(i % 40) - 26);
     }
+    w32[0] = 65504.0f;
+    if (w32.size() > 1) w32[1] = 3e-7f;  // an f16 subnormal
+    const SixteenBit sb(w32, out, in);
+    ExpectBf16InputProduct(x, sb.h, sb.packed_h, T, in, out, [&](int t, int o) {
+      Expected e{0, 0, 0.0f};
+      for (int k = 0; k < in; ++k) {
+        const float xk = to_f32(from_f32<bf16_t>(x[t * in + k])), wk = sb.h_wide[o * in + k];
+        uint32_t bits;
+        std::memcpy(&bits, &wk, sizeof bits);
+        const float cut = bf16_bits_to_f32(static_cast<uint16_t>(bits >> 16));
+        e.sum += static_cast<double>(xk) * wk;
+        e.scale += std::abs(static_cast<double>(xk) * wk);
+        e.chain = std::fma(xk, cut, std::fma(xk, wk - cut, e.chain));
+      }
+      return e;
+    });
   }
 }
 
