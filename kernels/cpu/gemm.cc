@@ -205,9 +205,87 @@ void drive(float* out, int64_t tokens, int64_t units, int64_t n_out, bool accumu
   }
 }
 
+// Products of a few tokens with row-major f32 weights (batched decode), where packing the weights
+// would cost as much as multiplying them: the roles turned around so that the weights are read in
+// place. x is transposed once per call into vectors of kWidth tokens (zero past the last token);
+// for kWidth rows of w at a time, each input feature's kWidth weights are broadcast, one per row,
+// against the token vector (one vector load and kWidth broadcasts per kWidth fused multiply-adds),
+// and the kWidth x kWidth accumulators are transposed into rows of out at the end. Each output is
+// the GEMM's chain of fused multiply-adds over k in order, so the results are the GEMM's bit for
+// bit. Up to kSmallTokens tokens (measured below); threads take contiguous runs of row blocks.
+constexpr int64_t kSmallTokens = 32;
+// KVSHARD_SMALL_GEMM=0 (read once) sends them to the packed GEMM, for measurements.
+[[maybe_unused]] bool small_gemm_off() {
+  static const bool off = [] {
+    const char* e = std::getenv("KVSHARD_SMALL_GEMM");
+    return e != nullptr && std::string(e) == "0";
+  }();
+  return off;
+}
+
+[[gnu::always_inline]] inline void small_block(const float* xt, const float* const* rows,
+                                               int64_t in, vec (&acc)[kWidth]) {
+  for (int64_t k = 0; k < in; ++k) {
+    const vec xv = simd::load(xt + k * kWidth);
+#pragma GCC unroll 16
+    for (int r = 0; r < kWidth; ++r) acc[r] = simd::fma(simd::set1(rows[r][k]), xv, acc[r]);
+  }
+}
+
+[[maybe_unused]] void gemm_small(float* out, const float* x, const float* w, int64_t tokens,
+                                 int64_t in, int64_t n_out, bool accumulate) {
+  const int64_t groups = (tokens + kWidth - 1) / kWidth;
+  static thread_local std::vector<float> xt_store;  // [group][k][lane]
+  if (xt_store.size() < static_cast<size_t>(groups * in * kWidth)) {
+    xt_store.resize(groups * in * kWidth);
+  }
+  float* xt = xt_store.data();
+  for (int64_t g = 0; g < groups; ++g) {
+    for (int64_t k = 0; k < in; ++k) {
+      for (int l = 0; l < kWidth; ++l) {
+        const int64_t t = g * kWidth + l;
+        xt[(g * in + k) * kWidth + l] = t < tokens ? x[t * in + k] : 0.0f;
+      }
+    }
+  }
+  const int64_t blocks = (n_out + kWidth - 1) / kWidth;
+#pragma omp parallel for schedule(static) if (tokens * in * n_out >= kParallelMacs && blocks > 1)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t n0 = b * kWidth, live = std::min<int64_t>(kWidth, n_out - n0);
+    const float* rows[kWidth];
+    for (int r = 0; r < kWidth; ++r) rows[r] = w + std::min<int64_t>(n0 + r, n_out - 1) * in;
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t t0 = g * kWidth, nt = std::min<int64_t>(kWidth, tokens - t0);
+      alignas(64) float tile[kWidth * kWidth] = {};  // [token][row]
+      vec acc[kWidth];
+      if (accumulate) {
+        for (int64_t t = 0; t < nt; ++t) {
+          std::memcpy(tile + t * kWidth, out + (t0 + t) * n_out + n0, live * sizeof(float));
+        }
+        for (int i = 0; i < kWidth; ++i) acc[i] = simd::load(tile + i * kWidth);
+        simd::transpose(acc);  // [row][token]
+      } else {
+        for (vec& a : acc) a = simd::zero();
+      }
+      small_block(xt + g * in * kWidth, rows, in, acc);
+      simd::transpose(acc);  // [token][row]
+      for (int i = 0; i < kWidth; ++i) simd::store(tile + i * kWidth, acc[i]);
+      for (int64_t t = 0; t < nt; ++t) {
+        std::memcpy(out + (t0 + t) * n_out + n0, tile + t * kWidth, live * sizeof(float));
+      }
+    }
+  }
+}
+
 template <typename W>
 void gemm_any(float* out, const float* x, const W* w, bool packed, int64_t tokens, int64_t in,
               int64_t n_out, bool accumulate) {
+  if constexpr (std::is_same_v<W, float> && kWidth > 1) {
+    if (tokens <= kSmallTokens && !small_gemm_off()) {
+      gemm_small(out, x, w, tokens, in, n_out, accumulate);
+      return;
+    }
+  }
   drive<kRows, kCols, float>(
       out, tokens, in, n_out, accumulate, kDepth, tokens * in * n_out >= kParallelMacs, [] {},
       [&](int64_t n0, int64_t cols, int64_t k0, int64_t depth, float* p) {

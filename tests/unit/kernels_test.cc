@@ -191,7 +191,13 @@ TEST(Matmul, PrefillSizedProductsMatchNaive) {
 // token computed alone and on one thread, and 16-bit weights (row-major and packed) to the f32
 // product of their widening.
 TEST(Gemm, OneChainPerOutputAtEveryEdge) {
+  // Up to 32 tokens with f32 weights take the small-batch kernel (weights in place), more the
+  // packed GEMM: 16, 31, 32 and 33 tokens meet at that edge.
   for (auto [T, in, out] : {std::tuple{1, 1, 1},
+                            {16, 64, 17},
+                            {31, 100, 33},
+                            {32, 129, 64},
+                            {33, 65, 50},
                             {9, 17, 49},
                             {8, 256, 48},
                             {17, 257, 385},
