@@ -185,10 +185,10 @@ TEST(Matmul, PrefillSizedProductsMatchNaive) {
 }
 
 // The GEMM (kernels/cpu/gemm.h) at sizes around its tile (tokens off the microkernel's rows,
-// features off the panel, the column block and the packed slice of 256 input features, the 32-
-// column chunks of packed 16-bit rows): against double-precision sums; each output equal bit for
-// bit to one chain of fused multiply-adds over k in order (where the build has FMA), to the same
-// token computed alone and on one thread, and 16-bit weights (row-major and packed) to the f32
+// features off the panel, the column block and the packed slice of 256 or 512 input features, the
+// 32- column chunks of packed 16-bit rows): against double-precision sums; each output equal bit
+// for bit to one chain of fused multiply-adds over k in order (where the build has FMA), to the
+// same token computed alone and on one thread, and 16-bit weights (row-major and packed) to the f32
 // product of their widening.
 TEST(Gemm, OneChainPerOutputAtEveryEdge) {
   // Up to 32 tokens with f32 weights take the small-batch kernel (weights in place), more the
