@@ -421,7 +421,7 @@ struct Words<f16_t> {
 // k < pairs, and 0 from there to depth. kWidth rows x kWidth words (contiguous in a row and in a
 // packed chunk) are transposed in registers at once.
 template <int Cols, typename W>
-void pack_pairs(const W* w, bool packed, int64_t in, int64_t n0, int64_t cols, int64_t k0,
+void pack_words(const W* w, bool packed, int64_t in, int64_t n0, int64_t cols, int64_t k0,
                 int64_t pairs, int64_t depth, uint32_t* p) {
   static_assert(Cols % kWidth == 0, "a panel holds whole vectors");
   constexpr int64_t f = Words<W>::kFeatures;
@@ -598,7 +598,7 @@ void gemm_bf16_amx(float* out, const float* x, const W* w, bool packed, int64_t 
       },
       [&](int64_t n0, int64_t cols, int64_t u0, int64_t depth, uint32_t* p) {
         const int64_t live = std::clamp<int64_t>(pairs - u0, 0, depth);
-        pack_pairs<kAmxCols>(w, packed, in, n0, cols, f * u0, live, depth, p);
+        pack_words<kAmxCols>(w, packed, in, n0, cols, f * u0, live, depth, p);
       },
       [&](int r, int64_t t0, int64_t u0, const uint32_t* panel, int64_t depth, float* c,
           int64_t ldc,
@@ -661,7 +661,7 @@ void gemm_bf16_any(float* out, const float* x, const W* w, bool packed, int64_t 
       out, tokens, pairs, out_features, false, kDepthPairs,
       tokens * in * out_features >= kParallelMacs, [&] { round_rows<W>(x, tokens, in, xw, pairs); },
       [&](int64_t n0, int64_t cols, int64_t u0, int64_t depth, uint32_t* p) {
-        pack_pairs<kCols>(w, packed, in, n0, cols, f * u0, depth, depth, p);
+        pack_words<kCols>(w, packed, in, n0, cols, f * u0, depth, depth, p);
       },
       [&](int rows, int64_t t0, int64_t u0, const uint32_t* panel, int64_t depth, float* c,
           int64_t ldc, bool load) {
