@@ -206,15 +206,20 @@ void drive(float* out, int64_t tokens, int64_t units, int64_t n_out, bool accumu
   }
 }
 
-// Products of a few tokens with row-major f32 weights (batched decode), where packing the weights
-// would cost as much as multiplying them: the roles turned around so that the weights are read in
-// place. x is transposed once per call into vectors of kWidth tokens (zero past the last token);
-// for kWidth rows of w at a time, each input feature's kWidth weights are broadcast, one per row,
-// against the token vector (one vector load and kWidth broadcasts per kWidth fused multiply-adds),
-// and the kWidth x kWidth accumulators are transposed into rows of out at the end. Each output is
-// the GEMM's chain of fused multiply-adds over k in order, so the results are the GEMM's bit for
-// bit. Up to kSmallTokens tokens (measured below); threads take contiguous runs of row blocks.
+// Products of a few tokens (batched decode), where packing the weights would cost as much as
+// multiplying them: the roles turned around so that f32 weights are read in place. x is transposed
+// once per call into vectors of kWidth tokens (zero past the last token); for kWidth rows of w at a
+// time, each input feature's kWidth weights are broadcast, one per row, against the token vector
+// (one vector load and kWidth broadcasts per kWidth fused multiply-adds), and the kWidth x kWidth
+// accumulators are transposed into rows of out at the end. Each output is the GEMM's chain of fused
+// multiply-adds over k in order, so the results are the GEMM's bit for bit. Up to kSmallTokens
+// tokens (measured below); threads take contiguous runs of row blocks.
 constexpr int64_t kSmallTokens = 32;
+constexpr int64_t kSmallGroups = (kSmallTokens + kWidth - 1) / kWidth;
+// Input features per pass: all token vectors meet kWidth rows of this many weights (16-bit ones
+// widened into kWidth x kSmallDepth floats, 16 KB on AVX-512, in L1) before the next.
+constexpr int64_t kSmallDepth = 256;
+static_assert(kSmallDepth % kWidth == 0, "a pass holds whole vectors");
 // KVSHARD_SMALL_GEMM=0 (read once) sends them to the packed GEMM, for measurements.
 [[maybe_unused]] bool small_gemm_off() {
   static const bool off = [] {
@@ -225,16 +230,24 @@ constexpr int64_t kSmallTokens = 32;
 }
 
 [[gnu::always_inline]] inline void small_block(const float* xt, const float* const* rows,
-                                               int64_t in, vec (&acc)[kWidth]) {
-  for (int64_t k = 0; k < in; ++k) {
+                                               int64_t depth, vec (&acc)[kWidth]) {
+  vec a[kWidth];  // in registers for the whole pass
+#pragma GCC unroll 16
+  for (int r = 0; r < kWidth; ++r) a[r] = acc[r];
+  for (int64_t k = 0; k < depth; ++k) {
     const vec xv = simd::load(xt + k * kWidth);
 #pragma GCC unroll 16
-    for (int r = 0; r < kWidth; ++r) acc[r] = simd::fma(simd::set1(rows[r][k]), xv, acc[r]);
+    for (int r = 0; r < kWidth; ++r) a[r] = simd::fma(simd::set1(rows[r][k]), xv, a[r]);
   }
+#pragma GCC unroll 16
+  for (int r = 0; r < kWidth; ++r) acc[r] = a[r];
 }
 
-[[maybe_unused]] void gemm_small(float* out, const float* x, const float* w, int64_t tokens,
-                                 int64_t in, int64_t n_out, bool accumulate) {
+// 16-bit weights (row-major or decode-packed) are widened kWidth rows x kSmallDepth features at a
+// time into a thread's buffer, from which the same kernel reads them.
+template <typename W>
+[[maybe_unused]] void gemm_small(float* out, const float* x, const W* w, bool packed,
+                                 int64_t tokens, int64_t in, int64_t n_out, bool accumulate) {
   const int64_t groups = (tokens + kWidth - 1) / kWidth;
   static thread_local std::vector<float> xt_store;  // [group][k][lane]
   if (xt_store.size() < static_cast<size_t>(groups * in * kWidth)) {
@@ -253,24 +266,51 @@ constexpr int64_t kSmallTokens = 32;
 #pragma omp parallel for schedule(static) if (tokens * in * n_out >= kParallelMacs && blocks > 1)
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t n0 = b * kWidth, live = std::min<int64_t>(kWidth, n_out - n0);
-    const float* rows[kWidth];
-    for (int r = 0; r < kWidth; ++r) rows[r] = w + std::min<int64_t>(n0 + r, n_out - 1) * in;
+    vec acc[kSmallGroups][kWidth];
+    alignas(64) float tile[kWidth * kWidth] = {};  // [token][row]
     for (int64_t g = 0; g < groups; ++g) {
       const int64_t t0 = g * kWidth, nt = std::min<int64_t>(kWidth, tokens - t0);
-      alignas(64) float tile[kWidth * kWidth] = {};  // [token][row]
-      vec acc[kWidth];
       if (accumulate) {
         for (int64_t t = 0; t < nt; ++t) {
           std::memcpy(tile + t * kWidth, out + (t0 + t) * n_out + n0, live * sizeof(float));
         }
-        for (int i = 0; i < kWidth; ++i) acc[i] = simd::load(tile + i * kWidth);
-        simd::transpose(acc);  // [row][token]
+        for (int i = 0; i < kWidth; ++i) acc[g][i] = simd::load(tile + i * kWidth);
+        simd::transpose(acc[g]);  // [row][token]
       } else {
-        for (vec& a : acc) a = simd::zero();
+        for (vec& a : acc[g]) a = simd::zero();
       }
-      small_block(xt + g * in * kWidth, rows, in, acc);
-      simd::transpose(acc);  // [token][row]
-      for (int i = 0; i < kWidth; ++i) simd::store(tile + i * kWidth, acc[i]);
+    }
+    // f32 rows in one pass (measured ahead of passes of kSmallDepth: 109-111 against 105 GFLOP/s at
+    // 32 tokens on one Xeon core); 16-bit ones in passes, each widened once.
+    const int64_t pass = std::is_same_v<W, float> ? in : kSmallDepth;
+    for (int64_t k0 = 0; k0 < in; k0 += pass) {
+      const int64_t depth = std::min(pass, in - k0);
+      const float* rows[kWidth];
+      for (int r = 0; r < kWidth; ++r) {
+        const int64_t n = std::min<int64_t>(n0 + r, n_out - 1);
+        if constexpr (std::is_same_v<W, float>) {
+          rows[r] = w + n * in + k0;
+        } else {
+          static thread_local std::vector<float> wide;  // kWidth rows of kSmallDepth, in L1
+          if (wide.empty()) wide.resize(kWidth * kSmallDepth);
+          float* d = wide.data() + r * kSmallDepth;
+          int64_t k = 0;
+          for (; k + kWidth <= depth; k += kWidth) {
+            // kWidth columns from a multiple of kWidth are contiguous in either layout.
+            simd::store(d + k, load_w(weight_at(w, packed, n, k0 + k, in)));
+          }
+          for (; k < depth; ++k) d[k] = to_f32(*weight_at(w, packed, n, k0 + k, in));
+          rows[r] = d;
+        }
+      }
+      for (int64_t g = 0; g < groups; ++g) {
+        small_block(xt + (g * in + k0) * kWidth, rows, depth, acc[g]);
+      }
+    }
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t t0 = g * kWidth, nt = std::min<int64_t>(kWidth, tokens - t0);
+      simd::transpose(acc[g]);  // [token][row]
+      for (int i = 0; i < kWidth; ++i) simd::store(tile + i * kWidth, acc[g][i]);
       for (int64_t t = 0; t < nt; ++t) {
         std::memcpy(out + (t0 + t) * n_out + n0, tile + t * kWidth, live * sizeof(float));
       }
@@ -281,9 +321,9 @@ constexpr int64_t kSmallTokens = 32;
 template <typename W>
 void gemm_any(float* out, const float* x, const W* w, bool packed, int64_t tokens, int64_t in,
               int64_t n_out, bool accumulate) {
-  if constexpr (std::is_same_v<W, float> && kWidth > 1) {
+  if constexpr (kWidth > 1) {
     if (tokens <= kSmallTokens && !small_gemm_off()) {
-      gemm_small(out, x, w, tokens, in, n_out, accumulate);
+      gemm_small(out, x, w, packed, tokens, in, n_out, accumulate);
       return;
     }
   }

@@ -191,8 +191,8 @@ TEST(Matmul, PrefillSizedProductsMatchNaive) {
 // same token computed alone and on one thread, and 16-bit weights (row-major and packed) to the f32
 // product of their widening.
 TEST(Gemm, OneChainPerOutputAtEveryEdge) {
-  // Up to 32 tokens with f32 weights take the small-batch kernel (weights in place), more the
-  // packed GEMM: 16, 31, 32 and 33 tokens meet at that edge.
+  // Up to 32 tokens take the small-batch kernel (f32 weights in place, 16-bit ones widened 16 rows
+  // at a time), more the packed GEMM: 16, 31, 32 and 33 tokens meet at that edge.
   for (auto [T, in, out] : {std::tuple{1, 1, 1},
                             {16, 64, 17},
                             {31, 100, 33},
