@@ -132,11 +132,7 @@ class CpuOps {
     }
     int32_t* pos_a = m_.sink_pos_.data();
     int32_t* shift = pos_a + T;
-    for (int64_t t = 0; t < T; ++t) {
-      const int64_t p = in_.positions[t];
-      shift[t] = static_cast<int32_t>(-std::max<int64_t>(0, p - W + 1 - N));
-      pos_a[t] = static_cast<int32_t>(std::min<int64_t>(p, N - 1));
-    }
+    attention_sink_positions(shift, pos_a, in_.positions, T, N, W);
     float* q_sink = m_.sink_q_.data();
     std::memcpy(q_sink, m_.q_.data(), rows * hd * sizeof(float));
     rope(q_sink, shift, m_.inv_freq_.data(), T, l_.q_heads, hd, RopePairing::kHalf);

@@ -1,5 +1,6 @@
 #include "kernels/cpu/rope.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace kvshard {
@@ -22,6 +23,15 @@ void rope(float* x, const int32_t* positions, const float* inv_freq, int64_t tok
         v[b] = x0 * s + x1 * c;
       }
     }
+  }
+}
+
+void attention_sink_positions(int32_t* shift, int32_t* sink_last, const int32_t* positions,
+                              int64_t tokens, int64_t sinks, int64_t window) {
+  for (int64_t t = 0; t < tokens; ++t) {
+    const int64_t p = positions[t];
+    shift[t] = static_cast<int32_t>(-std::max<int64_t>(0, p - window + 1 - sinks));
+    sink_last[t] = static_cast<int32_t>(std::min<int64_t>(p, sinks - 1));
   }
 }
 

@@ -16,4 +16,12 @@ enum class RopePairing {
 void rope(float* x, const int32_t* positions, const float* inv_freq, int64_t tokens, int64_t heads,
           int64_t head_dim, RopePairing pairing);
 
+// Attention sinks (StreamingLLM, positions within the cache): the cache holds the first `sinks`
+// positions and the last `window` before a query at position p, which sits at cache index
+// p - d, d = max(0, p - window + 1 - sinks) positions dropped. The sinks are attended with the
+// query rotated back by d: shift[t] = -d (RoPE positions), and up to sink_last[t] = min(p, sinks
+// - 1) (attention positions). shift, sink_last, positions: int32 [tokens]; sinks >= 1.
+void attention_sink_positions(int32_t* shift, int32_t* sink_last, const int32_t* positions,
+                              int64_t tokens, int64_t sinks, int64_t window);
+
 }  // namespace kvshard

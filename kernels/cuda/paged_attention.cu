@@ -15,7 +15,7 @@ __global__ void __launch_bounds__(kAttentionThreads)
                            const float* k_scale, const float* v_scale, const PagedKvView view,
                            const int32_t* tiles, const int32_t* token_seq, const int32_t* positions,
                            int q_heads, int kv_heads, int head_dim, int tile_tokens, int kv_tile,
-                           int num_splits, float scale, int window) {
+                           int num_splits, float scale, int window, int floor) {
   const int kvh = blockIdx.y;
   const int split = blockIdx.z;
   const int group = q_heads / kv_heads;
@@ -36,7 +36,7 @@ __global__ void __launch_bounds__(kAttentionThreads)
   float* l_s = m_s + max_rows;             // f32 [max_rows] running sum of exp(score - max)
   float* c_s = l_s + max_rows;             // f32 [max_rows] this pass's rescale of the output
   KVS_SHARED(int32_t, pos_s, kAttentionMaxTileTokens);
-  KVS_SHARED(int32_t, kv_len_s, 1);  // one value: kv_len_s[0]
+  KVS_SHARED(int32_t, kv_len_s, 2);  // the tile's causal reach, then its first position
 
   if (threadIdx.x < n_tokens) pos_s[threadIdx.x] = positions[t0 + threadIdx.x];
   for (int e = threadIdx.x; e < rows * head_dim; e += kAttentionThreads) {
@@ -52,9 +52,13 @@ __global__ void __launch_bounds__(kAttentionThreads)
   }
   __syncthreads();
   if (threadIdx.x == 0) {
-    int32_t last = 0;
-    for (int i = 0; i < n_tokens; ++i) last = max(last, pos_s[i]);
+    int32_t last = 0, first = pos_s[0];
+    for (int i = 0; i < n_tokens; ++i) {
+      last = max(last, pos_s[i]);
+      first = min(first, pos_s[i]);
+    }
     kv_len_s[0] = last + 1;
+    kv_len_s[1] = first;
   }
   __syncthreads();
 
@@ -70,7 +74,13 @@ __global__ void __launch_bounds__(kAttentionThreads)
           ? 0
           : (local_blocks - 1) * block_size +
                 min(block_size, static_cast<int64_t>(kv_len) - g.BlockStart(local_blocks - 1));
-  const BlockRange range = SplitBlocks(local_blocks, num_splits, split);
+  // Blocks wholly before every token's window, or below the floor, are never read (as on the
+  // CPU): their table entries may name blocks released to other sequences.
+  const int64_t low = window > 0 ? max(floor, kv_len_s[1] - window + 1) : floor;
+  const int64_t skipped = min(local_blocks, g.BlocksFor(low - block_size + 1));
+  BlockRange range = SplitBlocks(local_blocks - skipped, num_splits, split);
+  range.begin += skipped;
+  range.end += skipped;
   const int p_begin = static_cast<int>(range.begin * block_size);
   const int p_end = static_cast<int>(min(range.end * block_size, local_len));
   const int32_t* table = view.Table(token_seq[t0]);
@@ -107,7 +117,8 @@ __global__ void __launch_bounds__(kAttentionThreads)
       const int p = p0 + j;  // local
       float s = -INFINITY;
       const int64_t at = g.BlockStart(p / block_size) + p % block_size;  // global position
-      if (p < p_end && at <= pos_s[r / group] && (window == 0 || at > pos_s[r / group] - window)) {
+      if (p < p_end && at <= pos_s[r / group] && at >= floor &&
+          (window == 0 || at > pos_s[r / group] - window)) {
         const float* qr = q_s + r * head_dim;
         const float* kr = k_s + j * kv_stride;
         float dot = 0.0f;
@@ -203,7 +214,7 @@ __global__ void __launch_bounds__(kMergeThreads)
 // One CTA per (token, head of the column range): the seq shards' exact merge, written for the
 // columns [col0, col0 + cols) only (the twin of the CPU merge_attention_columns).
 __global__ void __launch_bounds__(kMergeThreads)
-    merge_columns_kernel(float* out, const float* parts, int shards, int64_t tokens,
+    merge_columns_kernel(float* out, float* out_lse, const float* parts, int shards, int64_t tokens,
                          int64_t q_heads, int64_t head_dim, int64_t col0, int64_t cols, int64_t h0,
                          int64_t heads) {
   const int64_t t = blockIdx.x / heads, h = h0 + blockIdx.x % heads;
@@ -227,6 +238,9 @@ __global__ void __launch_bounds__(kMergeThreads)
       o /= denom;
     }
     out[t * cols + (c - col0)] = o;
+  }
+  if (out_lse != nullptr && threadIdx.x == 0) {
+    out_lse[t * q_heads + h] = denom > 0.0f ? mx + logf(denom) : -INFINITY;
   }
 }
 
@@ -254,8 +268,8 @@ cudaError_t paged_attention(float* out, const float* q, const KV* k_cache, const
                             const int32_t* token_seq, const int32_t* positions, int64_t tokens,
                             int64_t q_heads, int64_t kv_heads, int64_t head_dim, float scale,
                             const AttentionLaunch& launch, float* workspace, cudaStream_t stream,
-                            float* lse, const float* k_scale, const float* v_scale,
-                            int64_t window) {
+                            float* lse, const float* k_scale, const float* v_scale, int64_t window,
+                            int64_t floor) {
   if (tokens <= 0 || num_tiles <= 0) return cudaSuccess;
   if (kQuantizedKv<KV> && (k_scale == nullptr || v_scale == nullptr)) {
     return cudaErrorInvalidValue;
@@ -273,7 +287,8 @@ cudaError_t paged_attention(float* out, const float* q, const KV* k_cache, const
   (out, lse, partial_out, partial_lse, q, k_cache, v_cache, k_scale, v_scale, view, tiles,
    token_seq, positions, static_cast<int>(q_heads), static_cast<int>(kv_heads),
    static_cast<int>(head_dim), static_cast<int>(launch.tile_tokens),
-   static_cast<int>(launch.kv_tile), static_cast<int>(splits), scale, static_cast<int>(window));
+   static_cast<int>(launch.kv_tile), static_cast<int>(splits), scale, static_cast<int>(window),
+   static_cast<int>(floor));
   const cudaError_t rc = cudaGetLastError();
   if (rc != cudaSuccess || splits == 1) return rc;
   KVS_LAUNCH(static_cast<unsigned>(tokens * q_heads), kMergeThreads, 0, stream,
@@ -284,23 +299,25 @@ cudaError_t paged_attention(float* out, const float* q, const KV* k_cache, const
 
 cudaError_t merge_attention_columns(float* out, const float* parts, int64_t shards, int64_t tokens,
                                     int64_t q_heads, int64_t head_dim, int64_t col0, int64_t cols,
-                                    cudaStream_t stream) {
+                                    cudaStream_t stream, float* lse) {
   if (tokens <= 0 || cols <= 0) return cudaSuccess;
-  if (shards < 1 || shards > kMaxMergeShards || col0 < 0 || col0 + cols > q_heads * head_dim) {
+  if (shards < 1 || shards > kMaxMergeShards || col0 < 0 || col0 + cols > q_heads * head_dim ||
+      (lse != nullptr && (col0 % head_dim != 0 || cols % head_dim != 0))) {
     return cudaErrorInvalidValue;
   }
   const int64_t h0 = col0 / head_dim, h1 = (col0 + cols + head_dim - 1) / head_dim;
   KVS_LAUNCH(static_cast<unsigned>(tokens * (h1 - h0)), kMergeThreads, 0, stream,
              merge_columns_kernel)
-  (out, parts, static_cast<int>(shards), tokens, q_heads, head_dim, col0, cols, h0, h1 - h0);
+  (out, lse, parts, static_cast<int>(shards), tokens, q_heads, head_dim, col0, cols, h0, h1 - h0);
   return cudaGetLastError();
 }
 
-#define KVSHARD_INSTANTIATE_ATTENTION(KV)                                                      \
-  template cudaError_t paged_attention<KV>(                                                    \
-      float*, const float*, const KV*, const KV*, const PagedKvView&, const int32_t*, int64_t, \
-      const int32_t*, const int32_t*, int64_t, int64_t, int64_t, int64_t, float,               \
-      const AttentionLaunch&, float*, cudaStream_t, float*, const float*, const float*, int64_t);
+#define KVSHARD_INSTANTIATE_ATTENTION(KV)                                                        \
+  template cudaError_t paged_attention<KV>(                                                      \
+      float*, const float*, const KV*, const KV*, const PagedKvView&, const int32_t*, int64_t,   \
+      const int32_t*, const int32_t*, int64_t, int64_t, int64_t, int64_t, float,                 \
+      const AttentionLaunch&, float*, cudaStream_t, float*, const float*, const float*, int64_t, \
+      int64_t);
 KVSHARD_INSTANTIATE_ATTENTION(float)
 KVSHARD_INSTANTIATE_ATTENTION(__half)
 KVSHARD_INSTANTIATE_ATTENTION(__nv_bfloat16)

@@ -40,6 +40,7 @@ namespace kvshard::cuda {
 // v_scale (f32 [num_blocks * block_size, kv_heads], kv_append's), dequantized as the tile enters
 // shared memory; both are required for them and ignored otherwise. window > 0: sliding-window
 // attention, a token sees positions positions[t] - window + 1 .. positions[t] (the CPU kernel's).
+// floor > 0: positions below it are not attended either (attention sinks attend to them apart).
 template <typename KV>
 cudaError_t paged_attention(float* out, const float* q, const KV* k_cache, const KV* v_cache,
                             const PagedKvView& view, const int32_t* tiles, int64_t num_tiles,
@@ -47,14 +48,15 @@ cudaError_t paged_attention(float* out, const float* q, const KV* k_cache, const
                             int64_t q_heads, int64_t kv_heads, int64_t head_dim, float scale,
                             const AttentionLaunch& launch, float* workspace, cudaStream_t stream,
                             float* lse = nullptr, const float* k_scale = nullptr,
-                            const float* v_scale = nullptr, int64_t window = 0);
+                            const float* v_scale = nullptr, int64_t window = 0, int64_t floor = 0);
 
 // The seq shards' exact merge for columns [col0, col0 + cols) of a step's attention output (the
 // twin of the CPU merge_attention_columns): parts: device f32, shard s's kernel output [tokens,
 // q_heads * head_dim] then its lse [tokens, q_heads] at s * tokens * q_heads * (head_dim + 1);
-// out: device f32 [tokens, cols].
+// out: device f32 [tokens, cols]. lse, when given (whole heads only: col0 and cols multiples of
+// head_dim): device f32 [tokens, q_heads], the merged rows' log-sum-exp at their heads.
 cudaError_t merge_attention_columns(float* out, const float* parts, int64_t shards, int64_t tokens,
                                     int64_t q_heads, int64_t head_dim, int64_t col0, int64_t cols,
-                                    cudaStream_t stream);
+                                    cudaStream_t stream, float* lse = nullptr);
 
 }  // namespace kvshard::cuda

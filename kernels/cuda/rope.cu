@@ -25,6 +25,16 @@ __global__ void rope_kernel(float* x, const int32_t* positions, const float* inv
   }
 }
 
+__global__ void attention_sink_positions_kernel(int32_t* shift, int32_t* sink_last,
+                                                const int32_t* positions, int64_t tokens,
+                                                int64_t sinks, int64_t window) {
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= tokens) return;
+  const int64_t p = positions[t];
+  shift[t] = static_cast<int32_t>(-max(static_cast<int64_t>(0), p - window + 1 - sinks));
+  sink_last[t] = static_cast<int32_t>(min(p, sinks - 1));
+}
+
 }  // namespace
 
 cudaError_t rope(float* x, const int32_t* positions, const float* inv_freq, int64_t tokens,
@@ -33,6 +43,18 @@ cudaError_t rope(float* x, const int32_t* positions, const float* inv_freq, int6
   if (tokens > INT32_MAX) return cudaErrorInvalidValue;
   KVS_LAUNCH(static_cast<unsigned>(tokens), kElementwiseThreads, 0, stream, rope_kernel)
   (x, positions, inv_freq, heads, head_dim, pairing == RopePairing::kInterleaved);
+  return cudaGetLastError();
+}
+
+cudaError_t attention_sink_positions(int32_t* shift, int32_t* sink_last, const int32_t* positions,
+                                     int64_t tokens, int64_t sinks, int64_t window,
+                                     cudaStream_t stream) {
+  if (tokens <= 0) return cudaSuccess;
+  if (tokens > INT32_MAX || sinks < 1) return cudaErrorInvalidValue;
+  const unsigned blocks =
+      static_cast<unsigned>((tokens + kElementwiseThreads - 1) / kElementwiseThreads);
+  KVS_LAUNCH(blocks, kElementwiseThreads, 0, stream, attention_sink_positions_kernel)
+  (shift, sink_last, positions, tokens, sinks, window);
   return cudaGetLastError();
 }
 

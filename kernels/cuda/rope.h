@@ -15,4 +15,10 @@ namespace kvshard::cuda {
 cudaError_t rope(float* x, const int32_t* positions, const float* inv_freq, int64_t tokens,
                  int64_t heads, int64_t head_dim, RopePairing pairing, cudaStream_t stream);
 
+// The CPU's attention_sink_positions on device arrays (shift, sink_last, positions: int32
+// [tokens]).
+cudaError_t attention_sink_positions(int32_t* shift, int32_t* sink_last, const int32_t* positions,
+                                     int64_t tokens, int64_t sinks, int64_t window,
+                                     cudaStream_t stream);
+
 }  // namespace kvshard::cuda

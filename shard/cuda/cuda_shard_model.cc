@@ -53,10 +53,6 @@ StatusOr<std::unique_ptr<CudaShardModel>> CudaShardModel::Create(const ModelConf
     return InvalidArgument("max tokens per step ({}) and block size ({}) must be positive",
                            options.max_tokens_per_step, options.block_size);
   }
-  if (config.streaming()) {
-    return InvalidArgument(
-        "--attention-sinks / --stream-window run on the CPU backend only so far (--device cpu)");
-  }
   std::string why;
   if (!AttentionSupported(l.q_heads, l.kv_heads, config.head_dim, &why)) {
     return InvalidArgument("{}", why);
@@ -78,7 +74,7 @@ StatusOr<std::unique_ptr<CudaShardModel>> CudaShardModel::Create(const ModelConf
   m->stage_.head_dim = config.head_dim;
   // Table entries are logical blocks: one id on every seq shard, block_size x seq_shards positions.
   const int64_t logical = options.block_size * l.seq_shards;
-  m->stage_.max_kv_blocks = (config.max_seq_len + logical - 1) / logical;
+  m->stage_.max_kv_blocks = (config.MaxPositions() + logical - 1) / logical;
   m->stage_.sm_count = sm_count;
   m->stage_.padding.pad_decode = m->use_graphs_;
 
@@ -121,6 +117,13 @@ Status CudaShardModel::AllocateWorkspaces() {
     KVS_ASSIGN_OR_RETURN(att_parts_,
                          Floats(l.seq_shards * T * l.q_heads * (hd + 1), "attention partials"));
     KVS_ASSIGN_OR_RETURN(att_merged_, Floats(T * l.o_cols, "merged attention"));
+  }
+  if (config_.streaming()) {
+    KVS_ASSIGN_OR_RETURN(sink_q_, Floats(T * l.q_heads * hd, "queries rotated to the sinks"));
+    KVS_ASSIGN_OR_RETURN(sink_parts_,
+                         Floats(2 * T * l.q_heads * (hd + 1), "sink and window parts"));
+    KVS_ASSIGN_OR_RETURN(sink_pos_,
+                         DeviceBuffer::Allocate(2 * T * sizeof(int32_t), "sink positions"));
   }
   KVS_ASSIGN_OR_RETURN(att_act_,
                        DeviceBuffer::Allocate(f32 ? 0 : T * l.q_heads * hd * act, "attention out"));
@@ -386,15 +389,44 @@ class CudaOps {
                                   m_.KvScale(layer, 1)));
   }
   Status Attention(int64_t layer, int64_t T) {
+    const int64_t width = l_.q_heads * c_.head_dim;
+    float* lse = l_.seq_shards > 1 ? F(Buf::kAtt) + T * width : nullptr;
+    if (!c_.streaming()) {
+      return Attend(layer, F(Buf::kAtt), lse, F(Buf::kQ), p_.positions, T, c_.LayerWindow(layer));
+    }
+    // Attention sinks, as the CPU model runs them (shard/shard_model.cc): the window with the
+    // query as it is, the sinks with the query rotated back to its cache index, merged exactly.
+    const int64_t N = c_.attention_sinks, W = c_.stream_window;
+    if (N == 0) return Attend(layer, F(Buf::kAtt), lse, F(Buf::kQ), p_.positions, T, W);
+    float* parts = m_.sink_parts_.template as<float>();  // [sinks, window] x ([T, width], lse)
+    float* window = parts + T * (width + l_.q_heads);
+    KVS_RETURN_IF_ERROR(
+        Attend(layer, window, window + T * width, F(Buf::kQ), p_.positions, T, W, N));
+    int32_t* sink_last = m_.sink_pos_.template as<int32_t>();
+    int32_t* shift = sink_last + T;
+    float* q_sink = m_.sink_q_.template as<float>();
+    KVS_RETURN_IF_ERROR(
+        KVS_CUDA(attention_sink_positions(shift, sink_last, p_.positions, T, N, W, st_)));
+    KVS_RETURN_IF_ERROR(KVS_CUDA(cudaMemcpyAsync(q_sink, F(Buf::kQ), T * width * sizeof(float),
+                                                 cudaMemcpyDeviceToDevice, st_)));
+    KVS_RETURN_IF_ERROR(KVS_CUDA(rope(q_sink, shift, m_.inv_freq_.template as<float>(), T,
+                                      l_.q_heads, c_.head_dim, RopePairing::kHalf, st_)));
+    KVS_RETURN_IF_ERROR(Attend(layer, parts, parts + T * width, q_sink, sink_last, T, 0));
+    return KVS_CUDA(merge_attention_columns(F(Buf::kAtt), parts, 2, T, l_.q_heads, c_.head_dim, 0,
+                                            width, st_, lse));
+  }
+  // out: f32 [T, q_heads, head_dim]; lse: f32 [T, q_heads] or null; q: f32 [T, q_heads,
+  // head_dim]; positions: int32 [T] (device).
+  Status Attend(int64_t layer, float* out, float* lse, const float* q, const int32_t* positions,
+                int64_t T, int64_t window, int64_t floor = 0) {
     const PagedKvView view{p_.block_indptr, m_.tables_device_.template as<int32_t>(),
                            m_.tables_.shape().geometry};
     return KVS_CUDA(paged_attention<KV>(
-        F(Buf::kAtt), F(Buf::kQ), m_.template KvLayer<KV>(layer, 0),
-        m_.template KvLayer<KV>(layer, 1), view, p_.tiles, s_.num_tiles, p_.token_seq, p_.positions,
-        T, l_.q_heads, l_.kv_heads, c_.head_dim, 1.0f / std::sqrt(static_cast<float>(c_.head_dim)),
-        s_.attention, m_.attention_ws_.template as<float>(), st_,
-        l_.seq_shards > 1 ? F(Buf::kAtt) + T * l_.q_heads * c_.head_dim : nullptr,
-        m_.KvScale(layer, 0), m_.KvScale(layer, 1), c_.LayerWindow(layer)));
+        out, q, m_.template KvLayer<KV>(layer, 0), m_.template KvLayer<KV>(layer, 1), view,
+        p_.tiles, s_.num_tiles, p_.token_seq, positions, T, l_.q_heads, l_.kv_heads, c_.head_dim,
+        1.0f / std::sqrt(static_cast<float>(c_.head_dim)), s_.attention,
+        m_.attention_ws_.template as<float>(), st_, lse, m_.KvScale(layer, 0), m_.KvScale(layer, 1),
+        window, floor));
   }
   Status MergeAttention(int64_t T) {
     return KVS_CUDA(merge_attention_columns(F(Buf::kAttMerged), F(Buf::kAttParts), l_.seq_shards, T,

@@ -140,6 +140,9 @@ class CudaShardModel : public ShardBackend {
   DeviceBuffer att_;            // f32 [T, q_heads, head_dim] then the lse [T, q_heads]
   DeviceBuffer att_parts_;      // f32 [seq_shards][att_] every shard's, gathered (seq shards)
   DeviceBuffer att_merged_;     // f32 [T, o_cols] the merged columns this rank feeds to wo
+  DeviceBuffer sink_q_;         // f32 [T, q_heads, head_dim] queries rotated back (sinks)
+  DeviceBuffer sink_parts_;     // f32 [sinks, window][att_] the two parts before their merge
+  DeviceBuffer sink_pos_;       // int32 [2][T] the sinks' last position, the queries' shift
   DeviceBuffer att_act_;        // Act [T, q_heads, head_dim] (not for f32 weights)
   DeviceBuffer partial_;        // f32 [T, dim] this rank's share before the all-reduce
   DeviceBuffer gate_;           // f32 [T, ffn]

@@ -3,7 +3,7 @@
 // one-rank NCCL clique and without them through the host-staged communicator), and both ranks
 // together (TP=2) through the host-staged communicator with both ranks on GPU 0, or NCCL when
 // there is a GPU per rank. Chunked prefill, a mixed prefill/decode step, decode across block
-// boundaries with scrambled block tables, f32 and bf16.
+// boundaries with scrambled block tables, f32 and bf16; attention sinks, alone and on seq shards.
 #include <gtest/gtest.h>
 #include <mpi.h>
 #include <unistd.h>
@@ -120,6 +120,7 @@ struct RunConfig {
   bool graphs = false;
   double tolerance = 1e-3;  // of the largest |logit|, at least 1
   int seq_shards = 1;       // both models on the grid (ranks / seq_shards) x seq_shards
+  int64_t sinks = 0, stream_window = 0;  // attention sinks (StreamingLLM) when stream_window > 0
 };
 
 // Runs chunked prefill of two prompts (the second joins in the second step), then 10 decode
@@ -129,6 +130,8 @@ void CompareWithCpu(const std::string& model_dir, MpiCommunicator& cpu_comm,
                     DeviceCommunicator& device_comm, const RunConfig& run) {
   auto config = LoadModelConfig(model_dir);
   ASSERT_TRUE(config.ok()) << config.status().ToString();
+  config->attention_sinks = run.sinks;
+  config->stream_window = run.stream_window;
   ShardOptions cpu_options;
   cpu_options.num_blocks = 16;
   cpu_options.block_size = 16;
@@ -225,6 +228,16 @@ TEST(CudaShardModel, OneRankMatchesCpuWithAndWithoutGraphs) {
   }
   StagedOptions staged_options;
   staged_options.max_reduce_floats = staged_options.max_gather_floats = 32 * 301;
+  {
+    // Attention sinks: the 52-token sequence passes a window of 12 after 4 sinks during prefill
+    // chunks and every decode step; the sinks are attended with the query rotated back. Also a
+    // window alone (no sinks), and an int8 cache with graphs.
+    auto nccl = NcclCommunicator::Create(control.get(), stream.get());
+    ASSERT_TRUE(nccl.ok()) << nccl.status().ToString();
+    CompareWithCpu(f32_model, *cpu_comm, **nccl, {DType::kF32, DType::kF32, true, 1e-3, 1, 4, 12});
+    CompareWithCpu(f32_model, *cpu_comm, **nccl, {DType::kF32, DType::kF32, false, 1e-3, 1, 0, 9});
+    CompareWithCpu(f32_model, *cpu_comm, **nccl, {DType::kF32, DType::kI8, true, 1e-2, 1, 2, 20});
+  }
   auto staged = StagedDeviceCommunicator::Create(control.get(), stream.get(), staged_options);
   ASSERT_TRUE(staged.ok()) << staged.status().ToString();
   CompareWithCpu(f32_model, *cpu_comm, **staged, {DType::kF32, DType::kF32, false, 1e-3});
@@ -266,6 +279,10 @@ TEST(CudaShardModel, TwoRanksMatchCpu) {
   // sequences, the second shorter than one block per shard at first).
   CompareWithCpu(f32_model, *cpu_comm, *device_comm, {DType::kF32, DType::kF32, nccl, 1e-3, 2});
   CompareWithCpu(bf16_model, *cpu_comm, *device_comm, {DType::kBF16, DType::kBF16, nccl, 0.1, 2});
+  // Attention sinks on the seq shards: each shard's sink and window parts merge by their
+  // log-sum-exps, and the merged log-sum-exp joins the shards' merge.
+  CompareWithCpu(f32_model, *cpu_comm, *device_comm,
+                 {DType::kF32, DType::kF32, nccl, 1e-3, 2, 4, 12});
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <numeric>
 #include <random>
+#include <utility>
 
 #include "kernels/cpu/activation.h"
 #include "kernels/cpu/embedding.h"
@@ -137,6 +138,26 @@ TEST(CudaRope, MatchesCpuForBothPairingsAndLongPositions) {
       ExpectClose<float>(d_x.ToHost(), x, 1e-5f, 1e-5f,
                          "rope head_dim " + std::to_string(head_dim));
     }
+  }
+}
+
+TEST(CudaRope, AttentionSinkPositionsAsOnTheCpu) {
+  KVS_REQUIRE_GPU();
+  // Positions inside the sinks, inside the first window, at its edge and far past the context.
+  const std::vector<int32_t> positions = {0, 3, 4, 15, 16, 17, 100, 8191, 1048575};
+  const int64_t tokens = static_cast<int64_t>(positions.size());
+  for (const auto& [sinks, window] : {std::pair<int64_t, int64_t>{4, 12}, {1, 1}, {16, 4096}}) {
+    std::vector<int32_t> shift(tokens), last(tokens);
+    ::kvshard::attention_sink_positions(shift.data(), last.data(), positions.data(), tokens, sinks,
+                                        window);
+    DeviceArray<int32_t> d_pos(positions), d_shift(tokens), d_last(tokens);
+    KVS_TEST_CUDA(attention_sink_positions(d_shift.get(), d_last.get(), d_pos.get(), tokens, sinks,
+                                           window, nullptr));
+    EXPECT_EQ(d_shift.ToHost(), shift) << sinks << " sinks, window " << window;
+    EXPECT_EQ(d_last.ToHost(), last) << sinks << " sinks, window " << window;
+    // A query past the window is rotated back to its cache index: sinks + window - 1.
+    EXPECT_EQ(positions.back() + shift.back(), sinks + window - 1);
+    EXPECT_EQ(last.back(), sinks - 1);
   }
 }
 

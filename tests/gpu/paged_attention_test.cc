@@ -12,6 +12,7 @@
 #include <cstring>
 #include <numeric>
 #include <random>
+#include <utility>
 
 #include "kernels/cpu/paged_attention.h"
 #include "kernels/cuda/kv_append.h"
@@ -73,7 +74,7 @@ enum class Plan { kDecode, kPrefill };
 // Runs the batch through both kernels and returns the largest absolute difference.
 template <typename KV>
 double MaxError(const Batch& b, const Geometry& g, int64_t block_size, Plan plan,
-                int64_t forced_splits, uint32_t seed, int64_t window = 0) {
+                int64_t forced_splits, uint32_t seed, int64_t window = 0, int64_t floor = 0) {
   using H = HostOf<KV>;
   const int64_t row = g.kv_heads * g.head_dim;
   const int64_t cached = static_cast<int64_t>(b.slots.size());
@@ -127,7 +128,7 @@ double MaxError(const Batch& b, const Geometry& g, int64_t block_size, Plan plan
   ::kvshard::paged_attention<H>(want.data(), q.data(), kc.data(), vc.data(), host_view,
                                 b.token_seq.data(), b.positions.data(), b.tokens(), g.q_heads,
                                 g.kv_heads, g.head_dim, scale, nullptr, ks.data(), vs.data(),
-                                window);
+                                window, floor);
 
   const int64_t group = g.q_heads / g.kv_heads;
   AttentionLaunch launch;
@@ -156,7 +157,7 @@ double MaxError(const Batch& b, const Geometry& g, int64_t block_size, Plan plan
                                     d_tiles.get(), static_cast<int64_t>(tiles.size()) - 1,
                                     d_seq.get(), d_pos.get(), b.tokens(), g.q_heads, g.kv_heads,
                                     g.head_dim, scale, launch, d_ws.get(), nullptr, nullptr,
-                                    d_ks.get(), d_vs.get(), window));
+                                    d_ks.get(), d_vs.get(), window, floor));
   KVS_TEST_CUDA(cudaDeviceSynchronize());
   const std::vector<float> got = d_out.ToHost();
   double err = 0;
@@ -256,6 +257,21 @@ TEST(CudaPagedAttention, SlidingWindowMatchesCpu) {
       }
     }
   }
+}
+
+TEST(CudaPagedAttention, FloorLeavesTheSinksOutAsOnTheCpu) {
+  KVS_REQUIRE_GPU();
+  // The window part of attention sinks: positions below the floor are not attended, with a
+  // window (from max(floor, p - window + 1)) and without; the one-token sequence at position 0
+  // reaches nothing above a floor of 4 (out = 0).
+  const Batch b = MakeBatch({100, 1000, 33, 1}, {100, 77, 1, 1}, 16, 25);
+  const Geometry g{8, 2, 32};
+  for (const auto& [window, floor] : {std::pair<int64_t, int64_t>{17, 4}, {64, 20}, {0, 4}}) {
+    const std::string what = "window " + std::to_string(window) + " floor " + std::to_string(floor);
+    EXPECT_LT(MaxError<float>(b, g, 16, Plan::kPrefill, 0, 26, window, floor), kTolerance) << what;
+    EXPECT_LT(MaxError<float>(b, g, 16, Plan::kDecode, 3, 27, window, floor), kTolerance) << what;
+  }
+  EXPECT_LT(MaxError<int8_t>(b, g, 16, Plan::kDecode, 0, 28, 17, 4), kTolerance) << "int8";
 }
 
 TEST(CudaPagedAttention, OddBlockSizes) {
