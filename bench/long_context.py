@@ -10,13 +10,18 @@
   C. One request of --testbed-context tokens (default 128K) across the network-namespace test
      bed, 4 hosts x 1 rank, grids 1x4 and 2x2 (needs root; skipped otherwise or with
      --testbed-context 0).
-  D. The cost model, t = (weights + KV of the shard) / read_bw + collectives x alpha, fitted on
-     two points of B and checked against every other measured point (ratio printed), then its
+  D. The cost model, t = c + (bytes every rank of a host reads, the first C of them from the
+     cache at one rate, the rest from memory at another), fitted on six points of B and checked
+     against the nine others (ratio printed; --from FILE re-reads part B's lines from an earlier
+     run's output), then its
      predictions for Llama-3-8B and -70B shapes at 128K and 1M tokens on NVLink, InfiniBand and
      Ethernet clusters, beside the heads-only cap (vLLM's decode context parallelism needs
      dcp <= tp / n_kv_heads).
+  E. The read ceiling by buffer size (bench's probe, 8 MiB to 1 GiB): where the cache ends and
+     the two rates beside part D's fitted ones.
 
     /usr/bin/python3 bench/long_context.py [--work /tmp/kvshard-bench] [--contexts 4096,16384,65536]
+        [--rounds N] [--parts A,B,C,D,E] [--from OUTPUT_OF_AN_EARLIER_RUN]
 
 One JSON line per measurement; nothing here runs in CI."""
 
@@ -51,12 +56,12 @@ def make_model(path, layers, dim, heads, kv_heads, ffn, vocab, max_len):
     return path
 
 
-def bench(model, np, shards, context, gen, threads, extra=()):
+def bench(model, np, shards, context, gen, threads, extra=(), read_mib=256):
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                OMP_WAIT_POLICY="PASSIVE")
     cmd = MPIRUN + ["-np", str(np), BIN, "bench", "--model", model, "--context", str(context),
                     "--gen", str(gen), "--threads", str(threads), "--seq-shards", str(shards),
-                    "--max-tokens-per-step", "2048", "--read-buffer-mib", "256", "--json"]
+                    "--max-tokens-per-step", "2048", "--read-buffer-mib", str(read_mib), "--json"]
     out = subprocess.run(cmd + list(extra), capture_output=True, text=True, env=env, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -75,18 +80,19 @@ def capacity(model, kv_memory):
                   "kv_replicas": j["kv_replicas"]})
 
 
-def decode_vs_context(model, contexts, gen):
+def decode_vs_context(model, contexts, gen, rounds):
     """host_bandwidth_fraction: what all the host's ranks read per token (decode_bytes_per_token
     sums the ranks) per step time, against the 1x1 run's ceiling at the same context (one
     process, both cores). A multi-rank run's own bandwidth_fraction divides by probes that ran on
     the same two cores at once and sum to more than the memory delivers."""
     points = []
-    for context in contexts:
+    for rnd, context in ((r, c) for r in range(rounds) for c in contexts):
         host_gbs = None
         for groups, shards, threads in ((1, 1, 2), (1, 4, 1), (2, 2, 1)):
             t0 = time.time()
             j = bench(model, groups * shards, shards, context, gen, threads)
-            p = {"part": "decode", "grid": "%dx%d" % (groups, shards), "context": context,
+            p = {"part": "decode", "round": rnd, "grid": "%dx%d" % (groups, shards),
+                 "context": context,
                  "decode_ms_per_token": j["decode_ms_per_token"],
                  "bandwidth_fraction": j["bandwidth_fraction"],
                  "mem_read_gbs": j["mem_read_gbs"],
@@ -139,35 +145,87 @@ def testbed_run(context, shards_list):
         bed.down()
 
 
+def read_ceiling_sweep(model, sizes_mib):
+    """The host's streaming read rate (bench's probe, one rank of two threads) by buffer size: an
+    independent look at the cache size and the two rates part D fits."""
+    for mib in sizes_mib:
+        j = bench(model, 1, 1, 64, 2, 2, ["--warmup-tokens", "0"], read_mib=mib)
+        emit({"part": "read_ceiling", "buffer_mib": mib, "mem_read_gbs": j["mem_read_gbs"]})
+
+
+def lstsq(rows, y):
+    """Least squares by the normal equations (a handful of unknowns; no numpy here)."""
+    n = len(rows[0])
+    m = [[sum(r[i] * r[j] for r in rows) for j in range(n)] +
+         [sum(r[i] * t for r, t in zip(rows, y))] for i in range(n)]
+    for i in range(n):
+        pivot = max(range(i, n), key=lambda r: abs(m[r][i]))
+        m[i], m[pivot] = m[pivot], m[i]
+        if m[i][i] == 0:
+            raise ZeroDivisionError("singular")
+        for r in range(n):
+            if r != i:
+                f = m[r][i] / m[i][i]
+                m[r] = [a - f * b for a, b in zip(m[r], m[i])]
+    return [m[i][n] / m[i][i] for i in range(n)]
+
+
 def cost_model(points):
-    """t = (W_rank + ctx * kv_rank_per_token) / bw + n_coll * alpha, per grid. bw: the attention
-    and weight read rate of one rank (fitted on 1x1: two contexts give bw and the constant);
-    alpha: per collective (fitted on the 1x4 point at the smallest context)."""
-    by = {(p["grid"], p["context"]): p for p in points}
-    ctxs = sorted({p["context"] for p in points})
-    lo, hi = ctxs[0], ctxs[-1]
-    a, b = by[("1x1", lo)], by[("1x1", hi)]
-    # Bytes one rank reads per token: weights / ranks-ish + its share of the KV.
-    def rank_bytes(p, ranks, shards):
-        return p["weights_bytes"] / ranks + p["context"] * p["kv_bytes_per_token"] / ranks
-    ba, bb = rank_bytes(a, 1, 1), rank_bytes(b, 1, 1)
-    bw = (bb - ba) / ((b["decode_ms_per_token"] - a["decode_ms_per_token"]) / 1e3)  # bytes/s
-    c0 = a["decode_ms_per_token"] / 1e3 - ba / bw
-    # Four ranks on two cores: each rank reads at half the rate of the 2-thread 1x1 run.
-    q = by[("1x4", lo)]
-    n_coll = 3 * LAYERS + 3  # all-gather + 2 all-reduces per layer, the gather, two broadcasts
-    alpha = max(0.0, (q["decode_ms_per_token"] / 1e3 - c0 - 2 * rank_bytes(q, 4, 4) / bw) / n_coll)
-    emit({"part": "cost_model_fit", "rank_read_gbs": bw / 1e9, "constant_ms": c0 * 1e3,
-          "alpha_us": alpha * 1e6})
+    """t = c_cfg + min(S, C) / bw_cache + max(0, S - C) / bw_mem.
+
+    S: the bytes every rank of the host reads for one decode token (bench's
+    decode_bytes_per_token: all ranks' weights and the KV of the mean context). A host's ranks
+    share its memory, caches and cores, so S is per host; on a GPU cluster, one rank per GPU, it
+    is one rank's bytes. The first C bytes of a step's working set come from the last-level cache
+    at bw_cache, the rest from memory at bw_mem. c_cfg: the step's fixed cost in one execution
+    configuration, "team" (one rank with an OpenMP team of two threads, woken for every op) or
+    "ranks" (four one-thread ranks on the two cores: the collectives and their scheduling).
+    Fitted on 1x1 at every context and 1x4 at the smallest (C by a scan, the other four by least
+    squares of the relative error); 1x4 at the other contexts and 2x2 at all are predictions,
+    checked against their measurements. Each point is the best of the rounds."""
+    by = {}
     for p in points:
-        g, s = map(int, p["grid"].split("x"))
-        ranks = g * s
-        share = 2.0 if ranks > 2 else 1.0  # ranks beyond the 2 cores share them
-        coll = (3 * LAYERS + 3) if s > 1 else (2 * LAYERS + 3 if ranks > 1 else 0)
-        pred = c0 + share * rank_bytes(p, ranks, s) / bw + coll * alpha
-        emit({"part": "cost_model_check", "grid": p["grid"], "context": p["context"],
-              "predicted_ms": pred * 1e3, "measured_ms": p["decode_ms_per_token"],
-              "ratio": pred * 1e3 / p["decode_ms_per_token"]})
+        by.setdefault((p["grid"], p["context"]), []).append(p)
+    best = {key: min(ps, key=lambda p: p["decode_ms_per_token"]) for key, ps in by.items()}
+    ctxs = sorted({c for _, c in best})
+    train = [("1x1", c) for c in ctxs if ("1x1", c) in best] + [("1x4", ctxs[0])]
+
+    def row(p, cache):
+        team = 1.0 if p["grid"] == "1x1" else 0.0
+        s = p["decode_bytes_per_token"]
+        return [team, 1.0 - team, min(s, cache), max(0.0, s - cache)]
+
+    fit = None
+    for cache_mb in range(8, 1025, 2):
+        cache = cache_mb * 1e6
+        ts = [best[k]["decode_ms_per_token"] / 1e3 for k in train]
+        try:
+            x = lstsq([[a / t for a in row(best[k], cache)] for k, t in zip(train, ts)],
+                      [1.0] * len(train))
+        except ZeroDivisionError:
+            continue
+        if x[2] <= 0 or x[3] <= 0:
+            continue
+        err = max(abs(sum(a * b for a, b in zip(row(best[k], cache), x)) / t - 1)
+                  for k, t in zip(train, ts))
+        if fit is None or err < fit[0]:
+            fit = (err, cache, x)
+    _, cache, x = fit
+    emit({"part": "cost_model_fit", "cache_mb": cache / 1e6, "cache_gbs": 1 / x[2] / 1e9,
+          "memory_gbs": 1 / x[3] / 1e9, "fixed_ms_team": x[0] * 1e3, "fixed_ms_ranks": x[1] * 1e3,
+          "fitted_on": ["%s %d" % k for k in train]})
+    worst = 0.0
+    for key in sorted(best):
+        p = best[key]
+        pred = sum(a * b for a, b in zip(row(p, cache), x))
+        ratio = pred * 1e3 / p["decode_ms_per_token"]
+        if key not in train:
+            worst = max(worst, abs(ratio - 1))
+        emit({"part": "cost_model_check", "grid": key[0], "context": key[1],
+              "predicted_ms": round(pred * 1e3, 4), "measured_ms": p["decode_ms_per_token"],
+              "rounds": [round(q["decode_ms_per_token"], 4) for q in by[key]],
+              "ratio": round(ratio, 3), "fitted": key in train})
+    emit({"part": "cost_model_worst_prediction", "max_abs_error": round(worst, 3)})
 
 
 def predictions():
@@ -217,10 +275,12 @@ def main():
     ap.add_argument("--work", default=os.environ.get("WORK", "/tmp/kvshard-bench"))
     ap.add_argument("--contexts", default="4096,16384,65536")
     ap.add_argument("--gen", type=int, default=24)
+    ap.add_argument("--rounds", type=int, default=1, help="part B's rounds (D takes the best)")
     ap.add_argument("--kv-memory", default="64MiB")
     ap.add_argument("--testbed-context", type=int, default=131072)
     ap.add_argument("--testbed-grids", default="4,2", help="seq shards of the 4-host runs")
-    ap.add_argument("--parts", default="A,B,C,D")
+    ap.add_argument("--parts", default="A,B,C,D,E")
+    ap.add_argument("--from", dest="from_file", help="part B's JSON lines from an earlier run")
     args = ap.parse_args()
     os.makedirs(args.work, exist_ok=True)
     model = make_model(os.path.join(args.work, "lc1"), LAYERS, DIM, HEADS, KV_HEADS, 1408, 4096,
@@ -231,10 +291,16 @@ def main():
     if "A" in parts:
         capacity(model, args.kv_memory)
     points = []
+    if args.from_file:
+        with open(args.from_file) as f:
+            points = [p for p in map(json.loads, f) if p.get("part") == "decode"]
     if "B" in parts:
-        points = decode_vs_context(model, [int(c) for c in args.contexts.split(",")], args.gen)
+        points = decode_vs_context(model, [int(c) for c in args.contexts.split(",")], args.gen,
+                                   args.rounds)
     if "C" in parts and args.testbed_context > 0:
         testbed_run(args.testbed_context, [int(s) for s in args.testbed_grids.split(",")])
+    if "E" in parts:
+        read_ceiling_sweep(model, [8, 16, 32, 48, 64, 96, 128, 256, 1024])
     if "D" in parts:
         if points:
             cost_model(points)
