@@ -52,12 +52,12 @@ inline vec load_i8(const int8_t* p) {
 }
 // E4M3 KV codes, decoded to value / 256 (kernels/cpu/half.h: the bits moved into a binary16's
 // place, converted by the F16C unit; the caller's scale carries the 2^8).
+// Sign-extended to 16 bits and shifted by 7, a code's sign lands in bit 15 (and a copy in bit 14,
+// cleared) and its exponent and mantissa in bits 13..7: the binary16 of its value / 256.
 inline vec load_fp8_div256(const uint8_t* p) {
-  const __m256i b = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  const __m256i h =
-      _mm256_or_si256(_mm256_slli_epi16(_mm256_and_si256(b, _mm256_set1_epi16(0x7f)), 7),
-                      _mm256_slli_epi16(_mm256_and_si256(b, _mm256_set1_epi16(0x80)), 8));
-  return _mm512_cvtph_ps(h);
+  const __m256i w = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm512_cvtph_ps(
+      _mm256_and_si256(_mm256_slli_epi16(w, 7), _mm256_set1_epi16(static_cast<int16_t>(0xbf80))));
 }
 // 2^n * p for integral n (as floats).
 inline vec scale_by_pow2(vec p, vec n) { return _mm512_scalef_ps(p, n); }
@@ -161,10 +161,9 @@ inline vec load_i8(const int8_t* p) {
 }
 inline vec load_fp8_div256(const uint8_t* p) {
 #if defined(__F16C__)
-  const __m128i b = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
-  const __m128i h = _mm_or_si128(_mm_slli_epi16(_mm_and_si128(b, _mm_set1_epi16(0x7f)), 7),
-                                 _mm_slli_epi16(_mm_and_si128(b, _mm_set1_epi16(0x80)), 8));
-  return _mm256_cvtph_ps(h);
+  const __m128i w = _mm_cvtepi8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_cvtph_ps(
+      _mm_and_si128(_mm_slli_epi16(w, 7), _mm_set1_epi16(static_cast<int16_t>(0xbf80))));
 #else
   alignas(32) float f[8];
   for (int i = 0; i < 8; ++i) f[i] = fp8_e4m3_bits_to_f32(p[i]) * (1.0f / 256.0f);

@@ -8,8 +8,10 @@
 #include <cmath>
 #include <numeric>
 #include <random>
+#include <vector>
 
 #include "kernels/cpu/half.h"
+#include "kernels/cpu/kv_load.h"
 
 namespace kvshard {
 namespace {
@@ -312,6 +314,24 @@ TEST(HalfConversions, Fp8E4M3EveryCode) {
   EXPECT_EQ(f32_to_i8(126.5f), 126);
   EXPECT_EQ(f32_to_i8(-1000.0f), -127);
   EXPECT_EQ(f32_to_i8(2.5f), 2);
+}
+
+// The vector decode the attention kernels use (kernels/cpu/kv_load.h) equals the scalar one for
+// every code but NaN, on each ISA path this file is built for.
+TEST(HalfConversions, Fp8VectorLoadEqualsScalarDecode) {
+  constexpr int W = simd::kWidth;
+  std::vector<fp8_e4m3_t> codes(256 + W);
+  for (size_t b = 0; b < codes.size(); ++b) codes[b].bits = static_cast<uint8_t>(b % 256);
+  for (int b0 = 0; b0 < 256; b0 += W) {
+    float got[W];
+    simd::store(got, load_kv(codes.data() + b0));
+    for (int i = 0; i < W; ++i) {
+      const int b = b0 + i;
+      if ((b & 0x7f) == 0x7f) continue;
+      EXPECT_EQ(got[i] * kCodeDivisor<fp8_e4m3_t>, fp8_e4m3_bits_to_f32(static_cast<uint8_t>(b)))
+          << "code " << b;
+    }
+  }
 }
 
 }  // namespace
