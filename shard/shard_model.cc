@@ -21,6 +21,7 @@
 #include "kernels/cpu/rmsnorm.h"
 #include "kernels/cpu/rope.h"
 #include "plan/kv_eviction.h"
+#include "shard/kv_eviction_pass.h"
 #include "shard/layer_program.h"
 #include "shard/rope_frequencies.h"
 
@@ -141,195 +142,26 @@ class CpuOps {
     merge_attention(m_.att_.data(), lse, parts, lse_parts, 2, rows, hd);
     return Status::Ok();
   }
-  // KV eviction (plan/kv_eviction.h), after the step whose chunks end the evicted prompts. For
-  // each layer, as kernels/cpu/kv_eviction.h states the policy: every rank scores its query
-  // heads' window against its own positions; the window rows' softmax denominators are merged
-  // within the group (one all-gather of [max, sum] per row), each rank sums its positions'
-  // probabilities per KV head, one all-gather over the whole world brings every rank every
-  // position's score (a replicated KV head's query heads span head groups: their sums are added
-  // in group order), snapkv_pick chooses, and the kept rows move to their new cache indices
-  // 0..keep-1 (within the group, through one all-gather when the positions are sharded: a row's
-  // new index may live on another shard). Every collective's size is the same on every rank.
+  // KV eviction (plan/kv_eviction.h), after the step whose chunks end the evicted prompts:
+  // shard/kv_eviction_pass.h scores and compacts each layer in the pool itself.
   Status Evict(const StepPlan& plan) {
     const PagedKvGeometry& geo = m_.tables_.shape().geometry;
-    const int64_t hq = l_.q_heads, kvh = l_.kv_heads, hd = c_.head_dim, S = l_.seq_shards;
-    const int64_t bs = geo.block_size, world = l_.tp, g = hq / kvh;
-    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-    const int64_t row_bytes = hd * static_cast<int64_t>(sizeof(KV));
-    const int64_t entry_bytes = 2 * row_bytes + (kQuantizedKv<KV> ? 2 * sizeof(float) : 0);
-    const int64_t ef = (entry_bytes + 3) / 4;  // an entry's floats on the wire
-    // Every head group's first KV head, to add up a replicated head's scores.
-    std::vector<int64_t> group_kv0(l_.head_groups);
-    for (int64_t hg = 0; hg < l_.head_groups; ++hg) {
-      KVS_ASSIGN_OR_RETURN(const TpLayout other,
-                           MakeTpLayout(c_, l_.tp, static_cast<int>(hg * S), l_.seq_shards));
-      group_kv0[hg] = other.kv_head0;
-    }
-    std::vector<float> krow(hd);
+    const int64_t S = l_.seq_shards;
+    KVS_ASSIGN_OR_RETURN(const std::vector<int64_t> group_kv0, HeadGroupFirstKvHeads(c_, l_));
+    const int64_t q_stride = m_.evict_window_max_ * l_.q_heads * c_.head_dim;  // one layer's
     for (size_t e = 0; e < plan.evict_seqs.size(); ++e) {
-      const int64_t s = plan.evict_seqs[e], keep = plan.evict_keep[e], w = SnapKvWindow(keep);
-      const int64_t L = plan.positions[plan.qo_indptr[s + 1] - 1] + 1, prefix = L - w;
-      const int32_t* table = m_.tables_.tables() + plan.seq_slots[s] * m_.tables_.shape().stride;
-      const int64_t M = ((L + bs - 1) / bs + S - 1) / S * bs;  // most positions a shard holds
-      const int64_t rows = hq * w;                             // (query head, window query)
-      std::vector<float> logits, stats, all_stats, part, all_part, score;
-      std::vector<double> total;
-      std::vector<int32_t> kept(kvh * keep);
-      try {
-        logits.assign(rows * M, -std::numeric_limits<float>::infinity());
-        stats.resize(2 * rows);
-        all_stats.resize(S * 2 * rows);
-        part.resize(kvh * M);
-        all_part.resize(world * kvh * M);
-        score.resize(prefix);
-        total.resize(2 * rows);
-      } catch (const std::bad_alloc&) {
-        return ResourceExhausted("not enough memory to score a {}-token prompt for KV eviction", L);
-      }
+      const int64_t s = plan.evict_seqs[e], keep = plan.evict_keep[e];
+      const EvictedSequence seq{m_.tables_.tables() + plan.seq_slots[s] * m_.tables_.shape().stride,
+                                plan.positions[plan.qo_indptr[s + 1] - 1] + 1, keep};
       for (int64_t layer = 0; layer < c_.n_layers; ++layer) {
-        const float* q =
-            m_.evict_q_.data() + (e * c_.n_layers + layer) * m_.evict_window_max_ * hq * hd;
-        const KV* K = Pool(layer, 0);
-        const float* ks = m_.kv_->k_scale(layer);
-        // This shard's scores, local index lb * bs + o; a query's later positions stay -inf.
-        for (int64_t lb = 0; lb < geo.BlocksFor(L); ++lb) {
-          for (int64_t o = 0; o < bs && geo.BlockStart(lb) + o < L; ++o) {
-            const int64_t p = geo.BlockStart(lb) + o, slot = geo.SlotOf(table[lb], o);
-            for (int64_t h = 0; h < kvh; ++h) {
-              const int64_t row = slot * kvh + h;
-              kv_row_to_f32(krow.data(), K + row * hd, ks ? ks[row] : 1.0f, hd);
-              for (int64_t qh = h * g; qh < (h + 1) * g; ++qh) {
-                for (int64_t i = std::max<int64_t>(0, p - prefix); i < w; ++i) {
-                  const float* qi = q + (i * hq + qh) * hd;
-                  float dot = 0;
-                  for (int64_t d = 0; d < hd; ++d) dot += qi[d] * krow[d];
-                  logits[(qh * w + i) * M + lb * bs + o] = dot * scale;
-                }
-              }
-            }
-          }
-        }
-        // Each row's max and sum of exps over this shard's positions, merged over the group.
-        for (int64_t r = 0; r < rows; ++r) {
-          const float* x = logits.data() + r * M;
-          const float mx = *std::max_element(x, x + M);
-          double sum = 0;
-          if (mx > -std::numeric_limits<float>::infinity()) {
-            for (int64_t k = 0; k < M; ++k) sum += std::exp(static_cast<double>(x[k] - mx));
-          }
-          stats[2 * r] = mx;
-          stats[2 * r + 1] = static_cast<float>(sum);
-        }
-        const float* st = stats.data();
-        if (S > 1) {
-          KVS_RETURN_IF_ERROR(m_.comm_->AllGatherInGroups(stats.data(), stats.size(),
-                                                          all_stats.data(), static_cast<int>(S)));
-          st = all_stats.data();
-        }
-        for (int64_t r = 0; r < rows; ++r) {  // total[2r] = the row's max, [2r + 1] its sum
-          double mx = -std::numeric_limits<double>::infinity(), sum = 0;
-          for (int64_t sh = 0; sh < S; ++sh) mx = std::max<double>(mx, st[sh * 2 * rows + 2 * r]);
-          for (int64_t sh = 0; sh < S; ++sh) {
-            const double m_sh = st[sh * 2 * rows + 2 * r];
-            if (m_sh > -std::numeric_limits<double>::infinity()) {
-              sum += st[sh * 2 * rows + 2 * r + 1] * std::exp(m_sh - mx);
-            }
-          }
-          total[2 * r] = mx;
-          total[2 * r + 1] = sum;
-        }
-        // This rank's part of each KV head's score: its query heads, its positions.
-        std::fill(part.begin(), part.end(), 0.0f);
-        for (int64_t h = 0; h < kvh; ++h) {
-          for (int64_t k = 0; k < M; ++k) {
-            double sc = 0;
-            for (int64_t r = h * g * w; r < (h + 1) * g * w; ++r) {
-              const float x = logits[r * M + k];
-              if (x > -std::numeric_limits<float>::infinity()) {
-                sc += std::exp(static_cast<double>(x) - total[2 * r]) / total[2 * r + 1];
-              }
-            }
-            part[h * M + k] = static_cast<float>(sc);
-          }
-        }
-        const float* parts = part.data();
-        if (world > 1) {
-          KVS_RETURN_IF_ERROR(m_.comm_->AllGatherInGroups(part.data(), part.size(), all_part.data(),
-                                                          static_cast<int>(world)));
-          parts = all_part.data();
-        }
-        for (int64_t h = 0; h < kvh; ++h) {
-          const int64_t head = l_.kv_head0 + h;  // global
-          for (int64_t p = 0; p < prefix; ++p) {
-            const int64_t sh = (p / bs) % S, k = (p / bs) / S * bs + p % bs;
-            double sc = 0;
-            for (int64_t hg = 0; hg < l_.head_groups; ++hg) {  // the groups holding this head
-              const int64_t local = head - group_kv0[hg];
-              if (local < 0 || local >= kvh) continue;
-              sc += parts[((hg * S + sh) * kvh + local) * M + k];
-            }
-            score[p] = static_cast<float>(sc);
-          }
-          snapkv_pick(score.data(), prefix, w, keep, kept.data() + h * keep);
-        }
-        KVS_RETURN_IF_ERROR(Compact(layer, table, kept.data(), keep, L, ef));
+        const HostKvLayer<KV> pool{Pool(layer, 0), Pool(layer, 1), m_.kv_->k_scale(layer),
+                                   m_.kv_->v_scale(layer)};
+        KVS_RETURN_IF_ERROR(
+            EvictLayer<KV>(*m_.comm_, c_, l_, group_kv0, geo, seq,
+                           m_.evict_q_.data() + (e * c_.n_layers + layer) * q_stride, pool));
       }
-      m_.tables_.Truncate(plan.seq_slots[s], (keep + bs * S - 1) / (bs * S));
-    }
-    return Status::Ok();
-  }
-  // Moves each local KV head h's rows at positions kept[h][0..keep) to cache indices 0..keep-1
-  // of the same sequence: every row is copied out first (each shard its own), then written
-  // where its new index lives. An entry is K row, V row, and their scales (quantized dtypes).
-  Status Compact(int64_t layer, const int32_t* table, const int32_t* kept, int64_t keep,
-                 int64_t length, int64_t ef) {
-    const PagedKvGeometry& geo = m_.tables_.shape().geometry;
-    const int64_t kvh = l_.kv_heads, hd = c_.head_dim, S = l_.seq_shards;
-    const size_t row_bytes = hd * sizeof(KV);
-    auto owner = [&](int64_t p) { return (p / geo.block_size) % S; };
-    std::vector<int64_t> count(S, 0);
-    for (int64_t i = 0; i < kvh * keep; ++i) ++count[owner(kept[i])];
-    const int64_t most = *std::max_element(count.begin(), count.end());
-    std::vector<float> mine(most * ef, 0.0f), all(S > 1 ? S * most * ef : 0);
-    KV* K = Pool(layer, 0);
-    KV* V = Pool(layer, 1);
-    float* ks = m_.kv_->k_scale(layer);
-    float* vs = m_.kv_->v_scale(layer);
-    int64_t n = 0;
-    for (int64_t h = 0; h < kvh; ++h) {
-      for (int64_t j = 0; j < keep; ++j) {
-        const int64_t p = kept[h * keep + j];
-        if (p >= length || !geo.Owns(p)) continue;
-        const int64_t row = geo.Slot(table, p) * kvh + h;
-        auto* dst = reinterpret_cast<std::byte*>(mine.data() + n++ * ef);
-        std::memcpy(dst, K + row * hd, row_bytes);
-        std::memcpy(dst + row_bytes, V + row * hd, row_bytes);
-        if constexpr (kQuantizedKv<KV>) {
-          std::memcpy(dst + 2 * row_bytes, ks + row, sizeof(float));
-          std::memcpy(dst + 2 * row_bytes + sizeof(float), vs + row, sizeof(float));
-        }
-      }
-    }
-    const float* from = mine.data();
-    if (S > 1) {
-      KVS_RETURN_IF_ERROR(
-          m_.comm_->AllGatherInGroups(mine.data(), mine.size(), all.data(), static_cast<int>(S)));
-      from = all.data();
-    }
-    std::vector<int64_t> next(S, 0);
-    for (int64_t h = 0; h < kvh; ++h) {
-      for (int64_t j = 0; j < keep; ++j) {
-        const int64_t o = owner(kept[h * keep + j]);
-        const auto* src = reinterpret_cast<const std::byte*>(from + (o * most + next[o]++) * ef);
-        if (!geo.Owns(j)) continue;
-        const int64_t row = geo.Slot(table, j) * kvh + h;
-        std::memcpy(K + row * hd, src, row_bytes);
-        std::memcpy(V + row * hd, src + row_bytes, row_bytes);
-        if constexpr (kQuantizedKv<KV>) {
-          std::memcpy(ks + row, src + 2 * row_bytes, sizeof(float));
-          std::memcpy(vs + row, src + 2 * row_bytes + sizeof(float), sizeof(float));
-        }
-      }
+      m_.tables_.Truncate(plan.seq_slots[s],
+                          (keep + geo.block_size * S - 1) / (geo.block_size * S));
     }
     return Status::Ok();
   }
