@@ -162,7 +162,7 @@ Status ServingEngine::CheckKvBudget(int64_t budget) const {
   if (budget <= 0) return Status::Ok();
   const ModelConfig& c = model_->config();
   if (!model_->supports_kv_eviction()) {
-    return InvalidArgument("kv_budget: KV eviction runs on the CPU backend only");
+    return InvalidArgument("kv_budget: this backend has no KV eviction");
   }
   if (c.streaming() || c.KvReleaseWindow() > 0 ||
       std::any_of(c.layer_window.begin(), c.layer_window.end(), [](int64_t w) { return w > 0; })) {

@@ -17,6 +17,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/cuda/device_buffer.h"
@@ -89,6 +90,7 @@ class CudaShardModel : public ShardBackend {
   int64_t kv_bytes_per_token() const override;
   int64_t kv_bytes() const override { return static_cast<int64_t>(kv_.bytes()); }
   size_t graphs() const { return graphs_.size(); }  // decode graphs captured so far
+  bool supports_kv_eviction() const override { return true; }
 
  private:
   template <typename Act, typename KV>
@@ -107,6 +109,11 @@ class CudaShardModel : public ShardBackend {
   // Replays the bucket's graph: the first step of a bucket runs eagerly (warming cuBLAS and
   // NCCL up), the second captures the graph, later ones only launch it.
   Status RunDecodeGraph(const StepShape& shape);
+  // KV eviction after a step whose chunks end evicted prompts (shard/kv_eviction_pass.h): each
+  // layer of each sequence through a host copy of its blocks, the compacted ones copied back.
+  template <typename KV>
+  Status Evict(const StepPlan& plan);
+  Status EvictAny(const StepPlan& plan);
   template <typename KV>
   KV* KvLayer(int64_t layer, int which) const;  // which: 0 = K, 1 = V
   // A quantized cache's row scales, f32 [(num_blocks + 1) * block_size, kv_heads]; else nullptr.
@@ -162,6 +169,11 @@ class CudaShardModel : public ShardBackend {
   PinnedBuffer logits_host_;  // f32 [T * vocab] on rank 0
   std::vector<int> gather_counts_;
 
+  // KV eviction: each evicted sequence's (first row, rows) of its observation window in the
+  // step, and the window's queries f32 [E][layers][evict_window_max_][q_heads * head_dim] (host).
+  std::vector<std::pair<int64_t, int64_t>> evict_rows_;
+  int64_t evict_window_max_ = 0;
+  std::vector<float> evict_q_;
   std::set<int64_t> warmed_;                   // buckets that ran once eagerly
   std::map<int64_t, cudaGraphExec_t> graphs_;  // bucket -> its decode graph
 };
