@@ -3,11 +3,9 @@
 #include <algorithm>
 #include <cmath>
 #include <new>
-#include <numeric>
 #include <type_traits>
 
 #include "common/cuda/cuda_check.h"
-#include "kernels/cpu/half.h"
 #include "kernels/cuda/activation.h"
 #include "kernels/cuda/convert.h"
 #include "kernels/cuda/embedding.h"
@@ -16,7 +14,6 @@
 #include "kernels/cuda/rmsnorm.h"
 #include "kernels/cuda/rope.h"
 #include "plan/kv_eviction.h"
-#include "shard/kv_eviction_pass.h"
 #include "shard/layer_program.h"
 #include "shard/rope_frequencies.h"
 #include "shard/safetensors.h"
@@ -255,12 +252,6 @@ CudaShardModel::~CudaShardModel() {
   for (auto& [bucket, exec] : graphs_) cudaGraphExecDestroy(exec);
 }
 
-template <typename KV>
-KV* CudaShardModel::KvLayer(int64_t layer, int which) const {
-  return reinterpret_cast<KV*>(static_cast<std::byte*>(kv_.get()) +
-                               (2 * layer + which) * kv_layer_bytes_);
-}
-
 float* CudaShardModel::KvScale(int64_t layer, int which) const {
   if (kv_scale_layer_bytes_ == 0) return nullptr;
   return reinterpret_cast<float*>(static_cast<std::byte*>(kv_.get()) +
@@ -301,124 +292,6 @@ Status CudaShardModel::Forward(const StepPlan& plan, std::vector<float>* logits)
   UnpackLogits(logits_host_.as<float>(), layout_, shape.rows, shape.result_rows, config_.vocab_size,
                logits->data());
   return Status::Ok();
-}
-
-namespace {
-
-// The CPU cache element type with a device type's bits (shard/kv_eviction_pass.h runs on them).
-template <typename KV>
-struct HostKvType {
-  using type = KV;  // float, int8_t
-};
-template <>
-struct HostKvType<__half> {
-  using type = f16_t;
-};
-template <>
-struct HostKvType<__nv_bfloat16> {
-  using type = bf16_t;
-};
-template <>
-struct HostKvType<__nv_fp8_e4m3> {
-  using type = fp8_e4m3_t;
-};
-
-}  // namespace
-
-template <typename KV>
-Status CudaShardModel::Evict(const StepPlan& plan) {
-  using H = typename HostKvType<KV>::type;
-  static_assert(sizeof(H) == sizeof(KV));
-  const PagedKvGeometry& geo = tables_.shape().geometry;
-  const int64_t S = layout_.seq_shards, bs = geo.block_size, kvh = layout_.kv_heads;
-  const int64_t row = kvh * config_.head_dim;  // elements of one slot
-  constexpr bool kQuantized = std::is_same_v<KV, int8_t> || std::is_same_v<KV, __nv_fp8_e4m3>;
-  KVS_ASSIGN_OR_RETURN(const std::vector<int64_t> group_kv0,
-                       HeadGroupFirstKvHeads(config_, layout_));
-  const int64_t q_stride = evict_window_max_ * layout_.q_heads * config_.head_dim;  // a layer's
-  for (size_t e = 0; e < plan.evict_seqs.size(); ++e) {
-    const int64_t s = plan.evict_seqs[e], keep = plan.evict_keep[e];
-    const int64_t length = plan.positions[plan.qo_indptr[s + 1] - 1] + 1;
-    const int32_t* table = tables_.tables() + plan.seq_slots[s] * tables_.shape().stride;
-    // This shard's blocks of the prompt, copied to a host pool of their own (local block lb in
-    // host block lb), and the ones that receive the kept rows, copied back.
-    const int64_t blocks = geo.BlocksFor(length), back = geo.BlocksFor(keep);
-    std::vector<int32_t> local(blocks);
-    std::iota(local.begin(), local.end(), 0);
-    std::vector<H> k, v;
-    std::vector<float> ks, vs;
-    try {
-      k.resize(blocks * bs * row);
-      v.resize(blocks * bs * row);
-      ks.resize(kQuantized ? blocks * bs * kvh : 0);
-      vs.resize(kQuantized ? blocks * bs * kvh : 0);
-    } catch (const std::bad_alloc&) {
-      return ResourceExhausted("not enough host memory to evict a {}-token prompt's KV", length);
-    }
-    const size_t block_bytes = bs * row * sizeof(KV), scale_bytes = bs * kvh * sizeof(float);
-    for (int64_t layer = 0; layer < config_.n_layers; ++layer) {
-      KV* dk = KvLayer<KV>(layer, 0);
-      KV* dv = KvLayer<KV>(layer, 1);
-      float* dks = KvScale(layer, 0);
-      float* dvs = KvScale(layer, 1);
-      for (int64_t lb = 0; lb < blocks; ++lb) {
-        const int64_t slot0 = static_cast<int64_t>(table[lb]) * bs;
-        KVS_RETURN_IF_ERROR(
-            KVS_CUDA(cudaMemcpyAsync(k.data() + lb * bs * row, dk + slot0 * row, block_bytes,
-                                     cudaMemcpyDeviceToHost, stream_)));
-        KVS_RETURN_IF_ERROR(
-            KVS_CUDA(cudaMemcpyAsync(v.data() + lb * bs * row, dv + slot0 * row, block_bytes,
-                                     cudaMemcpyDeviceToHost, stream_)));
-        if constexpr (kQuantized) {
-          KVS_RETURN_IF_ERROR(
-              KVS_CUDA(cudaMemcpyAsync(ks.data() + lb * bs * kvh, dks + slot0 * kvh, scale_bytes,
-                                       cudaMemcpyDeviceToHost, stream_)));
-          KVS_RETURN_IF_ERROR(
-              KVS_CUDA(cudaMemcpyAsync(vs.data() + lb * bs * kvh, dvs + slot0 * kvh, scale_bytes,
-                                       cudaMemcpyDeviceToHost, stream_)));
-        }
-      }
-      KVS_RETURN_IF_ERROR(KVS_CUDA(cudaStreamSynchronize(stream_)));
-      const HostKvLayer<H> pool{k.data(), v.data(), kQuantized ? ks.data() : nullptr,
-                                kQuantized ? vs.data() : nullptr};
-      KVS_RETURN_IF_ERROR(EvictLayer<H>(comm_->control(), config_, layout_, group_kv0, geo,
-                                        EvictedSequence{local.data(), length, keep},
-                                        evict_q_.data() + (e * config_.n_layers + layer) * q_stride,
-                                        pool));
-      for (int64_t lb = 0; lb < back; ++lb) {
-        const int64_t slot0 = static_cast<int64_t>(table[lb]) * bs;
-        KVS_RETURN_IF_ERROR(
-            KVS_CUDA(cudaMemcpyAsync(dk + slot0 * row, k.data() + lb * bs * row, block_bytes,
-                                     cudaMemcpyHostToDevice, stream_)));
-        KVS_RETURN_IF_ERROR(
-            KVS_CUDA(cudaMemcpyAsync(dv + slot0 * row, v.data() + lb * bs * row, block_bytes,
-                                     cudaMemcpyHostToDevice, stream_)));
-        if constexpr (kQuantized) {
-          KVS_RETURN_IF_ERROR(
-              KVS_CUDA(cudaMemcpyAsync(dks + slot0 * kvh, ks.data() + lb * bs * kvh, scale_bytes,
-                                       cudaMemcpyHostToDevice, stream_)));
-          KVS_RETURN_IF_ERROR(
-              KVS_CUDA(cudaMemcpyAsync(dvs + slot0 * kvh, vs.data() + lb * bs * kvh, scale_bytes,
-                                       cudaMemcpyHostToDevice, stream_)));
-        }
-      }
-      // The host copies are reused by the next layer.
-      KVS_RETURN_IF_ERROR(KVS_CUDA(cudaStreamSynchronize(stream_)));
-    }
-    tables_.Truncate(plan.seq_slots[s], (keep + bs * S - 1) / (bs * S));
-  }
-  return Status::Ok();
-}
-
-Status CudaShardModel::EvictAny(const StepPlan& plan) {
-  switch (options_.kv_dtype) {
-    case DType::kF32: return Evict<float>(plan);
-    case DType::kF16: return Evict<__half>(plan);
-    case DType::kBF16: return Evict<__nv_bfloat16>(plan);
-    case DType::kI8: return Evict<int8_t>(plan);
-    case DType::kF8E4M3: return Evict<__nv_fp8_e4m3>(plan);
-  }
-  return Internal("unknown KV dtype");
 }
 
 Status CudaShardModel::RunDecodeGraph(const StepShape& shape) {

@@ -13,6 +13,7 @@
 
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <map>
 #include <memory>
 #include <set>
@@ -115,7 +116,10 @@ class CudaShardModel : public ShardBackend {
   Status Evict(const StepPlan& plan);
   Status EvictAny(const StepPlan& plan);
   template <typename KV>
-  KV* KvLayer(int64_t layer, int which) const;  // which: 0 = K, 1 = V
+  KV* KvLayer(int64_t layer, int which) const {  // which: 0 = K, 1 = V
+    return reinterpret_cast<KV*>(static_cast<std::byte*>(kv_.get()) +
+                                 (2 * layer + which) * kv_layer_bytes_);
+  }
   // A quantized cache's row scales, f32 [(num_blocks + 1) * block_size, kv_heads]; else nullptr.
   float* KvScale(int64_t layer, int which) const;
 
