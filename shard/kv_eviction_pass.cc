@@ -74,6 +74,25 @@ Status Compact(Communicator& comm, const ModelConfig& c, const TpLayout& l,
 
 }  // namespace
 
+Status EvictionQueries::Prepare(const StepPlan& plan, int64_t layers, int64_t q_width) {
+  windows_.clear();
+  most_rows_ = 0;
+  layers_ = layers;
+  q_width_ = q_width;
+  for (size_t e = 0; e < plan.evict_seqs.size(); ++e) {
+    const int64_t w = SnapKvWindow(plan.evict_keep[e]);
+    windows_.emplace_back(plan.qo_indptr[plan.evict_seqs[e] + 1] - w, w);
+    most_rows_ = std::max(most_rows_, w);
+  }
+  if (windows_.empty()) return Status::Ok();
+  try {
+    q_.resize(windows_.size() * layers * most_rows_ * q_width);
+  } catch (const std::bad_alloc&) {
+    return ResourceExhausted("not enough memory to score the KV eviction's queries");
+  }
+  return Status::Ok();
+}
+
 StatusOr<std::vector<int64_t>> HeadGroupFirstKvHeads(const ModelConfig& c, const TpLayout& l) {
   std::vector<int64_t> group_kv0(l.head_groups);
   for (int64_t hg = 0; hg < l.head_groups; ++hg) {

@@ -97,10 +97,10 @@ class CpuOps {
     float* lse = l_.seq_shards > 1 ? m_.att_.data() + T * l_.q_heads * c_.head_dim : nullptr;
     // KV eviction after this step: the observation window's queries of every layer, kept.
     const int64_t q_width = l_.q_heads * c_.head_dim;
-    for (size_t e = 0; e < m_.evict_rows_.size(); ++e) {
-      const auto [row0, w] = m_.evict_rows_[e];
-      std::memcpy(m_.evict_q_.data() + (e * c_.n_layers + layer) * m_.evict_window_max_ * q_width,
-                  m_.q_.data() + row0 * q_width, w * q_width * sizeof(float));
+    for (size_t e = 0; e < m_.evict_q_.size(); ++e) {
+      const auto [row0, w] = m_.evict_q_.window(e);
+      std::memcpy(m_.evict_q_.at(e, layer), m_.q_.data() + row0 * q_width,
+                  w * q_width * sizeof(float));
     }
     if (c_.streaming()) return StreamingAttention(layer, T, view, lse);
     paged_attention<KV>(m_.att_.data(), m_.q_.data(), Pool(layer, 0), Pool(layer, 1), view,
@@ -148,7 +148,6 @@ class CpuOps {
     const PagedKvGeometry& geo = m_.tables_.shape().geometry;
     const int64_t S = l_.seq_shards;
     KVS_ASSIGN_OR_RETURN(const std::vector<int64_t> group_kv0, HeadGroupFirstKvHeads(c_, l_));
-    const int64_t q_stride = m_.evict_window_max_ * l_.q_heads * c_.head_dim;  // one layer's
     for (size_t e = 0; e < plan.evict_seqs.size(); ++e) {
       const int64_t s = plan.evict_seqs[e], keep = plan.evict_keep[e];
       const EvictedSequence seq{m_.tables_.tables() + plan.seq_slots[s] * m_.tables_.shape().stride,
@@ -157,8 +156,7 @@ class CpuOps {
         const HostKvLayer<KV> pool{Pool(layer, 0), Pool(layer, 1), m_.kv_->k_scale(layer),
                                    m_.kv_->v_scale(layer)};
         KVS_RETURN_IF_ERROR(
-            EvictLayer<KV>(*m_.comm_, c_, l_, group_kv0, geo, seq,
-                           m_.evict_q_.data() + (e * c_.n_layers + layer) * q_stride, pool));
+            EvictLayer<KV>(*m_.comm_, c_, l_, group_kv0, geo, seq, m_.evict_q_.at(e, layer), pool));
       }
       m_.tables_.Truncate(plan.seq_slots[s],
                           (keep + geo.block_size * S - 1) / (geo.block_size * S));
@@ -342,21 +340,7 @@ Status ShardModel::Forward(const StepPlan& plan, std::vector<float>* logits) {
   const ProgramStep step{staged_.tokens, staged_.rows};
   const float* result = nullptr;
   // KV eviction: the rows whose queries score the prompt positions.
-  evict_rows_.clear();
-  evict_window_max_ = 0;
-  for (size_t e = 0; e < plan.evict_seqs.size(); ++e) {
-    const int64_t w = SnapKvWindow(plan.evict_keep[e]);
-    evict_rows_.emplace_back(plan.qo_indptr[plan.evict_seqs[e] + 1] - w, w);
-    evict_window_max_ = std::max(evict_window_max_, w);
-  }
-  if (!evict_rows_.empty()) {
-    try {
-      evict_q_.resize(evict_rows_.size() * config_.n_layers * evict_window_max_ * layout_.q_heads *
-                      config_.head_dim);
-    } catch (const std::bad_alloc&) {
-      return ResourceExhausted("not enough memory to score the KV eviction's queries");
-    }
-  }
+  KVS_RETURN_IF_ERROR(evict_q_.Prepare(plan, config_.n_layers, layout_.q_heads * config_.head_dim));
   auto run = [&](auto kv_tag) -> Status {
     CpuOps<decltype(kv_tag)> ops(*this, in);
     KVS_RETURN_IF_ERROR(RunLayerProgram(ops, *comm_, config_, layout_, step, &gather_counts_));

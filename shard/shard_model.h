@@ -12,6 +12,7 @@
 #include "common/status.h"
 #include "plan/step_plan.h"
 #include "shard/block_tables.h"
+#include "shard/kv_eviction_pass.h"
 #include "shard/kv_pool.h"
 #include "shard/model_config.h"
 #include "shard/shard_backend.h"
@@ -87,11 +88,7 @@ class ShardModel : public ShardBackend {
   // and both parts' outputs and log-sum-exps before the merge.
   std::vector<float> sink_q_, sink_parts_;
   std::vector<int32_t> sink_pos_;
-  // KV eviction in this step: each evicted sequence's first window row and window, and the
-  // window's queries f32 [E][layers][evict_window_max_][q_heads * head_dim].
-  std::vector<std::pair<int64_t, int64_t>> evict_rows_;
-  int64_t evict_window_max_ = 0;
-  std::vector<float> evict_q_;
+  EvictionQueries evict_q_;  // KV eviction in this step: the windows' queries
 
   // Workspace, sized once for max_tokens_per_step (no allocation in the step).
   std::vector<float> x_;             // f32 [T, dim] residual stream

@@ -1,54 +1,27 @@
 // KV eviction on the CUDA backend (docs/gpu.md): the CPU's per-layer pass
 // (shard/kv_eviction_pass.h) on a host copy of each layer of the prompt's blocks.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_fp8.h>
-
 #include <new>
 #include <numeric>
-#include <type_traits>
 #include <vector>
 
 #include "common/cuda/cuda_check.h"
-#include "kernels/cpu/half.h"
+#include "kernels/cpu/paged_attention.h"
+#include "kernels/cuda/host_twin.h"
 #include "shard/cuda/cuda_shard_model.h"
 #include "shard/kv_eviction_pass.h"
 
 namespace kvshard::cuda {
 
-namespace {
-
-// The CPU cache element type with a device type's bits (shard/kv_eviction_pass.h runs on them).
-template <typename KV>
-struct HostKvType {
-  using type = KV;  // float, int8_t
-};
-template <>
-struct HostKvType<__half> {
-  using type = f16_t;
-};
-template <>
-struct HostKvType<__nv_bfloat16> {
-  using type = bf16_t;
-};
-template <>
-struct HostKvType<__nv_fp8_e4m3> {
-  using type = fp8_e4m3_t;
-};
-
-}  // namespace
-
 template <typename KV>
 Status CudaShardModel::Evict(const StepPlan& plan) {
-  using H = typename HostKvType<KV>::type;
+  using H = HostOf<KV>;  // the CPU element type of the same bits
   static_assert(sizeof(H) == sizeof(KV));
   const PagedKvGeometry& geo = tables_.shape().geometry;
   const int64_t S = layout_.seq_shards, bs = geo.block_size, kvh = layout_.kv_heads;
   const int64_t row = kvh * config_.head_dim;  // elements of one slot
-  constexpr bool kQuantized = std::is_same_v<KV, int8_t> || std::is_same_v<KV, __nv_fp8_e4m3>;
+  constexpr bool kQuantized = ::kvshard::kQuantizedKv<H>;
   KVS_ASSIGN_OR_RETURN(const std::vector<int64_t> group_kv0,
                        HeadGroupFirstKvHeads(config_, layout_));
-  const int64_t q_stride = evict_window_max_ * layout_.q_heads * config_.head_dim;  // a layer's
   for (size_t e = 0; e < plan.evict_seqs.size(); ++e) {
     const int64_t s = plan.evict_seqs[e], keep = plan.evict_keep[e];
     const int64_t length = plan.positions[plan.qo_indptr[s + 1] - 1] + 1;
@@ -96,8 +69,7 @@ Status CudaShardModel::Evict(const StepPlan& plan) {
                                 kQuantized ? vs.data() : nullptr};
       KVS_RETURN_IF_ERROR(EvictLayer<H>(comm_->control(), config_, layout_, group_kv0, geo,
                                         EvictedSequence{local.data(), length, keep},
-                                        evict_q_.data() + (e * config_.n_layers + layer) * q_stride,
-                                        pool));
+                                        evict_q_.at(e, layer), pool));
       for (int64_t lb = 0; lb < back; ++lb) {
         const int64_t slot0 = static_cast<int64_t>(table[lb]) * bs;
         KVS_RETURN_IF_ERROR(

@@ -13,7 +13,6 @@
 #include "kernels/cuda/paged_attention.h"
 #include "kernels/cuda/rmsnorm.h"
 #include "kernels/cuda/rope.h"
-#include "plan/kv_eviction.h"
 #include "shard/layer_program.h"
 #include "shard/rope_frequencies.h"
 #include "shard/safetensors.h"
@@ -263,28 +262,14 @@ Status CudaShardModel::Forward(const StepPlan& plan, std::vector<float>* logits)
   KVS_RETURN_IF_ERROR(tables_.Apply(plan, config_.vocab_size, options_.max_tokens_per_step));
   KVS_RETURN_IF_ERROR(UploadAppends(plan));
   // KV eviction: the rows whose queries score the prompt positions (Attention copies them out).
-  evict_rows_.clear();
-  evict_window_max_ = 0;
-  for (size_t e = 0; e < plan.evict_seqs.size(); ++e) {
-    const int64_t w = SnapKvWindow(plan.evict_keep[e]);
-    evict_rows_.emplace_back(plan.qo_indptr[plan.evict_seqs[e] + 1] - w, w);
-    evict_window_max_ = std::max(evict_window_max_, w);
-  }
-  if (!evict_rows_.empty()) {
-    try {
-      evict_q_.resize(evict_rows_.size() * config_.n_layers * evict_window_max_ * layout_.q_heads *
-                      config_.head_dim);
-    } catch (const std::bad_alloc&) {
-      return ResourceExhausted("not enough memory to score the KV eviction's queries");
-    }
-  }
+  KVS_RETURN_IF_ERROR(evict_q_.Prepare(plan, config_.n_layers, layout_.q_heads * config_.head_dim));
   // The staging buffer is free: the previous step ended with a Synchronize.
   StepShape& shape = shape_;
   KVS_RETURN_IF_ERROR(StagePlan(plan, tables_, plan_layout_, stage_, plan_host_.get(), &shape));
   KVS_RETURN_IF_ERROR(KVS_CUDA(cudaMemcpyAsync(
       plan_device_.get(), plan_host_.get(), shape.upload_bytes, cudaMemcpyHostToDevice, stream_)));
   // A step that evicts runs eagerly: its queries are copied to the host as it runs.
-  KVS_RETURN_IF_ERROR(shape.padded && evict_rows_.empty() ? RunDecodeGraph(shape) : Enqueue(shape));
+  KVS_RETURN_IF_ERROR(shape.padded && evict_q_.empty() ? RunDecodeGraph(shape) : Enqueue(shape));
   KVS_RETURN_IF_ERROR(comm_->Synchronize());
   if (!plan.evict_seqs.empty()) KVS_RETURN_IF_ERROR(EvictAny(plan));
   if (comm_->rank() != 0 || shape.result_rows.empty()) return Status::Ok();
@@ -400,11 +385,11 @@ class CudaOps {
   Status Attention(int64_t layer, int64_t T) {
     const int64_t width = l_.q_heads * c_.head_dim;
     // KV eviction after this step: the observation window's queries of every layer, kept.
-    for (size_t e = 0; e < m_.evict_rows_.size(); ++e) {
-      const auto [row0, w] = m_.evict_rows_[e];
-      float* to = m_.evict_q_.data() + (e * c_.n_layers + layer) * m_.evict_window_max_ * width;
-      KVS_RETURN_IF_ERROR(KVS_CUDA(cudaMemcpyAsync(
-          to, F(Buf::kQ) + row0 * width, w * width * sizeof(float), cudaMemcpyDeviceToHost, st_)));
+    for (size_t e = 0; e < m_.evict_q_.size(); ++e) {
+      const auto [row0, w] = m_.evict_q_.window(e);
+      KVS_RETURN_IF_ERROR(
+          KVS_CUDA(cudaMemcpyAsync(m_.evict_q_.at(e, layer), F(Buf::kQ) + row0 * width,
+                                   w * width * sizeof(float), cudaMemcpyDeviceToHost, st_)));
     }
     float* lse = l_.seq_shards > 1 ? F(Buf::kAtt) + T * width : nullptr;
     if (!c_.streaming()) {

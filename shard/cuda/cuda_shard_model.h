@@ -29,6 +29,7 @@
 #include "shard/cuda/device_step_plan.h"
 #include "shard/cuda/device_weights.h"
 #include "shard/dtype.h"
+#include "shard/kv_eviction_pass.h"
 #include "shard/model_config.h"
 #include "shard/shard_backend.h"
 #include "shard/tp_layout.h"
@@ -173,12 +174,8 @@ class CudaShardModel : public ShardBackend {
   PinnedBuffer logits_host_;  // f32 [T * vocab] on rank 0
   std::vector<int> gather_counts_;
 
-  // KV eviction: each evicted sequence's (first row, rows) of its observation window in the
-  // step, and the window's queries f32 [E][layers][evict_window_max_][q_heads * head_dim] (host).
-  std::vector<std::pair<int64_t, int64_t>> evict_rows_;
-  int64_t evict_window_max_ = 0;
-  std::vector<float> evict_q_;
-  std::set<int64_t> warmed_;                   // buckets that ran once eagerly
+  EvictionQueries evict_q_;   // KV eviction in this step: the windows' queries (host)
+  std::set<int64_t> warmed_;  // buckets that ran once eagerly
   std::map<int64_t, cudaGraphExec_t> graphs_;  // bucket -> its decode graph
 };
 

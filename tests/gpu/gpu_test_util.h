@@ -15,6 +15,7 @@
 
 #include "common/cuda/cuda_check.h"
 #include "kernels/cpu/half.h"
+#include "kernels/cuda/host_twin.h"
 
 namespace kvshard::cuda::testing {
 
@@ -42,24 +43,7 @@ inline void ThrowIfError(const Status& st) {
 #define KVS_TEST_CUBLAS(call) ::kvshard::cuda::testing::ThrowIfError(KVS_CUBLAS(call))
 
 // The host type with the same bits as a device element type.
-template <typename T>
-struct HostTwin {
-  using type = T;
-};
-template <>
-struct HostTwin<__half> {
-  using type = f16_t;
-};
-template <>
-struct HostTwin<__nv_bfloat16> {
-  using type = bf16_t;
-};
-template <>
-struct HostTwin<__nv_fp8_e4m3> {
-  using type = fp8_e4m3_t;
-};
-template <typename T>
-using HostOf = typename HostTwin<T>::type;
+using ::kvshard::cuda::HostOf;
 
 // A device array of T, freed at scope exit. The constructors wait for their memset and copy:
 // both run on the legacy default stream (and a cudaMemcpy from pageable memory may return before
