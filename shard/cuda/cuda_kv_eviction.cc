@@ -47,22 +47,24 @@ Status CudaShardModel::Evict(const StepPlan& plan) {
       KV* dv = KvLayer<KV>(layer, 1);
       float* dks = KvScale(layer, 0);
       float* dvs = KvScale(layer, 1);
-      for (int64_t lb = 0; lb < blocks; ++lb) {
+      // Block lb's K and V rows (and scales) between its place in the pool and host block lb.
+      auto move = [&](int64_t lb, cudaMemcpyKind kind) -> Status {
         const int64_t slot0 = static_cast<int64_t>(table[lb]) * bs;
-        KVS_RETURN_IF_ERROR(
-            KVS_CUDA(cudaMemcpyAsync(k.data() + lb * bs * row, dk + slot0 * row, block_bytes,
-                                     cudaMemcpyDeviceToHost, stream_)));
-        KVS_RETURN_IF_ERROR(
-            KVS_CUDA(cudaMemcpyAsync(v.data() + lb * bs * row, dv + slot0 * row, block_bytes,
-                                     cudaMemcpyDeviceToHost, stream_)));
+        const bool down = kind == cudaMemcpyDeviceToHost;
+        auto copy = [&](void* host, void* device, size_t bytes) {
+          return KVS_CUDA(
+              cudaMemcpyAsync(down ? host : device, down ? device : host, bytes, kind, stream_));
+        };
+        KVS_RETURN_IF_ERROR(copy(k.data() + lb * bs * row, dk + slot0 * row, block_bytes));
+        KVS_RETURN_IF_ERROR(copy(v.data() + lb * bs * row, dv + slot0 * row, block_bytes));
         if constexpr (kQuantized) {
-          KVS_RETURN_IF_ERROR(
-              KVS_CUDA(cudaMemcpyAsync(ks.data() + lb * bs * kvh, dks + slot0 * kvh, scale_bytes,
-                                       cudaMemcpyDeviceToHost, stream_)));
-          KVS_RETURN_IF_ERROR(
-              KVS_CUDA(cudaMemcpyAsync(vs.data() + lb * bs * kvh, dvs + slot0 * kvh, scale_bytes,
-                                       cudaMemcpyDeviceToHost, stream_)));
+          KVS_RETURN_IF_ERROR(copy(ks.data() + lb * bs * kvh, dks + slot0 * kvh, scale_bytes));
+          KVS_RETURN_IF_ERROR(copy(vs.data() + lb * bs * kvh, dvs + slot0 * kvh, scale_bytes));
         }
+        return Status::Ok();
+      };
+      for (int64_t lb = 0; lb < blocks; ++lb) {
+        KVS_RETURN_IF_ERROR(move(lb, cudaMemcpyDeviceToHost));
       }
       KVS_RETURN_IF_ERROR(KVS_CUDA(cudaStreamSynchronize(stream_)));
       const HostKvLayer<H> pool{k.data(), v.data(), kQuantized ? ks.data() : nullptr,
@@ -70,23 +72,7 @@ Status CudaShardModel::Evict(const StepPlan& plan) {
       KVS_RETURN_IF_ERROR(EvictLayer<H>(comm_->control(), config_, layout_, group_kv0, geo,
                                         EvictedSequence{local.data(), length, keep},
                                         evict_q_.at(e, layer), pool));
-      for (int64_t lb = 0; lb < back; ++lb) {
-        const int64_t slot0 = static_cast<int64_t>(table[lb]) * bs;
-        KVS_RETURN_IF_ERROR(
-            KVS_CUDA(cudaMemcpyAsync(dk + slot0 * row, k.data() + lb * bs * row, block_bytes,
-                                     cudaMemcpyHostToDevice, stream_)));
-        KVS_RETURN_IF_ERROR(
-            KVS_CUDA(cudaMemcpyAsync(dv + slot0 * row, v.data() + lb * bs * row, block_bytes,
-                                     cudaMemcpyHostToDevice, stream_)));
-        if constexpr (kQuantized) {
-          KVS_RETURN_IF_ERROR(
-              KVS_CUDA(cudaMemcpyAsync(dks + slot0 * kvh, ks.data() + lb * bs * kvh, scale_bytes,
-                                       cudaMemcpyHostToDevice, stream_)));
-          KVS_RETURN_IF_ERROR(
-              KVS_CUDA(cudaMemcpyAsync(dvs + slot0 * kvh, vs.data() + lb * bs * kvh, scale_bytes,
-                                       cudaMemcpyHostToDevice, stream_)));
-        }
-      }
+      for (int64_t lb = 0; lb < back; ++lb) KVS_RETURN_IF_ERROR(move(lb, cudaMemcpyHostToDevice));
       // The host copies are reused by the next layer.
       KVS_RETURN_IF_ERROR(KVS_CUDA(cudaStreamSynchronize(stream_)));
     }
