@@ -19,6 +19,12 @@ struct bf16_t {
 struct fp8_e4m3_t {
   uint8_t bits;
 };
+// An fp8 KV row's scale is the one of kFp8ScaleCandidates that stores the row with the least
+// squared error: candidate j maps the row's largest magnitude to kFp8TopStep * (32 - j), from 448
+// (j = 0) down to 238, every one exact in f32 (kv_append in kernels/cpu/paged_attention.cc and
+// kernels/cuda/kv_append.cu; ties go to the smaller j).
+inline constexpr int kFp8ScaleCandidates = 16;
+inline constexpr float kFp8TopStep = 14.0f;
 
 inline float f16_bits_to_f32(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
@@ -88,36 +94,44 @@ inline uint16_t f32_to_bf16_bits(float f) {
   return static_cast<uint16_t>((x + rounding) >> 16);
 }
 
-// E4M3 -> f32, exact. Its bits shifted into a binary16's place are a binary16 of the same sign
-// and mantissa whose exponent bias (15) is 8 more than E4M3's (7): so the value is that binary16
-// times 2^8, subnormals included. The vector kernels decode the same way (simd::load_fp8).
+// E4M3 -> f32, exact: a normal code's exponent and mantissa fields are an f32's, moved down by
+// 20 bits and rebiased (127 - 7 = 120); a subnormal code q (exponent field 0) is q * 2^-9.
 inline float fp8_e4m3_bits_to_f32(uint8_t b) {
-  if ((b & 0x7f) == 0x7f) return std::nanf("");
-  const uint16_t h = static_cast<uint16_t>(((b & 0x80) << 8) | ((b & 0x7f) << 7));
-  return f16_bits_to_f32(h) * 256.0f;
+  const uint32_t c = b & 0x7f;
+  if (c == 0x7f) return std::nanf("");
+  float a;
+  if (c >= 8) {
+    const uint32_t bits = (c + (120u << 3)) << 20;
+    std::memcpy(&a, &bits, 4);
+  } else {
+    a = static_cast<float>(c) * 0.001953125f;  // 2^-9
+  }
+  return (b & 0x80) ? -a : a;
 }
 
 // f32 -> E4M3, rounding to nearest even and saturating at +-448 (a scaled KV row never exceeds
-// it); NaN gives NaN.
+// it); NaN gives NaN. Normal values round in the f32's bits (add half a step less one, plus the
+// kept mantissa's low bit: ties go to even, and a carry moves into the exponent); below 2^-6 the
+// step is 2^-9, and adding 2^14 (whose f32 spacing is 2^-9) rounds to it.
 inline uint8_t f32_to_fp8_e4m3_bits(float f) {
-  if (std::isnan(f)) return 0x7f;
-  const uint8_t sign = std::signbit(f) ? 0x80 : 0;
-  float a = std::fabs(f);
-  if (a >= 448.0f) return sign | 0x7e;
-  // The spacing of E4M3 values around a: 2^(e - 3) for a normal a in [2^e, 2^(e+1)), 2^-9 below
-  // the smallest normal 2^-6. nearbyint rounds half to even in the default rounding mode.
-  int e = 0;
-  std::frexp(a, &e);  // a = m * 2^e, m in [0.5, 1): a in [2^(e-1), 2^e)
-  const int quantum_exp = (e - 1 < -6 ? -6 : e - 1) - 3;
-  const float q = std::nearbyint(std::ldexp(a, -quantum_exp));  // a in quanta
-  a = std::ldexp(q, quantum_exp);
-  if (a == 0.0f) return sign;
-  if (a >= 448.0f) return sign | 0x7e;
-  if (a < 0.015625f) return sign | static_cast<uint8_t>(q);  // subnormal: q quanta of 2^-9
-  std::frexp(a, &e);                                         // rounding may have carried
-  const int exp_field = e - 1 + 7;
-  const int mant = static_cast<int>(std::ldexp(a, -(e - 1) + 3)) - 8;
-  return sign | static_cast<uint8_t>((exp_field << 3) | mant);
+  uint32_t x = 0;
+  std::memcpy(&x, &f, 4);
+  const uint8_t sign = static_cast<uint8_t>((x >> 24) & 0x80);
+  const uint32_t a = x & 0x7fffffffu;
+  if (a > 0x7f800000u) return 0x7f;          // NaN
+  if (a >= 0x43e00000u) return sign | 0x7e;  // 448 and above
+  uint32_t code = 0;
+  if (a < 0x3c800000u) {  // below 2^-6: subnormal steps of 2^-9
+    float af = 0;
+    std::memcpy(&af, &a, 4);
+    const float y = af + 16384.0f;
+    uint32_t yb = 0;
+    std::memcpy(&yb, &y, 4);
+    code = yb - 0x46800000u;  // the bits of 16384.0f
+  } else {
+    code = ((a + 0x7ffffu + ((a >> 20) & 1)) >> 20) - (120u << 3);
+  }
+  return sign | static_cast<uint8_t>(code > 0x7e ? 0x7e : code);
 }
 
 // f32 -> int8, rounding to nearest even and saturating at +-127 (symmetric: -128 is never used).

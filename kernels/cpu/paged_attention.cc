@@ -413,14 +413,29 @@ inline constexpr int kMinBlockedRun = 8;
 
 namespace {
 
-// One row's codes and scale: symmetric, the row's largest magnitude maps to the largest code.
+// One row's codes and scale: symmetric. int8: the row's largest magnitude maps to the largest
+// code. fp8: to the candidate top code (half.h) whose codes, times its scale, are nearest the row
+// in squared error, each candidate's error one chain of fused multiply-adds in element order.
 template <typename KV>
 void quantize_row(KV* out, float* scale, const float* x, int64_t n) {
-  constexpr float kMaxCode = std::is_same_v<KV, int8_t> ? 127.0f : 448.0f;
   float amax = 0;
   for (int64_t i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
-  *scale = amax / kMaxCode;
-  const float inv = amax > 0 ? kMaxCode / amax : 0.0f;
+  float top = std::is_same_v<KV, int8_t> ? 127.0f : 448.0f;
+  if constexpr (std::is_same_v<KV, fp8_e4m3_t>) {
+    float best = std::numeric_limits<float>::infinity();
+    for (int j = 0; j < kFp8ScaleCandidates && amax > 0; ++j) {
+      const float t = kFp8TopStep * static_cast<float>(32 - j);
+      const float inv = t / amax, s = amax / t;
+      float err = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        const float d = std::fma(-fp8_e4m3_bits_to_f32(f32_to_fp8_e4m3_bits(x[i] * inv)), s, x[i]);
+        err = std::fma(d, d, err);
+      }
+      if (err < best) best = err, top = t;
+    }
+  }
+  *scale = amax / top;
+  const float inv = amax > 0 ? top / amax : 0.0f;
   for (int64_t i = 0; i < n; ++i) {
     if constexpr (std::is_same_v<KV, int8_t>) {
       out[i] = f32_to_i8(x[i] * inv);

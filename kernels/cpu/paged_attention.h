@@ -13,8 +13,9 @@ namespace kvshard {
 // KV element types: float, f16_t and bf16_t hold values; int8_t and fp8_e4m3_t (kernels/cpu/half.h)
 // hold codes, and each (slot, KV head) row of head_dim codes has one f32 scale beside the pool,
 // k_scale/v_scale: f32 [num_blocks * block_size, kv_heads]. A row's value is code * scale (int8:
-// symmetric, scale = max |x| / 127; fp8: scale = max |x| / 448), so a token costs head_dim + 4
-// bytes per KV head for each of K and V. The kernels dequantize inside the dot products; no
+// symmetric, scale = max |x| / 127; fp8: scale = max |x| / top, the top code of 16 from 448 down
+// that stores the row best, kFp8ScaleCandidates in half.h), so a token costs head_dim + 4 bytes
+// per KV head for each of K and V. The kernels dequantize inside the dot products; no
 // full-precision copy of the cache is made. The scale pointers are ignored for value types.
 template <typename KV>
 inline constexpr bool kQuantizedKv = false;

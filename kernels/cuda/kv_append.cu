@@ -1,5 +1,7 @@
 #include <algorithm>
+#include <type_traits>
 
+#include "kernels/cpu/half.h"
 #include "kernels/cuda/device_math.cuh"
 #include "kernels/cuda/kv_append.h"
 #include "kernels/cuda/launch.cuh"
@@ -25,6 +27,31 @@ __global__ void kv_append_kernel(KV* k_cache, KV* v_cache, const float* k, const
 // max), its scale, then its codes (the CPU's quantize_row, the same f32 operations).
 constexpr int kQuantWarps = kElementwiseThreads / 32;
 
+// fp8: the top code (kernels/cpu/half.h) whose codes store the row best. Lane j < 16 computes
+// candidate j's squared error as the CPU does (one fused multiply-add chain in element order); the
+// warp then takes the least error, the smaller j on a tie, as the CPU's strict comparison does.
+__device__ __forceinline__ float fp8_best_top(const float* x, int64_t n, float amax, int lane) {
+  static_assert(kFp8ScaleCandidates <= 32);
+  float err = INFINITY;
+  int j = lane;
+  if (lane < kFp8ScaleCandidates && amax > 0.0f) {
+    const float t = kFp8TopStep * static_cast<float>(32 - lane);
+    const float inv = t / amax, s = amax / t;
+    err = 0.0f;
+    for (int64_t i = 0; i < n; ++i) {
+      const float d = fmaf(-to_f32(quantize<__nv_fp8_e4m3>(x[i] * inv)), s, x[i]);
+      err = fmaf(d, d, err);
+    }
+    if (!(err <= INFINITY)) err = INFINITY;  // NaN (a NaN in the row): never less, as on the CPU
+  }
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    const float other_err = __shfl_xor_sync(0xffffffffu, err, offset);
+    const int other_j = __shfl_xor_sync(0xffffffffu, j, offset);
+    if (other_err < err || (other_err == err && other_j < j)) err = other_err, j = other_j;
+  }
+  return kFp8TopStep * static_cast<float>(32 - j);
+}
+
 template <typename KV>
 __global__ void kv_append_quantized_kernel(KV* k_cache, KV* v_cache, float* k_scale, float* v_scale,
                                            const float* k, const float* v, const int64_t* slots,
@@ -39,11 +66,13 @@ __global__ void kv_append_quantized_kernel(KV* k_cache, KV* v_cache, float* k_sc
     float amax = 0.0f;
     for (int64_t i = lane; i < head_dim; i += 32) amax = fmaxf(amax, fabsf(x[i]));
     amax = warp_max(amax);
-    const float inv = amax > 0.0f ? kMaxCode<KV> / amax : 0.0f;
+    float top = kMaxCode<KV>;
+    if constexpr (std::is_same_v<KV, __nv_fp8_e4m3>) top = fp8_best_top(x, head_dim, amax, lane);
+    const float inv = amax > 0.0f ? top / amax : 0.0f;
     const int64_t dst_row = slots[t] * kv_heads + h;
     KV* dst = (which == 0 ? k_cache : v_cache) + dst_row * head_dim;
     for (int64_t i = lane; i < head_dim; i += 32) dst[i] = quantize<KV>(x[i] * inv);
-    if (lane == 0) (which == 0 ? k_scale : v_scale)[dst_row] = amax / kMaxCode<KV>;
+    if (lane == 0) (which == 0 ? k_scale : v_scale)[dst_row] = amax / top;
   }
 }
 
