@@ -126,7 +126,11 @@ void ExpectPackedMatmulEqualsUnpacked() {
                             {70, 33, 7},
                             {65, 128, 9},
                             {1, 1000, 3},
-                            {1, 16, 1}}) {
+                            {1, 16, 1},
+                            // decode reads 2 or 4 tiles at once: tile counts off that, the
+                            // leftover tiles one at a time, a product the team splits
+                            {1, 70, 301},
+                            {1, 1030, 411}}) {
     const auto x = Random(T * in, 21), w32 = Random(out * in, 22);
     std::vector<W> w(w32.size());
     for (size_t i = 0; i < w.size(); ++i) w[i] = from_f32<W>(w32[i]);
