@@ -29,7 +29,7 @@ using namespace gemm_blocking;  // kWidth, vec, the tile sizes, weight_at, drive
 // f32 sum, the odd feature's first: VDPBF16PS (AVX512-BF16) where the build has it, the same
 // order in fused multiply-adds elsewhere (the same sums but for denormals, which VDPBF16PS
 // flushes to zero).
-constexpr int64_t kDepthPairs = kDepth / 2;
+constexpr int64_t kDepthPairs = std::min<int64_t>(kDepth / 2, 256);  // tuned apart from f32
 
 inline float bf16_low(uint32_t w) { return bf16_bits_to_f32(static_cast<uint16_t>(w)); }
 inline float bf16_high(uint32_t w) { return bf16_bits_to_f32(static_cast<uint16_t>(w >> 16)); }
