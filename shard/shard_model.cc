@@ -58,10 +58,9 @@ class CpuOps {
     return Status::Ok();
   }
   Status AddNorm(int64_t layer, NormWeight w, int64_t T) {
-    float* x = m_.x_.data();
-    const float* partial = m_.partial_.data();
-    for (int64_t i = 0; i < T * c_.dim; ++i) x[i] += partial[i];
-    return Norm(layer, w, T);
+    add_rmsnorm(m_.xn_.data(), m_.x_.data(), m_.partial_.data(), NormOf(layer, w), T, c_.dim,
+                c_.rms_norm_eps);
+    return Status::Ok();
   }
   Status Gemm(Buf out, Buf in, int64_t layer, Proj p, int64_t T, int64_t k, int64_t n) {
     const HostMatrix& m = WeightOf(layer, p);

@@ -9,4 +9,9 @@ namespace kvshard {
 void rmsnorm(float* out, const float* x, const float* weight, int64_t tokens, int64_t dim,
              float eps);
 
+// x += residual, then out = rmsnorm(x) * weight, a row at a time (x: f32 [tokens, dim], updated
+// in place; residual: f32 [tokens, dim]; out must not alias x or residual).
+void add_rmsnorm(float* out, float* x, const float* residual, const float* weight, int64_t tokens,
+                 int64_t dim, float eps);
+
 }  // namespace kvshard

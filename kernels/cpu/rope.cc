@@ -2,25 +2,50 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 namespace kvshard {
+namespace {
+
+// Elements below which rope runs on the calling thread.
+constexpr int64_t kParallelElements = int64_t{1} << 15;
+
+}  // namespace
 
 void rope(float* x, const int32_t* positions, const float* inv_freq, int64_t tokens, int64_t heads,
           int64_t head_dim, RopePairing pairing) {
   const int64_t half = head_dim / 2;
-  for (int64_t t = 0; t < tokens; ++t) {
-    for (int64_t i = 0; i < half; ++i) {
-      // Angle in double: positions up to 1M times frequencies near 1 lose digits in f32.
-      const double angle = static_cast<double>(positions[t]) * inv_freq[i];
-      const float c = static_cast<float>(std::cos(angle));
-      const float s = static_cast<float>(std::sin(angle));
+  // Tokens are independent: a prefill's rotations run on the team (each element's arithmetic is
+  // the same wherever it runs), each token's cosines and sines computed once for all its heads.
+#pragma omp parallel if (tokens * heads * head_dim >= kParallelElements)
+  {
+    static thread_local std::vector<float> cs;
+    cs.resize(2 * half);
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < tokens; ++t) {
+      for (int64_t i = 0; i < half; ++i) {
+        // Angle in double: positions up to 1M times frequencies near 1 lose digits in f32.
+        const double angle = static_cast<double>(positions[t]) * inv_freq[i];
+        cs[i] = static_cast<float>(std::cos(angle));
+        cs[half + i] = static_cast<float>(std::sin(angle));
+      }
+      const float* c = cs.data();
+      const float* s = cs.data() + half;
       for (int64_t h = 0; h < heads; ++h) {
         float* v = x + (t * heads + h) * head_dim;
-        const int64_t a = pairing == RopePairing::kHalf ? i : 2 * i;
-        const int64_t b = pairing == RopePairing::kHalf ? i + half : 2 * i + 1;
-        const float x0 = v[a], x1 = v[b];
-        v[a] = x0 * c - x1 * s;
-        v[b] = x0 * s + x1 * c;
+        if (pairing == RopePairing::kHalf) {
+          for (int64_t i = 0; i < half; ++i) {
+            const float x0 = v[i], x1 = v[i + half];
+            v[i] = x0 * c[i] - x1 * s[i];
+            v[i + half] = x0 * s[i] + x1 * c[i];
+          }
+        } else {
+          for (int64_t i = 0; i < half; ++i) {
+            const float x0 = v[2 * i], x1 = v[2 * i + 1];
+            v[2 * i] = x0 * c[i] - x1 * s[i];
+            v[2 * i + 1] = x0 * s[i] + x1 * c[i];
+          }
+        }
       }
     }
   }

@@ -433,6 +433,50 @@ TEST(RmsNorm, MatchesDefinition) {
   }
 }
 
+// A prefill's rows (interleaved eight at a time, on the OpenMP team) give each row the bits it
+// gets alone, at token counts around the interleave; add_rmsnorm is the residual add, then the
+// norm.
+TEST(RmsNorm, EachRowAsAloneAndTheResidualAddFused) {
+  const int64_t dim = 1031;  // a prefill-sized call runs on the team
+  for (int64_t tokens : {1, 7, 8, 9, 61}) {
+    const auto x = Random(tokens * dim, 10), w = Random(dim, 11), res = Random(tokens * dim, 12);
+    std::vector<float> all(tokens * dim), one(dim);
+    rmsnorm(all.data(), x.data(), w.data(), tokens, dim, 1e-5f);
+    std::vector<float> xs = x, fused(tokens * dim);
+    add_rmsnorm(fused.data(), xs.data(), res.data(), w.data(), tokens, dim, 1e-5f);
+    for (int64_t t = 0; t < tokens; ++t) {
+      rmsnorm(one.data(), x.data() + t * dim, w.data(), 1, dim, 1e-5f);
+      for (int64_t i = 0; i < dim; ++i) ASSERT_EQ(all[t * dim + i], one[i]) << tokens << " " << t;
+      std::vector<float> sum(dim);
+      for (int64_t i = 0; i < dim; ++i) {
+        sum[i] = x[t * dim + i] + res[t * dim + i];
+        ASSERT_EQ(xs[t * dim + i], sum[i]);
+      }
+      rmsnorm(one.data(), sum.data(), w.data(), 1, dim, 1e-5f);
+      for (int64_t i = 0; i < dim; ++i) ASSERT_EQ(fused[t * dim + i], one[i]) << tokens << " " << t;
+    }
+  }
+}
+
+// Many tokens in one call (on the team) rotate each token as a call of its own does.
+TEST(Rope, EachTokenAsAlone) {
+  for (RopePairing pairing : {RopePairing::kHalf, RopePairing::kInterleaved}) {
+    const int64_t tokens = 67, heads = 9, hd = 64, half = hd / 2;
+    std::vector<float> inv(half);
+    for (int64_t i = 0; i < half; ++i) inv[i] = std::pow(10000.0f, -2.0f * i / hd);
+    std::vector<int32_t> pos(tokens);
+    for (int64_t t = 0; t < tokens; ++t) pos[t] = static_cast<int32_t>(t * 977 % 40000);
+    const auto x = Random(tokens * heads * hd, 13);
+    std::vector<float> all = x;
+    rope(all.data(), pos.data(), inv.data(), tokens, heads, hd, pairing);
+    for (int64_t t = 0; t < tokens; ++t) {
+      std::vector<float> one(x.begin() + t * heads * hd, x.begin() + (t + 1) * heads * hd);
+      rope(one.data(), &pos[t], inv.data(), 1, heads, hd, pairing);
+      for (int64_t i = 0; i < heads * hd; ++i) ASSERT_EQ(all[t * heads * hd + i], one[i]) << t;
+    }
+  }
+}
+
 TEST(Rope, PairingsAgreeUnderThePermutationAndPreserveNorm) {
   const int64_t heads = 3, hd = 8, half = hd / 2;
   std::vector<float> inv(half);
