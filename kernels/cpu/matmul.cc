@@ -231,7 +231,7 @@ void matmul_impl(float* out, const float* x, const W* w, int64_t tokens, int64_t
         const float* wf[4];
         for (int i = 0; i < 4; ++i) wf[i] = wide.data() + std::min<int64_t>(i, rows - 1) * in;
         tile_rows<kAccumulate>(out, x, wf, rows, n0, t0, t1, in, n_out);
-      } else {
+      } else if constexpr (!kPacked) {  // packed tiles of one token went to decode_packed
         tile_rows<kAccumulate>(out, x, wr, rows, n0, t0, t1, in, n_out);
       }
     }
