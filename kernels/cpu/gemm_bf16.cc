@@ -327,8 +327,8 @@ void gemm_bf16_amx(float* out, const float* x, const W* w, bool packed, int64_t 
         pack_words<kAmxCols>(w, packed, in, n0, cols, f * u0, live, depth, p);
       },
       [&](int r, int64_t t0, int64_t u0, const uint32_t* panel, int64_t depth, float* c,
-          int64_t ldc,
-          bool load) { micro_amx(r, xw + t0 * ld + u0, ld, panel, depth, c, ldc, load); },
+          int64_t ldc, bool load,
+          int) { micro_amx(r, xw + t0 * ld + u0, ld, panel, depth, c, ldc, load); },
       [] { amx_release(); });
 }
 #endif
@@ -372,9 +372,8 @@ void gemm_bf16_any(float* out, const float* x, const W* w, bool packed, int64_t 
         pack_words<kCols>(w, packed, in, n0, cols, f * u0, depth, depth, p);
       },
       [&](int rows, int64_t t0, int64_t u0, const uint32_t* panel, int64_t depth, float* c,
-          int64_t ldc, bool load) {
-        kMicroBf16[rows - 1](xw + t0 * pairs + u0, pairs, panel, depth, c, ldc, load);
-      },
+          int64_t ldc, bool load,
+          int) { kMicroBf16[rows - 1](xw + t0 * pairs + u0, pairs, panel, depth, c, ldc, load); },
       [] {});
 }
 

@@ -86,8 +86,10 @@ const W* weight_at(const W* w, bool packed, int64_t n, int64_t k, int64_t in) {
 // of them). Each thread takes a contiguous run of panels (runs differing by at most one panel), in
 // column blocks of at most kMaxColumns; for each block and slice of `slice` units it packs the
 // block's weights (pack(n0, cols, u0, depth, panels)) and runs every token tile over them
-// (micro(rows, t0, u0, panel, depth, c, ldc, load)). prologue() runs first on every thread of the
-// team (the ones with work wait for the others at its barrier), epilogue() last.
+// (micro(rows, t0, u0, panel, depth, c, ldc, load, live): `live` of the panel's Cols columns are
+// the matrix's, fewer in its last panel, which may skip the padding past them). prologue() runs
+// first on every thread of the team (the ones with work wait for the others at its barrier),
+// epilogue() last.
 template <int Rows, int Cols, typename Elem, typename Prologue, typename Pack, typename Run,
           typename Epilogue>
 void drive(float* out, int64_t tokens, int64_t units, int64_t n_out, bool accumulate, int64_t slice,
@@ -123,15 +125,15 @@ void drive(float* out, int64_t tokens, int64_t units, int64_t n_out, bool accumu
             const Elem* panel = packed_w + j0 / Cols * depth * Cols;
             float* c = out + t0 * n_out + n0 + j0;
             if (j0 + Cols <= cols) {
-              micro(rows, t0, u0, panel, depth, c, n_out, load);
-            } else {  // the matrix's last columns, through a full-width tile
+              micro(rows, t0, u0, panel, depth, c, n_out, load, Cols);
+            } else {  // the matrix's last columns, through a tile of its own
               const size_t live = (cols - j0) * sizeof(float);
               if (load) {
                 for (int64_t r = 0; r < rows; ++r) {
                   std::memcpy(edge + r * Cols, c + r * n_out, live);
                 }
               }
-              micro(rows, t0, u0, panel, depth, edge, Cols, load);
+              micro(rows, t0, u0, panel, depth, edge, Cols, load, static_cast<int>(cols - j0));
               for (int64_t r = 0; r < rows; ++r) std::memcpy(c + r * n_out, edge + r * Cols, live);
             }
           }
