@@ -42,25 +42,24 @@ static_assert(kDepth % kPackedChunk == 0, "a slice holds whole chunks of a packe
 static_assert(kPackedChunk % kWidth == 0, "a vector never straddles two chunks");
 static_assert(kMaxColumns % kCols == 0, "a column block holds whole panels");
 
-// A microkernel's R x kVectors accumulators from c (or zero), and back.
-template <int R>
-[[gnu::always_inline]] inline void tile_load(vec (&acc)[R][kVectors], const float* c, int64_t ldc,
+// A microkernel's R x V accumulators (V vectors of a panel's kVectors) from c (or zero), and back.
+template <int R, int V = kVectors>
+[[gnu::always_inline]] inline void tile_load(vec (&acc)[R][V], const float* c, int64_t ldc,
                                              bool load) {
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 8
-    for (int v = 0; v < kVectors; ++v) {
+    for (int v = 0; v < V; ++v) {
       acc[r][v] = load ? simd::load(c + r * ldc + v * kWidth) : simd::zero();
     }
   }
 }
-template <int R>
-[[gnu::always_inline]] inline void tile_store(const vec (&acc)[R][kVectors], float* c,
-                                              int64_t ldc) {
+template <int R, int V = kVectors>
+[[gnu::always_inline]] inline void tile_store(const vec (&acc)[R][V], float* c, int64_t ldc) {
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 8
-    for (int v = 0; v < kVectors; ++v) simd::store(c + r * ldc + v * kWidth, acc[r][v]);
+    for (int v = 0; v < V; ++v) simd::store(c + r * ldc + v * kWidth, acc[r][v]);
   }
 }
 
